@@ -1,0 +1,1 @@
+"""rasa-model-rotator: publish the newest whole Rasa model under a fixed name, prune the rest."""

@@ -1,0 +1,40 @@
+"""One log line per action, on stdout, which supervisord forwards to its own stdout."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+class _PlainFormatter(logging.Formatter):
+    def __init__(self, program: str):
+        super().__init__()
+        self.program = program
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        millis = int(record.msecs)
+        line = f"{stamp}.{millis:03d}Z {self.program} {record.levelname} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(program: str, level: str) -> logging.Logger:
+    """Configure the root logger for one program and return the program's logger."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_PlainFormatter(program))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    return logging.getLogger(f"rotator.{program}")
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{size} B"

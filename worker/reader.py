@@ -1,0 +1,121 @@
+"""The reader: raw inotify events in, hints to the rotator out. Nothing else.
+
+It blocks in read() with no timeout, so an idle reader never wakes up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from inotify_simple import INotify, flags
+
+from worker.channel import ARRIVED, RESCAN, ChannelError, QueueClient
+from worker.names import is_model_name
+from worker.settings import Settings
+
+# close_write: a writer finished (Rasa streams the archive into its final path).
+# moved_to: a file was renamed in (temp file + rename, or a model moved back: a rollback).
+WATCH_MASK = (flags.CLOSE_WRITE | flags.MOVED_TO
+              | flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT)
+ARRIVAL = flags.CLOSE_WRITE | flags.MOVED_TO
+# The watch no longer sees the folder at the path: it was removed, renamed or unmounted.
+WATCH_LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
+REWATCH_RETRY_S = 0.5
+
+
+class Reader:
+    def __init__(self, settings: Settings, log: logging.Logger):
+        self.settings = settings
+        self.log = log
+        self.inotify = INotify()
+        self.client = QueueClient(settings.run_dir)
+        self.wd: int | None = None
+        self.owed_rescan: str | None = "reader started: events may have been missed"
+        self._connected_once = False
+
+    def run(self) -> None:
+        self.watch()
+        self.deliver_owed_rescan()
+        while True:
+            self.handle(self.inotify.read())
+
+    def watch(self) -> None:
+        """Watch TARGET_DIR, creating it when it is missing (also after it was removed)."""
+        folder = self.settings.target_dir
+        reported = False
+        while True:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.wd = self.inotify.add_watch(folder, WATCH_MASK)
+                break
+            except OSError as error:
+                if not reported:
+                    self.log.error("cannot watch %s: %s; retrying", folder, error)
+                    reported = True
+                time.sleep(REWATCH_RETRY_S)
+        self.log.info("watching %s for models matching %s", folder, self.settings.model_pattern)
+
+    def handle(self, events) -> None:
+        arrived = []
+        now = time.time()
+        for event in events:
+            if event.mask & flags.Q_OVERFLOW:
+                # The kernel dropped events: only a look at the whole folder is safe now.
+                self.log.warning("inotify queue overflowed: asking for a full rescan")
+                self.owed_rescan = "inotify queue overflow"
+            elif event.wd == self.wd and event.mask & WATCH_LOST:
+                kinds = ", ".join(f.name for f in flags.from_mask(event.mask & WATCH_LOST))
+                self.log.warning("watched folder %s is gone (%s): watching it again",
+                                 self.settings.target_dir, kinds)
+                self.rewatch()
+            elif event.mask & ARRIVAL and self._is_model(event.name):
+                arrived.append((event.name, now))
+        self.deliver_owed_rescan()
+        if arrived and not self.deliver((ARRIVED, arrived)):
+            self.owed_rescan = "events could not be delivered"
+
+    def rewatch(self) -> None:
+        if self.wd is not None:
+            with contextlib.suppress(OSError):  # already gone with the folder
+                self.inotify.rm_watch(self.wd)
+        self.wd = None
+        self.watch()
+        self.owed_rescan = "watched folder replaced"
+
+    def _is_model(self, name: str) -> bool:
+        s = self.settings
+        return is_model_name(name, s.model_pattern, s.latest_model_path, s.target_dir)
+
+    def deliver_owed_rescan(self) -> None:
+        if self.owed_rescan and self.deliver((RESCAN, self.owed_rescan)):
+            self.owed_rescan = None
+
+    def deliver(self, message: tuple) -> bool:
+        """Send to the rotator, reconnecting once. False: it is down, and will rescan anyway
+        when it starts (its first act is a full reconcile)."""
+        if self.client.send(message):
+            return True
+        try:
+            self.client.connect()
+        except (OSError, ChannelError) as error:
+            self.log.warning("rotator not reachable (%s); it reconciles the folder when it "
+                             "starts", error)
+            return False
+        if not self._connected_once:
+            self.log.info("connected to the rotator")
+        else:
+            self.log.info("reconnected to the rotator")
+        self._connected_once = True
+        # A restarted rotator missed whatever happened meanwhile: say so before the news.
+        if message[0] != RESCAN:
+            self.client.send((RESCAN, "reader reconnected"))
+        return self.client.send(message)
+
+
+def run_reader(settings: Settings, log: logging.Logger) -> None:
+    Reader(settings, log).run()
+
+
+

@@ -1,0 +1,76 @@
+"""The rotator: serves the event queue, debounces, and reconciles the folder."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+from worker.channel import ARRIVED, RESCAN, QueueServer
+from worker.debounce import Debounce
+from worker.folder import remove_temporary_files
+from worker.reconcile import Reconciler
+from worker.settings import Settings
+
+
+class Rotator:
+    def __init__(self, settings: Settings, log: logging.Logger):
+        self.settings = settings
+        self.log = log
+        self.reconciler = Reconciler(settings, log)
+        self.debounce = Debounce(settings.throttle_delay_s, settings.debounce_cap_s)
+        self.recheck_at: float | None = None  # monotonic
+        self.server: QueueServer | None = None
+
+    def run(self) -> None:
+        for leftover in remove_temporary_files(self.settings.latest_model_path):
+            self.log.info("removed %s: temporary file of an interrupted publish", leftover)
+        self.server = QueueServer(self.settings.run_dir)
+        try:
+            # Whatever happened while nobody watched: converge now, not after an event.
+            self.reconcile()
+            while True:
+                self.wait_and_receive()
+                now = time.monotonic()
+                if self.debounce.due(now) or (self.recheck_at is not None
+                                              and now >= self.recheck_at):
+                    self.reconcile()
+        finally:
+            self.server.close()
+
+    def wait_and_receive(self) -> None:
+        deadlines = [d for d in (self.debounce.deadline, self.recheck_at) if d is not None]
+        # No deadline: block without waking up until the reader has news.
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        try:
+            message = self.server.queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self.receive(message)
+            try:
+                message = self.server.queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def receive(self, message: tuple) -> None:
+        kind, payload = message
+        if kind == ARRIVED:
+            for name, when in payload:
+                self.reconciler.note_arrival(name, when)
+            self.log.debug("arrived: %s", ", ".join(name for name, _ in payload[:10]))
+        elif kind == RESCAN:
+            self.log.info("rescan requested: %s", payload)
+        self.debounce.touch(time.monotonic())
+
+    def reconcile(self) -> None:
+        self.debounce.clear()
+        outcome = self.reconciler.reconcile()
+        if outcome.recheck_at is None:
+            self.recheck_at = None
+        else:
+            self.recheck_at = time.monotonic() + max(0.0, outcome.recheck_at - time.time())
+
+
+def run_rotator(settings: Settings, log: logging.Logger) -> None:
+    Rotator(settings, log).run()

@@ -1,0 +1,195 @@
+"""Settings: read once from the environment (and a .env file), checked in one place.
+
+Every problem is reported as one line naming the setting, the value and what is allowed,
+before anything is created or started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# Defaults in one visible place. The first four are the original Node.js tool's.
+DEFAULTS = {
+    "TARGET_DIR": "models",
+    "LATEST_MODEL_PATH": "models/latest.tar.gz",
+    "THROTTLE_DELAY": "5000",
+    "IGNORE_FILE_PATHS": "models/lost+found",
+    "KEEP_PREVIOUS": "0",
+    "MODEL_PATTERN": "*.tar.gz",
+    "LOG_LEVEL": "INFO",
+    "BROKEN_GRACE_PERIOD": "3600",
+}
+
+# A burst of events can postpone a reconcile by at most this many debounce delays.
+DEBOUNCE_CAP_FACTOR = 4
+
+
+class SettingError(ValueError):
+    """A setting that cannot be used; str() is the one-line message for the user."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    target_dir: Path
+    latest_model_path: Path
+    throttle_delay_s: float
+    ignore_paths: tuple[Path, ...]
+    keep_previous: int
+    model_pattern: str
+    run_dir: Path
+    log_level: str
+    broken_grace_s: float
+
+    @property
+    def debounce_cap_s(self) -> float:
+        return self.throttle_delay_s * DEBOUNCE_CAP_FACTOR
+
+    @property
+    def queue_socket(self) -> Path:
+        return self.run_dir / "queue.sock"
+
+    @property
+    def queue_key(self) -> Path:
+        return self.run_dir / "queue.key"
+
+    def as_environment(self) -> dict[str, str]:
+        """The settings as absolute, normalised variables for the programs supervisord starts."""
+        return {
+            "TARGET_DIR": str(self.target_dir),
+            "LATEST_MODEL_PATH": str(self.latest_model_path),
+            "THROTTLE_DELAY": str(round(self.throttle_delay_s * 1000)),
+            "IGNORE_FILE_PATHS": ",".join(str(p) for p in self.ignore_paths),
+            "KEEP_PREVIOUS": str(self.keep_previous),
+            "MODEL_PATTERN": self.model_pattern,
+            "RUN_DIR": str(self.run_dir),
+            "LOG_LEVEL": self.log_level,
+            "BROKEN_GRACE_PERIOD": str(round(self.broken_grace_s)),
+        }
+
+
+def _fail(name: str, value: str, allowed: str) -> SettingError:
+    return SettingError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def _whole_number(env, name: str, allowed: str) -> int:
+    raw = env.get(name, DEFAULTS[name]).strip()
+    if not raw.isdigit():
+        raise _fail(name, raw, allowed)
+    return int(raw)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable_dir(name: str, path: Path) -> None:
+    """The folder exists, or could be created: its nearest existing ancestor is a writable dir."""
+    if path.exists():
+        if not path.is_dir():
+            raise _fail(name, str(path), "a folder (this path is a file)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise _fail(name, str(path), "a folder this user can write to")
+        return
+    ancestor = _nearest_existing(path)
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise _fail(name, str(path), f"a folder that can be created ({ancestor} is not writable)")
+
+
+def default_run_dir(target_dir: Path) -> Path:
+    """One private folder per user and watched folder, so two instances never share one."""
+    digest = hashlib.sha256(str(target_dir).encode()).hexdigest()[:10]
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"rasa-model-rotator-{os.getuid()}-{digest}"
+
+
+def _check_run_dir(path: Path) -> None:
+    _check_creatable_dir("RUN_DIR", path)
+    if path.exists():
+        owner = path.stat().st_uid
+        if owner != os.getuid():
+            raise _fail("RUN_DIR", str(path),
+                        f"a folder owned by this user (uid {os.getuid()}), it is owned by {owner}")
+
+
+def load_environment(env_file: str | None = None) -> None:
+    """Load ENV_FILE (default ./.env when present) into os.environ; the real environment wins."""
+    from dotenv import load_dotenv
+
+    name = env_file if env_file is not None else os.environ.get("ENV_FILE", "")
+    if name:
+        path = Path(name)
+        if not path.is_file():
+            raise _fail("ENV_FILE", name, "the path of a readable .env file")
+        load_dotenv(path, override=False)
+    elif Path(".env").is_file():
+        load_dotenv(".env", override=False)
+
+
+def read_settings(env=None) -> Settings:
+    """Check every setting; raise SettingError naming the first bad one. Touches nothing."""
+    env = os.environ if env is None else env
+
+    target_dir = Path(env.get("TARGET_DIR", DEFAULTS["TARGET_DIR"]) or ".").absolute()
+    _check_creatable_dir("TARGET_DIR", target_dir)
+
+    latest_raw = env.get("LATEST_MODEL_PATH", DEFAULTS["LATEST_MODEL_PATH"])
+    if not latest_raw or latest_raw.endswith("/"):
+        raise _fail("LATEST_MODEL_PATH", latest_raw, "a file path such as models/latest.tar.gz")
+    latest = Path(latest_raw).absolute()
+    if latest.is_dir() or latest.is_symlink():
+        raise _fail("LATEST_MODEL_PATH", latest_raw,
+                    "a regular file path (this is a folder or a link)")
+    if latest.parent != target_dir:
+        _check_creatable_dir("LATEST_MODEL_PATH", latest.parent)
+
+    throttle_ms = _whole_number(env, "THROTTLE_DELAY", "whole milliseconds, 0 or more (e.g. 5000)")
+    keep = _whole_number(env, "KEEP_PREVIOUS", "a whole number of models, 0 or more")
+    grace = _whole_number(env, "BROKEN_GRACE_PERIOD", "whole seconds, 0 or more (e.g. 3600)")
+
+    pattern = env.get("MODEL_PATTERN", DEFAULTS["MODEL_PATTERN"]).strip()
+    if not pattern or "/" in pattern:
+        raise _fail("MODEL_PATTERN", pattern, "a file-name pattern without '/' (e.g. *.tar.gz)")
+
+    ignore_raw = env.get("IGNORE_FILE_PATHS", DEFAULTS["IGNORE_FILE_PATHS"])
+    ignore = tuple(Path(p.strip()).absolute() for p in ignore_raw.split(",") if p.strip())
+
+    level = env.get("LOG_LEVEL", DEFAULTS["LOG_LEVEL"]).strip().upper()
+    if level not in LOG_LEVELS:
+        raise _fail("LOG_LEVEL", level, "one of " + ", ".join(LOG_LEVELS))
+
+    run_raw = env.get("RUN_DIR", "").strip()
+    run_dir = Path(run_raw).absolute() if run_raw else default_run_dir(target_dir)
+    _check_run_dir(run_dir)
+    if run_dir == target_dir:
+        raise _fail("RUN_DIR", str(run_dir), "a folder other than TARGET_DIR")
+
+    return Settings(
+        target_dir=target_dir,
+        latest_model_path=latest,
+        throttle_delay_s=throttle_ms / 1000,
+        ignore_paths=ignore,
+        keep_previous=keep,
+        model_pattern=pattern,
+        run_dir=run_dir,
+        log_level=level,
+        broken_grace_s=float(grace),
+    )
+
+
+def prepare_folders(settings: Settings) -> None:
+    """Create TARGET_DIR, the latest model's folder and a private (0700) RUN_DIR."""
+    settings.target_dir.mkdir(parents=True, exist_ok=True)
+    settings.latest_model_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The queue's key and the control sockets live here: nobody else may look in.
+    if stat.S_IMODE(settings.run_dir.stat().st_mode) != 0o700:
+        settings.run_dir.chmod(0o700)
