@@ -84,8 +84,8 @@ class Reconciler:
                              settings.latest_model_path, settings.ignore_paths)
         self._forget_missing(models)
         record = self._current_record(models, outcome, dry_run)
-        record = self._publish_newest(models, record, outcome, dry_run, now)
-        self._prune(models, record, outcome, dry_run, now)
+        published = self._publish_newest(models, record, outcome, dry_run, now)
+        self._prune(models, published, outcome, dry_run, now)
         return outcome
 
     # -- what is published now ------------------------------------------------------------
@@ -120,8 +120,11 @@ class Reconciler:
 
     # -- publish --------------------------------------------------------------------------
 
-    def _publish_newest(self, models, record, outcome, dry_run, now) -> PublishRecord | None:
+    def _publish_newest(self, models, record, outcome, dry_run, now) -> ModelFile | None:
+        """Publish the newest whole arrival since the last publish; return the source of
+        what is (or, in a dry run, would be) published, if it is in the folder."""
         floor = record.published_at if record else float("-inf")
+        current = next((m for m in models if record and record.is_source(m)), None)
         newer = [m for m in models
                  if self.arrival(m) > floor and not (record and record.is_source(m))]
         for model in sorted(newer, key=self.arrival, reverse=True):
@@ -131,12 +134,12 @@ class Reconciler:
             if dry_run:
                 result = self._check(model)
                 if isinstance(result, BrokenArchive):
-                    outcome.actions.append(Action("would-skip", model.path, str(result)))
+                    self._act(outcome, Action("would-skip", model.path, str(result)))
                     continue
-                outcome.actions.append(Action(
+                self._act(outcome, Action(
                     "would-publish", model.path,
-                    f"{human_size(model.size)} -> {self.settings.latest_model_path}"))
-                return record
+                    f"-> {self.settings.latest_model_path} ({human_size(model.size)})"))
+                return model
             try:
                 published = publish_atomically(model, self.settings.latest_model_path,
                                                self.arrival(model))
@@ -153,7 +156,7 @@ class Reconciler:
                 self._act(outcome, Action("failed", model.path, f"could not publish: {error}"),
                           logging.ERROR)
                 outcome.recheck(now + max(self.settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
-                return record
+                return current
             self._checks[model.identity] = ArchiveInfo(size=model.size,
                                                        model_id=published.model_id,
                                                        trained_at=published.trained_at)
@@ -163,14 +166,14 @@ class Reconciler:
                 "published", model.path,
                 f"-> {self.settings.latest_model_path} ({human_size(model.size)} "
                 f"in {published.duration_s * 1000:.0f} ms{model_id})"))
-            return published
-        return record
+            return model
+        return current
 
     # -- prune ----------------------------------------------------------------------------
 
-    def _prune(self, models, record, outcome, dry_run, now) -> None:
+    def _prune(self, models, published, outcome, dry_run, now) -> None:
         settings = self.settings
-        others = [m for m in models if not (record and record.is_source(m))]
+        others = [m for m in models if published is None or m.identity != published.identity]
         kept = 0
         for model in sorted(others, key=self.arrival, reverse=True):
             age = now - model.mtime
@@ -196,7 +199,7 @@ class Reconciler:
 
     def _delete(self, model: ModelFile, reason: str, outcome: Outcome, dry_run: bool) -> None:
         if dry_run:
-            outcome.actions.append(Action("would-delete", model.path, reason))
+            self._act(outcome, Action("would-delete", model.path, reason))
             return
         current = stat_or_none(model.path)
         if current is None or ModelFile.from_stat(model.path, current).identity != model.identity:

@@ -15,12 +15,14 @@ from pathlib import Path
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# Defaults in one visible place. The first four are the original Node.js tool's.
+# Defaults in one visible place. The first four are the original Node.js tool's; the two
+# paths inside TARGET_DIR follow it when only TARGET_DIR is set (with the default TARGET_DIR
+# they are the original's "models/latest.tar.gz" and "models/lost+found").
 DEFAULTS = {
     "TARGET_DIR": "models",
-    "LATEST_MODEL_PATH": "models/latest.tar.gz",
+    "LATEST_MODEL_PATH": "{TARGET_DIR}/latest.tar.gz",
     "THROTTLE_DELAY": "5000",
-    "IGNORE_FILE_PATHS": "models/lost+found",
+    "IGNORE_FILE_PATHS": "{TARGET_DIR}/lost+found",
     "KEEP_PREVIOUS": "0",
     "MODEL_PATTERN": "*.tar.gz",
     "LOG_LEVEL": "INFO",
@@ -141,7 +143,8 @@ def read_settings(env=None) -> Settings:
     target_dir = Path(env.get("TARGET_DIR", DEFAULTS["TARGET_DIR"]) or ".").absolute()
     _check_creatable_dir("TARGET_DIR", target_dir)
 
-    latest_raw = env.get("LATEST_MODEL_PATH", DEFAULTS["LATEST_MODEL_PATH"])
+    latest_raw = env.get("LATEST_MODEL_PATH",
+                         DEFAULTS["LATEST_MODEL_PATH"].format(TARGET_DIR=target_dir))
     if not latest_raw or latest_raw.endswith("/"):
         raise _fail("LATEST_MODEL_PATH", latest_raw, "a file path such as models/latest.tar.gz")
     latest = Path(latest_raw).absolute()
@@ -159,7 +162,8 @@ def read_settings(env=None) -> Settings:
     if not pattern or "/" in pattern:
         raise _fail("MODEL_PATTERN", pattern, "a file-name pattern without '/' (e.g. *.tar.gz)")
 
-    ignore_raw = env.get("IGNORE_FILE_PATHS", DEFAULTS["IGNORE_FILE_PATHS"])
+    ignore_raw = env.get("IGNORE_FILE_PATHS",
+                         DEFAULTS["IGNORE_FILE_PATHS"].format(TARGET_DIR=target_dir))
     ignore = tuple(Path(p.strip()).absolute() for p in ignore_raw.split(",") if p.strip())
 
     level = env.get("LOG_LEVEL", DEFAULTS["LOG_LEVEL"]).strip().upper()

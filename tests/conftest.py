@@ -1,0 +1,41 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers import RunningTool, tool_environment  # noqa: E402
+
+
+@pytest.fixture
+def start_tool(tmp_path):
+    """Start `python -m worker` in tmp_path (models in tmp_path/models); stopped at teardown."""
+    started: list[RunningTool] = []
+
+    def start(args=(), workdir=None, **settings) -> RunningTool:
+        env = tool_environment(tmp_path, **settings)
+        tool = RunningTool(workdir or tmp_path, env, tuple(args))
+        started.append(tool)
+        return tool
+
+    yield start
+    for tool in started:
+        tool.stop()
+        assert tool.process.returncode is not None
+
+
+@pytest.fixture
+def models(tmp_path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_env_leak(monkeypatch):
+    for name in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY", "KEEP_PREVIOUS",
+                 "MODEL_PATTERN", "RUN_DIR", "IGNORE_FILE_PATHS", "LOG_LEVEL", "ENV_FILE",
+                 "BROKEN_GRACE_PERIOD"):
+        monkeypatch.delenv(name, raising=False)
+    yield

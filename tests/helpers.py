@@ -1,0 +1,178 @@
+"""Shared test helpers: real model archives, the tool started the way a user starts it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def model_bytes(payload_size: int = 64 * 1024, model_id: str = "m1", seed: int | None = None,
+                compresslevel: int = 1) -> bytes:
+    """A Rasa-like archive: components/ then metadata.json, gzip-compressed tar."""
+    buffer = io.BytesIO()
+    write_model(buffer, payload_size, model_id, compresslevel=compresslevel)
+    return buffer.getvalue()
+
+
+def write_model(target, payload_size: int = 64 * 1024, model_id: str = "m1",
+                chunk_pause_s: float = 0.0, chunks: int = 1, compresslevel: int = 1,
+                stop_after_chunk: int | None = None) -> None:
+    """Stream an archive into `target` (a path or a binary file) the way Rasa does:
+    tarfile.open(final_path, "w:gz"), members written one after another.
+
+    `chunk_pause_s` between `chunks` components makes a slow write; `stop_after_chunk`
+    abandons the write half-way (the file is then closed, truncated, as after a kill).
+    """
+    owned = isinstance(target, (str, Path))
+    raw = open(target, "wb") if owned else target  # noqa: SIM115 - closed below
+    tar = tarfile.open(  # noqa: SIM115 - left unclosed on purpose to abandon a write
+        fileobj=raw, mode="w:gz", compresslevel=compresslevel)
+    per_chunk = max(1, payload_size // chunks)
+    for index in range(chunks):
+        data = os.urandom(per_chunk)
+        info = tarfile.TarInfo(f"components/part-{index}.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        tar.fileobj.flush()
+        raw.flush()
+        if stop_after_chunk is not None and index + 1 >= stop_after_chunk:
+            # A killed training: the kernel closes the file as it is, truncated.
+            if owned:
+                raw.close()
+            return
+        if chunk_pause_s:
+            time.sleep(chunk_pause_s)
+    metadata = json.dumps({"model_id": model_id, "trained_at": "2026-11-26T10:10:10"}).encode()
+    info = tarfile.TarInfo("metadata.json")
+    info.size = len(metadata)
+    tar.addfile(info, io.BytesIO(metadata))
+    tar.close()
+    if owned:
+        raw.close()
+
+
+def set_mtime(path: Path, when: float) -> None:
+    os.utime(path, (when, when))
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = ""):
+    """Poll `condition` until it returns a truthy value; fail with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {message or condition}")
+        time.sleep(interval)
+
+
+def model_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tar.gz"))
+
+
+def content_of(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+class RunningTool:
+    """`python -m worker` (supervisord with reader and rotator), as a user starts it."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()):
+        self.workdir = workdir
+        self.env = env
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", *args], cwd=workdir, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, start_new_session=True)
+        self._pump = threading.Thread(target=self._collect, daemon=True)
+        self._pump.start()
+
+    def _collect(self) -> None:
+        for line in self.process.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 30.0, after: int = 0) -> str:
+        def found():
+            with self._lock:
+                return next((line for line in self.lines[after:] if text in line), None)
+        return wait_for(found, timeout, message=f"log line containing {text!r}\n{self.output}")
+
+    def line_count(self) -> int:
+        with self._lock:
+            return len(self.lines)
+
+    def ready(self, timeout: float = 30.0) -> None:
+        """Both programs RUNNING and the reader connected to the rotator."""
+        self.wait_for_line("success: reader entered RUNNING", timeout)
+        self.wait_for_line("success: rotator entered RUNNING", timeout)
+        self.wait_for_line("rescan requested", timeout)
+
+    def program_pid(self, name: str) -> int:
+        """The pid of supervisord's program `name`, found among supervisord's children."""
+        def lookup():
+            for child in _children(self.process.pid):
+                if f"-m worker {name}" in _cmdline(child):
+                    return child
+            return None
+        return wait_for(lookup, 30, message=f"a running {name} program")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self._pump.join(5)
+        return self.process.returncode
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def tool_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """A clean environment for one instance: its own models folder and RUN_DIR."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY", "KEEP_PREVIOUS",
+                        "MODEL_PATTERN", "RUN_DIR", "IGNORE_FILE_PATHS", "LOG_LEVEL",
+                        "ENV_FILE", "BROKEN_GRACE_PERIOD")}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    env["RUN_DIR"] = str(tmp_path / "run")
+    env["THROTTLE_DELAY"] = "300"
+    env.update(settings)
+    return env

@@ -1,0 +1,247 @@
+"""The folder rules, one test each, on real files in a temporary folder."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import model_bytes, set_mtime, write_model
+from worker.archive import check_archive
+from worker.folder import publish_atomically, read_record, record_path
+from worker.reconcile import Reconciler
+from worker.settings import read_settings
+
+HOUR = 3600
+
+
+def make_settings(tmp_path, **overrides):
+    env = {"TARGET_DIR": str(tmp_path / "models"), "RUN_DIR": str(tmp_path / "run"),
+           "THROTTLE_DELAY": "1000", "IGNORE_FILE_PATHS": str(tmp_path / "models" / "keep.tar.gz")}
+    env.update(overrides)
+    settings = read_settings(env)
+    settings.target_dir.mkdir(exist_ok=True)
+    return settings
+
+
+def add_model(folder: Path, name: str, age_s: float = 60.0, model_id: str | None = None,
+              data: bytes | None = None) -> Path:
+    path = folder / name
+    if data is None:
+        write_model(path, 20_000, model_id=model_id or name)
+    else:
+        path.write_bytes(data)
+    set_mtime(path, time.time() - age_s)
+    return path
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def kinds(outcome) -> list[tuple[str, str]]:
+    return [(a.kind, a.path.name) for a in outcome.actions]
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def folder(settings):
+    return settings.target_dir
+
+
+def test_newest_by_mtime_is_published_and_older_deleted(settings, folder):
+    add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "b.tar.gz", age_s=200)
+    newest = add_model(folder, "c.tar.gz", age_s=100)
+    outcome = Reconciler(settings).reconcile()
+    assert kinds(outcome) == [("published", "c.tar.gz"), ("deleted", "b.tar.gz"),
+                              ("deleted", "a.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == newest.read_bytes()
+    assert names(folder) == [".latest.tar.gz.json", "c.tar.gz", "latest.tar.gz"]
+
+
+def test_only_whole_models_are_published(settings, folder):
+    whole = add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "b.tar.gz", age_s=10, data=model_bytes(50_000)[:-100])
+    outcome = Reconciler(settings).reconcile()
+    assert ("published", "a.tar.gz") in kinds(outcome)
+    assert ("skipped", "b.tar.gz") in kinds(outcome)
+    assert settings.latest_model_path.read_bytes() == whole.read_bytes()
+    assert (folder / "b.tar.gz").exists(), "a broken archive within its grace period was deleted"
+
+
+def test_nothing_whole_publishes_nothing(settings, folder):
+    add_model(folder, "a.tar.gz", age_s=300, data=b"not gzip at all")
+    Reconciler(settings).reconcile()
+    assert not settings.latest_model_path.exists()
+    assert (folder / "a.tar.gz").exists()
+
+
+def test_a_broken_archive_is_deleted_after_the_grace_period_with_a_log_line(tmp_path, caplog):
+    settings = make_settings(tmp_path, BROKEN_GRACE_PERIOD="60")
+    folder = settings.target_dir
+    add_model(folder, "young.tar.gz", age_s=30, data=b"broken")
+    add_model(folder, "old.tar.gz", age_s=120, data=b"broken")
+    with caplog.at_level("INFO"):
+        outcome = Reconciler(settings).reconcile()
+    assert ("deleted", "old.tar.gz") in kinds(outcome)
+    assert ("skipped", "young.tar.gz") in kinds(outcome)
+    assert "broken archive unchanged for 120 s" in caplog.text
+    assert names(folder) == ["young.tar.gz"]
+    assert outcome.recheck_at == pytest.approx(time.time() + 30, abs=2)
+
+
+def test_the_most_recent_arrival_wins_over_mtime(settings, folder):
+    """A model moved back in (a rollback) keeps its old mtime but arrived last."""
+    add_model(folder, "new.tar.gz", age_s=100)
+    rolled_back = add_model(folder, "old.tar.gz", age_s=HOUR)
+    reconciler = Reconciler(settings)
+    reconciler.note_arrival("old.tar.gz", time.time())
+    reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == rolled_back.read_bytes()
+    assert names(folder) == [".latest.tar.gz.json", "latest.tar.gz", "old.tar.gz"]
+
+
+def test_a_rollback_stays_published_after_a_restart(tmp_path):
+    settings = make_settings(tmp_path, KEEP_PREVIOUS="1")
+    folder = settings.target_dir
+    add_model(folder, "new.tar.gz", age_s=100)
+    rolled_back = add_model(folder, "old.tar.gz", age_s=HOUR)
+    first = Reconciler(settings)
+    first.note_arrival("old.tar.gz", time.time())
+    first.reconcile()
+    assert settings.latest_model_path.read_bytes() == rolled_back.read_bytes()
+    latest_inode = settings.latest_model_path.stat().st_ino
+    # A new process knows no events: by mtime new.tar.gz is newer, but it arrived before
+    # the rollback was published.
+    outcome = Reconciler(settings).reconcile()
+    assert outcome.actions == []
+    assert settings.latest_model_path.stat().st_ino == latest_inode
+    assert names(folder) == [".latest.tar.gz.json", "latest.tar.gz", "new.tar.gz", "old.tar.gz"]
+
+
+def test_a_model_written_while_stopped_is_published_after_a_restart(settings, folder):
+    add_model(folder, "a.tar.gz", age_s=100)
+    Reconciler(settings).reconcile()
+    later = folder / "b.tar.gz"
+    write_model(later, 10_000)  # mtime now: after the publish began
+    Reconciler(settings).reconcile()
+    assert settings.latest_model_path.read_bytes() == later.read_bytes()
+
+
+def test_keep_previous_keeps_the_most_recent_whole_others(tmp_path):
+    settings = make_settings(tmp_path, KEEP_PREVIOUS="2")
+    folder = settings.target_dir
+    for index, name in enumerate(["a", "b", "c", "d"]):
+        add_model(folder, f"{name}.tar.gz", age_s=500 - index * 100)
+    add_model(folder, "broken.tar.gz", age_s=150, data=b"junk")  # not counted as kept
+    Reconciler(settings).reconcile()
+    assert [n for n in names(folder) if n.endswith(".tar.gz")] == [
+        "b.tar.gz", "broken.tar.gz", "c.tar.gz", "d.tar.gz", "latest.tar.gz"]
+
+
+def test_pruning_never_touches_what_it_must_not(settings, folder, tmp_path):
+    add_model(folder, "published.tar.gz", age_s=10)
+    add_model(folder, "older.tar.gz", age_s=500)
+    add_model(folder, "keep.tar.gz", age_s=500)  # in IGNORE_FILE_PATHS
+    (folder / "notes.txt").write_text("not a model")
+    set_mtime(folder / "notes.txt", time.time() - HOUR)
+    (folder / "sub.tar.gz").mkdir()  # a folder whose name matches
+    outside = tmp_path / "outside.tar.gz"
+    outside.write_bytes(model_bytes(1000))
+    set_mtime(outside, time.time() - HOUR)
+    (folder / "link.tar.gz").symlink_to(outside)
+    nested = folder / "sub.tar.gz" / "deep.tar.gz"
+    nested.write_bytes(model_bytes(1000))
+    set_mtime(nested, time.time() - HOUR)
+    in_flight = folder / "writing.tar.gz"
+    in_flight.write_bytes(model_bytes(20_000)[:5000])  # changed just now, not whole yet
+
+    Reconciler(settings).reconcile()
+
+    assert names(folder) == [".latest.tar.gz.json", "keep.tar.gz", "latest.tar.gz", "link.tar.gz",
+                             "notes.txt", "published.tar.gz", "sub.tar.gz", "writing.tar.gz"]
+    assert outside.exists() and nested.exists()
+
+
+def test_a_whole_model_changed_within_the_throttle_delay_is_not_deleted(settings, folder):
+    add_model(folder, "a.tar.gz", age_s=0.2)
+    add_model(folder, "b.tar.gz", age_s=0.1)
+    outcome = Reconciler(settings).reconcile()
+    assert ("published", "b.tar.gz") in kinds(outcome)
+    assert (folder / "a.tar.gz").exists()
+    assert outcome.recheck_at is not None
+    time.sleep(max(0.0, outcome.recheck_at - time.time()) + 0.05)
+    Reconciler(settings).reconcile()
+    assert not (folder / "a.tar.gz").exists()
+
+
+def test_a_second_reconcile_does_nothing(settings, folder):
+    add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "b.tar.gz", age_s=200)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    latest = settings.latest_model_path.stat()
+    record = record_path(settings.latest_model_path).stat()
+    for again in (reconciler, Reconciler(settings)):
+        assert again.reconcile().actions == []
+    assert settings.latest_model_path.stat().st_ino == latest.st_ino
+    assert settings.latest_model_path.stat().st_mtime_ns == latest.st_mtime_ns
+    assert record_path(settings.latest_model_path).stat().st_mtime_ns == record.st_mtime_ns
+
+
+def test_dry_run_changes_nothing(settings, folder):
+    add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "b.tar.gz", age_s=200)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    outcome = Reconciler(settings).reconcile(dry_run=True)
+    assert kinds(outcome) == [("would-publish", "b.tar.gz"), ("would-delete", "a.tar.gz")]
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_latest_published_by_someone_else_is_adopted_with_its_source(settings, folder):
+    """Upgrading from the original tool: latest.tar.gz exists, no record of its source."""
+    source = add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "older.tar.gz", age_s=400)
+    settings.latest_model_path.write_bytes(source.read_bytes())
+    set_mtime(settings.latest_model_path, time.time() - 250)
+    outcome = Reconciler(settings).reconcile()
+    assert kinds(outcome) == [("deleted", "older.tar.gz")]
+    assert read_record(settings.latest_model_path).source == "a.tar.gz"
+    assert (folder / "a.tar.gz").exists()
+
+
+def test_a_broken_latest_is_replaced(settings, folder):
+    source = add_model(folder, "a.tar.gz", age_s=300)
+    settings.latest_model_path.write_bytes(source.read_bytes()[:-50])
+    Reconciler(settings).reconcile()
+    assert settings.latest_model_path.read_bytes() == source.read_bytes()
+
+
+def test_publish_keeps_the_old_latest_when_the_source_is_broken(settings, folder):
+    whole = add_model(folder, "a.tar.gz", age_s=300)
+    Reconciler(settings).reconcile()
+    add_model(folder, "b.tar.gz", age_s=0, data=model_bytes(80_000)[:-1])
+    Reconciler(settings).reconcile()
+    assert settings.latest_model_path.read_bytes() == whole.read_bytes()
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name], "a temporary file was left"
+
+
+def test_publish_atomically_makes_a_durable_whole_copy(settings, folder):
+    from worker.folder import list_models
+
+    source = add_model(folder, "a.tar.gz", age_s=5)
+    model = list_models(folder, "*.tar.gz", settings.latest_model_path)[0]
+    record = publish_atomically(model, settings.latest_model_path, arrived_at=time.time())
+    assert check_archive(settings.latest_model_path).size == source.stat().st_size
+    assert record.source == "a.tar.gz" and record.model_id == "a.tar.gz"
+    assert os.stat(settings.latest_model_path).st_ino != source.stat().st_ino, "not a copy"
+
+
+def test_an_empty_folder_is_in_order(settings):
+    outcome = Reconciler(settings).reconcile()
+    assert outcome.actions == [] and outcome.recheck_at is None
