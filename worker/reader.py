@@ -23,6 +23,8 @@ ARRIVAL = flags.CLOSE_WRITE | flags.MOVED_TO
 # The watch no longer sees the folder at the path: it was removed, renamed or unmounted.
 WATCH_LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
 REWATCH_RETRY_S = 0.5
+# While a rescan is owed and the rotator is unreachable, try again this often (ms, doubling).
+RETRY_FIRST_MS, RETRY_MAX_MS = 100, 2000
 
 
 class Reader:
@@ -34,12 +36,19 @@ class Reader:
         self.wd: int | None = None
         self.owed_rescan: str | None = "reader started: events may have been missed"
         self._connected_once = False
+        self._retry_ms = RETRY_FIRST_MS
+        self._unreachable_reported = False
 
     def run(self) -> None:
         self.watch()
         self.deliver_owed_rescan()
         while True:
-            self.handle(self.inotify.read())
+            # Idle and delivered: block with no timeout. Owing a rescan to a rotator that is
+            # not there yet: wake up now and then to try again.
+            timeout = self._retry_ms if self.owed_rescan else None
+            self.handle(self.inotify.read(timeout=timeout))
+            if self.owed_rescan:
+                self._retry_ms = min(self._retry_ms * 2, RETRY_MAX_MS)
 
     def watch(self) -> None:
         """Watch TARGET_DIR, creating it when it is missing (also after it was removed)."""
@@ -100,9 +109,13 @@ class Reader:
         try:
             self.client.connect()
         except (OSError, ChannelError) as error:
-            self.log.warning("rotator not reachable (%s); it reconciles the folder when it "
-                             "starts", error)
+            if not self._unreachable_reported:
+                self.log.warning("rotator not reachable (%s); retrying. It reconciles the "
+                                 "whole folder when it starts", error)
+                self._unreachable_reported = True
             return False
+        self._unreachable_reported = False
+        self._retry_ms = RETRY_FIRST_MS
         if not self._connected_once:
             self.log.info("connected to the rotator")
         else:

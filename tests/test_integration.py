@@ -1,0 +1,322 @@
+"""`python -m worker` started the way a user starts it: supervisord, reader, rotator, a real
+folder, real inotify, real kills. Each test waits for a condition with a generous deadline."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    content_of,
+    model_files,
+    set_mtime,
+    wait_for,
+    write_model,
+)
+from worker.archive import BrokenArchive, check_archive
+
+
+def latest_is(models: Path, source_bytes: bytes, timeout: float = 30) -> None:
+    wait_for(lambda: content_of(models / "latest.tar.gz") == source_bytes, timeout,
+             message="latest.tar.gz to hold the expected model")
+
+
+def only_models(models: Path, *names: str, timeout: float = 30) -> None:
+    expected = sorted([*names, "latest.tar.gz"])
+    wait_for(lambda: model_files(models) == expected, timeout,
+             message=f"the folder to hold exactly {expected}, has {model_files(models)}")
+
+
+def temporary_files(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+class LatestWatcher(threading.Thread):
+    """Opens latest.tar.gz every few milliseconds and checks each copy it gets is whole."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.reads = 0
+        self.partial: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                check_archive(self.path)
+                self.reads += 1
+            except FileNotFoundError:
+                pass
+            except BrokenArchive as error:
+                self.partial.append(str(error))
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
+def test_gradual_rasa_writes_never_show_a_partial_latest(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    watcher = LatestWatcher(models / "latest.tar.gz")
+    watcher.start()
+    try:
+        first = models / "20261126-101010-brave-fox.tar.gz"
+        write_model(first, 6_000_000, chunks=6, chunk_pause_s=0.1)
+        latest_is(models, first.read_bytes())
+        reads_of_first = watcher.reads
+        second = models / "20261126-101110-calm-cat.tar.gz"
+        write_model(second, 6_000_000, chunks=6, chunk_pause_s=0.1)
+        latest_is(models, second.read_bytes())
+        only_models(models, second.name)
+    finally:
+        watcher.stop()
+    assert watcher.partial == []
+    assert reads_of_first > 10 and watcher.reads > reads_of_first, "the watcher barely read"
+    assert f"published {first}" in tool.output and f"deleted {first}" in tool.output
+
+
+def test_a_model_renamed_in_is_published(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    staging = models / ".incoming"  # does not match *.tar.gz: no event counts for it
+    write_model(staging, 200_000)
+    os.rename(staging, models / "renamed.tar.gz")
+    latest_is(models, (models / "renamed.tar.gz").read_bytes())
+    assert "published" in tool.wait_for_line("renamed.tar.gz")
+
+
+def test_models_present_at_start_are_reconciled(start_tool, models):
+    now = time.time()
+    for index, name in enumerate(["a", "b", "c"]):
+        write_model(models / f"{name}.tar.gz", 50_000)
+        set_mtime(models / f"{name}.tar.gz", now - 300 + index * 100)
+    # mtime decides for files with no event: c, even though a was written last.
+    newest = (models / "c.tar.gz").read_bytes()
+    tool = start_tool()
+    latest_is(models, newest)
+    only_models(models, "c.tar.gz")
+    tool.wait_for_line("deleted")
+
+
+def test_rollback_survives_a_restart_with_keep_previous(start_tool, models, tmp_path):
+    tool = start_tool(KEEP_PREVIOUS="1")
+    tool.ready()
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    old = archive / "old.tar.gz"
+    write_model(old, 50_000, model_id="old")
+    set_mtime(old, time.time() - 3600)
+    write_model(models / "new.tar.gz", 50_000, model_id="new")
+    latest_is(models, (models / "new.tar.gz").read_bytes())
+    os.rename(old, models / "old.tar.gz")  # mv keeps the old mtime
+    rolled_back = (models / "old.tar.gz").read_bytes()
+    latest_is(models, rolled_back)
+    tool.stop()
+    restarted = start_tool(KEEP_PREVIOUS="1")
+    restarted.ready()
+    time.sleep(1.0)  # three debounce delays: any wrong republish would have happened
+    assert content_of(models / "latest.tar.gz") == rolled_back
+    assert model_files(models) == ["latest.tar.gz", "new.tar.gz", "old.tar.gz"]
+    assert "published" not in restarted.output
+
+
+def test_a_truncated_archive_is_never_published_and_deleted_after_grace(start_tool, models):
+    tool = start_tool(BROKEN_GRACE_PERIOD="3")
+    tool.ready()
+    whole = models / "whole.tar.gz"
+    write_model(whole, 100_000)
+    latest_is(models, whole.read_bytes())
+    killed = models / "killed.tar.gz"
+    write_model(killed, 300_000, chunks=3, stop_after_chunk=2)  # closed mid-write
+    tool.wait_for_line(f"skipped {killed}")
+    assert content_of(models / "latest.tar.gz") == whole.read_bytes()
+    assert killed.exists()
+    line = tool.wait_for_line(f"deleted {killed}", timeout=30)
+    assert "broken archive unchanged" in line
+    assert content_of(models / "latest.tar.gz") == whole.read_bytes()
+
+
+def test_a_slow_write_survives_while_another_model_is_published(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    slow = models / "slow.tar.gz"
+    writer = threading.Thread(target=write_model, args=(slow, 2_000_000),
+                              kwargs={"chunks": 8, "chunk_pause_s": 0.5})
+    writer.start()
+    wait_for(lambda: slow.exists() and slow.stat().st_size > 0)
+    quick = models / "quick.tar.gz"
+    write_model(quick, 100_000)
+    latest_is(models, quick.read_bytes())
+    time.sleep(1.0)  # more than three debounce delays with the slow file still open
+    assert slow.exists(), "a file still being written was deleted"
+    writer.join()
+    latest_is(models, slow.read_bytes())
+    only_models(models, "slow.tar.gz")
+    assert tool.process.poll() is None
+
+
+def test_kill_9_reader_misses_nothing(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    for round_ in range(2):
+        reader = tool.program_pid("reader")
+        os.kill(reader, signal.SIGKILL)
+        model = models / f"while-reader-down-{round_}.tar.gz"
+        write_model(model, 100_000)
+        latest_is(models, model.read_bytes())
+        wait_for(lambda r=reader: tool.program_pid("reader") != r)
+    only_models(models, "while-reader-down-1.tar.gz")
+
+
+def test_kill_9_rotator_misses_nothing_and_the_reader_reconnects(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    rotator = tool.program_pid("rotator")
+    os.kill(rotator, signal.SIGKILL)
+    # Written while the rotator is down: found by its start-up reconcile.
+    down = models / "while-rotator-down.tar.gz"
+    write_model(down, 100_000)
+    latest_is(models, down.read_bytes())
+    # Written after: reaches the new rotator only through the reader's reconnect
+    # (the stale socket and the cached dead connection are both in the way).
+    mark = tool.line_count()
+    after = models / "after-restart.tar.gz"
+    write_model(after, 100_000)
+    latest_is(models, after.read_bytes())
+    tool.wait_for_line("reconnected to the rotator", after=0)
+    assert tool.program_pid("rotator") != rotator
+    only_models(models, "after-restart.tar.gz")
+    assert "already serving" not in tool.output[mark:]
+
+
+def test_kill_9_rotator_in_the_middle_of_a_publish(start_tool, models, tmp_path):
+    tool = start_tool()
+    tool.ready()
+    small = models / "small.tar.gz"
+    write_model(small, 100_000)
+    latest_is(models, small.read_bytes())
+    staged = tmp_path / "big.tar.gz"
+    write_model(staged, 400 * 1024 * 1024, chunks=8, compresslevel=1)
+    rotator = tool.program_pid("rotator")
+    big = models / "big.tar.gz"
+    os.rename(staged, big)
+    wait_for(lambda: temporary_files(models), timeout=30, interval=0.001,
+             message="a publish in progress")
+    os.kill(rotator, signal.SIGKILL)
+    assert content_of(models / "latest.tar.gz") == small.read_bytes(), "latest changed half-way"
+    latest_is(models, big.read_bytes(), timeout=60)
+    wait_for(lambda: not temporary_files(models), message="the leftover temporary file removed")
+    assert "temporary file of an interrupted publish" in tool.output
+    only_models(models, "big.tar.gz")
+
+
+def test_inotify_queue_overflow_triggers_a_rescan(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    reader = tool.program_pid("reader")
+    os.kill(reader, signal.SIGSTOP)
+    try:
+        # More close_write events than the kernel queues (16384): the rest are dropped.
+        for index in range(17_000):
+            with open(models / f"noise-{index}.txt", "w"):
+                pass
+        model = models / "after-the-flood.tar.gz"
+        write_model(model, 100_000)  # its own event is among the dropped ones
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    latest_is(models, model.read_bytes(), timeout=60)
+    tool.wait_for_line("inotify queue overflowed")
+    assert len(list(models.glob("noise-*.txt"))) == 17_000, "non-model files were touched"
+
+
+def test_the_watched_folder_removed_and_created_again(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    first = models / "first.tar.gz"
+    write_model(first, 100_000)
+    latest_is(models, first.read_bytes())
+    for path in models.iterdir():
+        path.unlink()
+    models.rmdir()
+    tool.wait_for_line("is gone")
+    models.mkdir(exist_ok=True)
+    wait_for(lambda: tool.output.count("watching") >= 2, message="a new watch")
+    second = models / "second.tar.gz"
+    write_model(second, 100_000)
+    latest_is(models, second.read_bytes())
+
+
+def test_sigterm_stops_everything_quickly_and_cleanly(start_tool, models, tmp_path):
+    tool = start_tool()
+    tool.ready()
+    pids = [tool.process.pid, tool.program_pid("reader"), tool.program_pid("rotator")]
+    staged = tmp_path / "big.tar.gz"
+    write_model(staged, 300 * 1024 * 1024, chunks=6, compresslevel=1)
+    os.rename(staged, models / "big.tar.gz")
+    wait_for(lambda: temporary_files(models), interval=0.001, message="a publish in progress")
+    started = time.monotonic()
+    code = tool.stop()
+    assert time.monotonic() - started < 5
+    assert code == 0
+    assert temporary_files(models) == []
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived supervisord"
+    assert not (tmp_path / "run" / "queue.sock").exists()
+
+
+def test_once_and_dry_run(models, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import tool_environment
+
+    now = time.time()
+    for index, name in enumerate(["a", "b"]):
+        write_model(models / f"{name}.tar.gz", 50_000)
+        set_mtime(models / f"{name}.tar.gz", now - 300 + index * 100)
+    env = tool_environment(tmp_path)
+
+    def once(*args):
+        return subprocess.run([sys.executable, "-m", "worker", "once", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=30)
+
+    dry = once("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would-publish" in dry.stdout and "would-delete" in dry.stdout
+    assert model_files(models) == ["a.tar.gz", "b.tar.gz"]
+    real = once()
+    assert real.returncode == 0, real.stderr
+    assert f"published {models / 'b.tar.gz'}" in real.stdout
+    assert f"deleted {models / 'a.tar.gz'}" in real.stdout
+    assert model_files(models) == ["b.tar.gz", "latest.tar.gz"]
+    again = once()
+    assert "nothing to do" in again.stdout
+
+
+def test_two_instances_side_by_side(start_tool, tmp_path):
+    folders = []
+    tools = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folders.append(folder)
+        tools.append(start_tool(TARGET_DIR=str(folder), RUN_DIR=str(tmp_path / f"run-{name}")))
+    for tool in tools:
+        tool.ready()
+    for folder in folders:
+        write_model(folder / "m.tar.gz", 50_000, model_id=folder.name)
+    for folder in folders:
+        latest_is(folder, (folder / "m.tar.gz").read_bytes())
+
+
+@pytest.mark.parametrize("bad", [{"THROTTLE_DELAY": "soon"}, {"KEEP_PREVIOUS": "-1"}])
+def test_bad_settings_start_nothing(start_tool, tmp_path, bad):
+    tool = start_tool(**bad)
+    assert tool.process.wait(5) != 0
+    tool.stop()
+    assert not (tmp_path / "models").exists() and not (tmp_path / "run").exists()
