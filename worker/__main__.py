@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run supervisord with the reader and the rotator (the default)")
     sub.add_parser("reader", help="the inotify reader program (started by supervisord)")
     sub.add_parser("rotator", help="the debouncing rotator program (started by supervisord)")
+    sub.add_parser("guard", help="event listener: stop supervisord when a program cannot "
+                                 "stay up (started by supervisord)")
     once = sub.add_parser("once", help="reconcile the folder once, print each action, exit")
     once.add_argument("--dry-run", action="store_true", help="print actions, change nothing")
     args = parser.parse_args(argv)
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from worker.logs import setup_logging
 
-    log = setup_logging(command, settings.log_level)
+    log = setup_logging(command, settings.log_level,
+                        stream=sys.stderr if command == "guard" else None)
     if command == "run":
         from worker.launcher import exec_supervisord
 
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
         prepare_folders(settings)
         run_rotator(settings, log)
+    elif command == "guard":
+        from worker.guard import run_guard
+
+        run_guard(log)
     elif command == "once":
         from worker.reconcile import Reconciler
 

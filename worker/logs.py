@@ -21,9 +21,12 @@ class _PlainFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(program: str, level: str) -> logging.Logger:
-    """Configure the root logger for one program and return the program's logger."""
-    handler = logging.StreamHandler(sys.stdout)
+def setup_logging(program: str, level: str, stream=None) -> logging.Logger:
+    """Configure the root logger for one program and return the program's logger.
+
+    Lines go to stdout, except for an event listener, whose stdout speaks supervisord's
+    listener protocol: it passes stderr."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(_PlainFormatter(program))
     root = logging.getLogger()
     root.handlers[:] = [handler]

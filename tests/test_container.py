@@ -1,0 +1,292 @@
+"""The container home without a Docker engine: the image's steps reproduced (a fresh venv from
+requirements.txt, the app copied like COPY does, uid 1000 / gid 2000), and its exact CMD run as
+PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`). Needs root, as CI has."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROJECT_ROOT, content_of, wait_for, write_model
+
+UID, GID = 1000, 2000
+# Interpreters that a non-root user can run (the image's is /usr/local/bin/python).
+INTERPRETERS = ("/usr/local/bin/python3.11", "/usr/bin/python3.11", "/usr/bin/python3")
+
+
+def dockerfile_instruction(name: str) -> str:
+    """The text of the (last) instruction `name` in the Dockerfile, continuation lines joined."""
+    text = (PROJECT_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found = [line.strip()[len(name):].strip() for line in text.splitlines()
+             if line.strip().startswith(name + " ")]
+    assert found, f"no {name} in the Dockerfile"
+    return found[-1]
+
+
+def image_cmd() -> list[str]:
+    return json.loads(dockerfile_instruction("CMD"))
+
+
+def image_healthcheck() -> list[str]:
+    text = dockerfile_instruction("HEALTHCHECK")
+    return json.loads(text[text.index("CMD") + 3:].strip())
+
+
+def image_env() -> dict[str, str]:
+    text = dockerfile_instruction("ENV")
+    return dict(re.findall(r"(\w+)=(\S+)", text))
+
+
+def usable_interpreter() -> str:
+    for candidate in INTERPRETERS:
+        if os.path.exists(candidate):
+            check = subprocess.run(
+                ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
+                 candidate, "-c", "import venv"], capture_output=True)
+            if check.returncode == 0:
+                return candidate
+    pytest.fail(f"no Python 3.11 that uid {UID} can run among {INTERPRETERS}: "
+                "the image's steps cannot be reproduced here")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """An /app like the image's: venv from requirements.txt only, worker/ and conf/ copied."""
+    if os.geteuid() != 0:
+        pytest.fail("the container tests need root (unshare, setpriv), as CI has")
+    root = Path(tempfile.mkdtemp(prefix="rotator-image-"))
+    os.chmod(root, 0o755)
+    venv = root / "venv"
+    subprocess.run([usable_interpreter(), "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir",
+                    "-r", str(PROJECT_ROOT / "requirements.txt")], check=True)
+    app = root / "app"
+    app.mkdir()
+    for part in ("worker", "conf"):
+        shutil.copytree(PROJECT_ROOT / part, app / part,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    yield {"root": root, "app": app, "python": str(venv / "bin" / "python")}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_image_installs_only_requirements_txt(image):
+    frozen = subprocess.run([image["python"], "-m", "pip", "freeze"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    wanted = set((PROJECT_ROOT / "requirements.txt").read_text().split())
+    assert wanted <= set(frozen)
+    assert len(frozen) == len(wanted), f"more than requirements.txt: {frozen}"
+
+
+def test_hadolint_passes_with_no_warnings():
+    hadolint = shutil.which("hadolint") or str(Path(os.sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, "--failure-threshold", "style", "Dockerfile"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+class Container:
+    """The image's CMD as PID 1 of a new PID namespace, run as uid 1000, gid 2000."""
+
+    def __init__(self, image, models: Path, run_dir: Path, **settings):
+        self.image = image
+        self.env = {"PATH": f"{Path(image['python']).parent}:/usr/bin:/bin",
+                    **image_env(), "RUN_DIR": str(run_dir), "THROTTLE_DELAY": "300",
+                    "TARGET_DIR": str(models), **settings}
+        cmd = image_cmd()
+        assert cmd[0] == "python"
+        cmd[0] = image["python"]
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc",
+             "setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", *cmd],
+            cwd=image["app"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._collect, daemon=True).start()
+        self.pid1 = wait_for(self._namespace_init, 20, message="PID 1 of the namespace")
+        # The same process: setpriv, then `python -m worker`, then (exec) supervisord.
+        wait_for(lambda: "supervisord" in cmdline(self.pid1) or self.process.poll() is not None,
+                 20, message="PID 1 to become supervisord")
+        time.sleep(0.2)
+        assert self.process.poll() is None, f"the container ended at once:\n{self.output}"
+
+    def _collect(self):
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def _namespace_init(self) -> int | None:
+        children = children_of(self.process.pid)
+        return children[0] if children else None
+
+    def program_pid(self, name: str) -> int | None:
+        for pid in children_of(self.pid1):
+            if f"-m worker {name}" in cmdline(pid):
+                return pid
+        return None
+
+    def healthcheck(self) -> subprocess.CompletedProcess:
+        command = [part.replace("/app/", f"{self.image['app']}/") for part in image_healthcheck()]
+        command[0] = self.image["python"]
+        return subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
+                               *command], cwd=self.image["app"], env=self.env,
+                              capture_output=True, text=True, timeout=30)
+
+    def wait_running(self):
+        wait_for(lambda: "success: reader entered RUNNING" in self.output
+                 and "success: rotator entered RUNNING" in self.output, 30,
+                 message=f"both programs RUNNING\n{self.output}")
+
+    def terminate(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            os.kill(self.pid1, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def namespace_pids(pid: int) -> list[str]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return line.split()[1:]
+    return []
+
+
+@pytest.fixture
+def container(image):
+    """Start containers over a group-writable models folder like the image's /app/models."""
+    started: list[Container] = []
+    workdir = Path(tempfile.mkdtemp(prefix="rotator-container-"))
+    os.chmod(workdir, 0o755)
+    models = workdir / "models"
+    models.mkdir()
+    os.chown(models, UID, GID)
+    os.chmod(models, 0o2775)
+
+    scratch = workdir / "tmp"  # stands in for the image's /tmp, where RUN_DIR lives
+    scratch.mkdir(mode=0o1777)
+    os.chmod(scratch, 0o1777)
+
+    def start(**settings) -> Container:
+        run = Container(image, models, scratch / "rasa-model-rotator", **settings)
+        started.append(run)
+        return run
+
+    start.models = models
+    yield start
+    for run in started:
+        run.terminate()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_pid1_non_root_publishes_answers_health_and_stops_on_sigterm(container):
+    run = container()
+    models = container.models
+    assert namespace_pids(run.pid1)[-1] == "1", "supervisord is not PID 1"
+    assert "supervisor.supervisord" in cmdline(run.pid1), cmdline(run.pid1)
+    assert os.stat(f"/proc/{run.pid1}").st_uid == UID
+    run.wait_running()
+    model = models / "20261126-101010-brave-fox.tar.gz"
+    write_model(model, 200_000)
+    os.chown(model, UID, GID)
+    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30,
+             message=f"latest published\n{run.output}")
+    assert os.stat(models / "latest.tar.gz").st_uid == UID
+
+    health = run.healthcheck()
+    assert health.returncode == 0, health.stdout + health.stderr
+    for program in ("reader", "rotator", "guard"):
+        assert re.search(rf"{program}\s+RUNNING", health.stdout), health.stdout
+
+    programs = [run.program_pid("reader"), run.program_pid("rotator")]
+    started = time.monotonic()
+    code = run.terminate()
+    elapsed = time.monotonic() - started
+    assert elapsed < 8, f"SIGTERM to PID 1 took {elapsed:.1f} s (Docker kills at 10 s)"
+    assert code == 0
+    for pid in [run.pid1, *programs]:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} survived"
+    assert not [p for p in models.iterdir() if ".tmp-" in p.name]
+
+
+def test_healthcheck_fails_when_a_program_is_not_running(container):
+    run = container()
+    run.wait_running()
+    assert run.healthcheck().returncode == 0
+    ctl = run.healthcheck().args[:-1]  # the same supervisorctl, another command
+    subprocess.run([*ctl, "stop", "rotator"], env=run.env, cwd=run.image["app"],
+                   check=True, capture_output=True)
+    unhealthy = run.healthcheck()
+    assert unhealthy.returncode != 0
+    assert re.search(r"rotator\s+STOPPED", unhealthy.stdout), unhealthy.stdout
+
+
+def test_a_program_killed_right_after_each_start_makes_supervisord_exit(container):
+    run = container()
+    run.wait_running()
+    killed = set()
+    deadline = time.monotonic() + 90
+    while run.process.poll() is None and time.monotonic() < deadline:
+        pid = run.program_pid("rotator")
+        if pid and pid not in killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.01)
+    assert run.process.poll() is not None, "supervisord kept running with a crash-looping program"
+    assert len(killed) >= 3
+    assert "shutting down supervisord" in run.output, run.output
+
+
+def test_pid1_reaps_a_double_forked_orphan(container):
+    run = container()
+    run.wait_running()
+    marker = f"sleep {time.time_ns() % 1000 + 1}.{os.getpid()}"
+    # The inner shell exits at once; its background child is orphaned to PID 1.
+    subprocess.run(["nsenter", "--target", str(run.pid1), "--pid", "--mount", "--",
+                    "sh", "-c", f"{marker.split()[0]} 0.5 & exit 0"], check=True)
+
+    def orphan():
+        return next((pid for pid in children_of(run.pid1) if "sleep 0.5" in cmdline(pid)
+                     or _state(pid) == "Z"), None)
+
+    orphan_pid = wait_for(orphan, 10, interval=0.01, message="the orphan adopted by PID 1")
+    wait_for(lambda: not Path(f"/proc/{orphan_pid}").exists(), 10,
+             message=f"orphan {orphan_pid} reaped (state {_state(orphan_pid)})")
+    assert run.process.poll() is None
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"

@@ -1,0 +1,29 @@
+from worker.guard import CrashCounter, verdict
+
+
+def test_fatal_stops_supervisord_at_once():
+    reason = verdict("PROCESS_STATE_FATAL", {"processname": "rotator"}, CrashCounter(), 0.0)
+    assert reason and "rotator" in reason and "FATAL" in reason
+
+
+def test_a_crash_loop_is_caught_before_it_would_become_fatal():
+    counter = CrashCounter(limit=5, window_s=60)
+    fields = {"processname": "reader", "expected": "0"}
+    results = [verdict("PROCESS_STATE_EXITED", fields, counter, t) for t in range(0, 50, 10)]
+    assert results[:4] == [None] * 4
+    assert results[4] and "crash loop" in results[4]
+
+
+def test_spread_out_crashes_are_not_a_loop():
+    counter = CrashCounter(limit=5, window_s=60)
+    fields = {"processname": "reader", "expected": "0"}
+    assert all(verdict("PROCESS_STATE_EXITED", fields, counter, t) is None
+               for t in range(0, 1000, 30))
+
+
+def test_programs_are_counted_apart_and_expected_exits_ignored():
+    counter = CrashCounter(limit=2, window_s=60)
+    assert verdict("PROCESS_STATE_EXITED", {"processname": "a", "expected": "0"}, counter, 1) is None
+    assert verdict("PROCESS_STATE_EXITED", {"processname": "b", "expected": "0"}, counter, 2) is None
+    assert verdict("PROCESS_STATE_EXITED", {"processname": "a", "expected": "1"}, counter, 3) is None
+    assert verdict("PROCESS_STATE_EXITED", {"processname": "a", "expected": "0"}, counter, 4)
