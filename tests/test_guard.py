@@ -23,7 +23,12 @@ def test_spread_out_crashes_are_not_a_loop():
 
 def test_programs_are_counted_apart_and_expected_exits_ignored():
     counter = CrashCounter(limit=2, window_s=60)
-    assert verdict("PROCESS_STATE_EXITED", {"processname": "a", "expected": "0"}, counter, 1) is None
-    assert verdict("PROCESS_STATE_EXITED", {"processname": "b", "expected": "0"}, counter, 2) is None
-    assert verdict("PROCESS_STATE_EXITED", {"processname": "a", "expected": "1"}, counter, 3) is None
-    assert verdict("PROCESS_STATE_EXITED", {"processname": "a", "expected": "0"}, counter, 4)
+
+    def exited(name, expected, now):
+        fields = {"processname": name, "expected": expected}
+        return verdict("PROCESS_STATE_EXITED", fields, counter, now)
+
+    assert exited("a", "0", 1) is None
+    assert exited("b", "0", 2) is None
+    assert exited("a", "1", 3) is None
+    assert exited("a", "0", 4)

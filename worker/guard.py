@@ -45,10 +45,10 @@ def verdict(event: str, fields: dict[str, str], counter: CrashCounter, now: floa
     program = fields.get("processname", "?")
     if event == "PROCESS_STATE_FATAL":
         return f"program {program} could not be kept running (FATAL)"
-    if event == "PROCESS_STATE_EXITED" and fields.get("expected") == "0":
-        if counter.crash_loop(program, now):
-            return (f"program {program} exited {counter.limit} times within "
-                    f"{counter.window_s:.0f} s (crash loop)")
+    crashed = event == "PROCESS_STATE_EXITED" and fields.get("expected") == "0"
+    if crashed and counter.crash_loop(program, now):
+        return (f"program {program} exited {counter.limit} times within "
+                f"{counter.window_s:.0f} s (crash loop)")
     return None
 
 
