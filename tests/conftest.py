@@ -36,6 +36,6 @@ def models(tmp_path) -> Path:
 def _no_env_leak(monkeypatch):
     for name in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY", "KEEP_PREVIOUS",
                  "MODEL_PATTERN", "RUN_DIR", "IGNORE_FILE_PATHS", "LOG_LEVEL", "ENV_FILE",
-                 "BROKEN_GRACE_PERIOD"):
+                 "BROKEN_GRACE_PERIOD", "RESCAN_INTERVAL"):
         monkeypatch.delenv(name, raising=False)
     yield

@@ -170,9 +170,10 @@ def tool_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY", "KEEP_PREVIOUS",
                         "MODEL_PATTERN", "RUN_DIR", "IGNORE_FILE_PATHS", "LOG_LEVEL",
-                        "ENV_FILE", "BROKEN_GRACE_PERIOD")}
+                        "ENV_FILE", "BROKEN_GRACE_PERIOD", "RESCAN_INTERVAL")}
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     env["RUN_DIR"] = str(tmp_path / "run")
     env["THROTTLE_DELAY"] = "300"
+    env["RESCAN_INTERVAL"] = "0"  # events only, unless a test asks for the rescan
     env.update(settings)
     return env

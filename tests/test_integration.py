@@ -320,3 +320,28 @@ def test_bad_settings_start_nothing(start_tool, tmp_path, bad):
     assert tool.process.wait(5) != 0
     tool.stop()
     assert not (tmp_path / "models").exists() and not (tmp_path / "run").exists()
+
+
+def _supervisorctl(tool, *args):
+    import subprocess
+    import sys
+
+    from tests.helpers import PROJECT_ROOT
+
+    return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
+                           str(PROJECT_ROOT / "conf" / "supervisord.conf"), *args],
+                          env=tool.env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("interval", ["1", "0"])
+def test_the_periodic_rescan_finds_a_model_no_event_announced(start_tool, models, interval):
+    tool = start_tool(RESCAN_INTERVAL=interval)
+    tool.ready()
+    assert _supervisorctl(tool, "stop", "reader").returncode == 0  # no more events
+    model = models / "unannounced.tar.gz"
+    write_model(model, 100_000)
+    if interval == "0":
+        time.sleep(3)  # what a 1 s rescan needs, three times over
+        assert not (models / "latest.tar.gz").exists(), "published with the rescan off"
+    else:
+        latest_is(models, model.read_bytes(), timeout=30)

@@ -20,6 +20,7 @@ class Rotator:
         self.reconciler = Reconciler(settings, log)
         self.debounce = Debounce(settings.throttle_delay_s, settings.debounce_cap_s)
         self.recheck_at: float | None = None  # monotonic
+        self.rescan_at: float | None = None  # monotonic; None: periodic rescan off
         self.server: QueueServer | None = None
 
     def run(self) -> None:
@@ -32,14 +33,15 @@ class Rotator:
             while True:
                 self.wait_and_receive()
                 now = time.monotonic()
-                if self.debounce.due(now) or (self.recheck_at is not None
-                                              and now >= self.recheck_at):
+                timers = (self.recheck_at, self.rescan_at)
+                if self.debounce.due(now) or any(t is not None and now >= t for t in timers):
                     self.reconcile()
         finally:
             self.server.close()
 
     def wait_and_receive(self) -> None:
-        deadlines = [d for d in (self.debounce.deadline, self.recheck_at) if d is not None]
+        deadlines = [d for d in (self.debounce.deadline, self.recheck_at, self.rescan_at)
+                     if d is not None]
         # No deadline: block without waking up until the reader has news.
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         try:
@@ -66,6 +68,10 @@ class Rotator:
     def reconcile(self) -> None:
         self.debounce.clear()
         outcome = self.reconciler.reconcile()
+        # inotify sees nothing written from another host on a network file system, nor
+        # under a file system mounted over the folder: look again now and then.
+        interval = self.settings.rescan_interval_s
+        self.rescan_at = time.monotonic() + interval if interval else None
         if outcome.recheck_at is None:
             self.recheck_at = None
         else:

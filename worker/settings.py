@@ -27,6 +27,7 @@ DEFAULTS = {
     "MODEL_PATTERN": "*.tar.gz",
     "LOG_LEVEL": "INFO",
     "BROKEN_GRACE_PERIOD": "3600",
+    "RESCAN_INTERVAL": "60",
 }
 
 # A burst of events can postpone a reconcile by at most this many debounce delays.
@@ -48,6 +49,7 @@ class Settings:
     run_dir: Path
     log_level: str
     broken_grace_s: float
+    rescan_interval_s: float = 60.0
 
     @property
     def debounce_cap_s(self) -> float:
@@ -73,6 +75,7 @@ class Settings:
             "RUN_DIR": str(self.run_dir),
             "LOG_LEVEL": self.log_level,
             "BROKEN_GRACE_PERIOD": str(round(self.broken_grace_s)),
+            "RESCAN_INTERVAL": str(round(self.rescan_interval_s)),
         }
 
 
@@ -157,6 +160,7 @@ def read_settings(env=None) -> Settings:
     throttle_ms = _whole_number(env, "THROTTLE_DELAY", "whole milliseconds, 0 or more (e.g. 5000)")
     keep = _whole_number(env, "KEEP_PREVIOUS", "a whole number of models, 0 or more")
     grace = _whole_number(env, "BROKEN_GRACE_PERIOD", "whole seconds, 0 or more (e.g. 3600)")
+    rescan = _whole_number(env, "RESCAN_INTERVAL", "whole seconds, 0 (off) or more (e.g. 60)")
 
     pattern = env.get("MODEL_PATTERN", DEFAULTS["MODEL_PATTERN"]).strip()
     if not pattern or "/" in pattern:
@@ -186,6 +190,7 @@ def read_settings(env=None) -> Settings:
         run_dir=run_dir,
         log_level=level,
         broken_grace_s=float(grace),
+        rescan_interval_s=float(rescan),
     )
 
 

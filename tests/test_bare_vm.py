@@ -1,0 +1,76 @@
+"""The bare-VM home: a plain supervisord of its own whose config includes our include file,
+in place, from an install folder laid out as the README says (venv in .venv, .env)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+
+from tests.helpers import PROJECT_ROOT, content_of, wait_for, write_model
+
+
+def test_an_existing_supervisord_runs_the_include_file(tmp_path):
+    install = tmp_path / "opt" / "rasa-model-rotator"
+    install.mkdir(parents=True)
+    for part in ("worker", "conf"):
+        shutil.copytree(PROJECT_ROOT / part, install / part,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (install / ".venv").symlink_to(sys.prefix)  # the venv these tests run in
+    models = tmp_path / "srv" / "models"
+    (install / ".env").write_text(
+        f"TARGET_DIR={models}\nRUN_DIR={tmp_path / 'rotator-run'}\nTHROTTLE_DELAY=300\n")
+    logs = tmp_path / "log"
+    logs.mkdir()
+    config = tmp_path / "supervisord.conf"
+    config.write_text(textwrap.dedent(f"""
+        [supervisord]
+        nodaemon=true
+        logfile={logs}/supervisord.log
+        pidfile={tmp_path}/supervisord.pid
+        childlogdir={logs}
+
+        [unix_http_server]
+        file={tmp_path}/supervisor.sock
+
+        [rpcinterface:supervisor]
+        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+        [supervisorctl]
+        serverurl=unix://{tmp_path}/supervisor.sock
+
+        [program:other]
+        command=sleep 3600
+
+        [include]
+        files = {install}/conf/supervisor-include.conf
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("TARGET_DIR", "RUN_DIR")}
+    supervisord = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    threading.Thread(target=supervisord.stdout.read, daemon=True).start()
+
+    def ctl(*args):
+        return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
+                               str(config), *args], env=env, capture_output=True, text=True)
+
+    try:
+        status = wait_for(lambda: (lambda out: out if len(re.findall("RUNNING", out)) == 3
+                                   else None)(ctl("status").stdout), 30,
+                          message="three programs RUNNING")
+        assert re.search(r"rasa-model-rotator:reader\s+RUNNING", status), status
+        assert re.search(r"rasa-model-rotator:rotator\s+RUNNING", status), status
+        model = models / "20261126-101010-brave-fox.tar.gz"
+        write_model(model, 100_000)
+        wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30,
+                 message="the model published")
+        rotator_log = wait_for(lambda: [p for p in logs.iterdir() if "rotator" in p.name
+                                        and "published" in p.read_text()], 10,
+                               message="the rotator's log file in childlogdir")
+        assert rotator_log
+    finally:
+        ctl("shutdown")
+        supervisord.wait(20)
