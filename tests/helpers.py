@@ -91,13 +91,14 @@ def content_of(path: Path) -> bytes | None:
 class RunningTool:
     """`python -m worker` (supervisord with reader and rotator), as a user starts it."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()):
+    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = (),
+                 prefix: tuple[str, ...] = ()):
         self.workdir = workdir
         self.env = env
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", *args], cwd=workdir, env=env,
+            [*prefix, sys.executable, "-m", "worker", *args], cwd=workdir, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, start_new_session=True)
         self._pump = threading.Thread(target=self._collect, daemon=True)

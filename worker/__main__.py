@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "stay up (started by supervisord)")
     once = sub.add_parser("once", help="reconcile the folder once, print each action, exit")
     once.add_argument("--dry-run", action="store_true", help="print actions, change nothing")
+    status = sub.add_parser("status", help="what is published, the last Rasa calls, and "
+                                           "whether the programs run; exit 1 when unhealthy")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     command = args.command or "run"
 
@@ -39,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from worker.logs import setup_logging
 
+    if command == "status":
+        from worker.status import run_status
+
+        return run_status(settings, args.json)
     log = setup_logging(command, settings.log_level,
-                        stream=sys.stderr if command == "guard" else None)
+                        stream=sys.stderr if command == "guard" else None,
+                        log_format=settings.log_format)
     if command == "run":
         from worker.launcher import exec_supervisord
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -21,13 +22,33 @@ class _PlainFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(program: str, level: str, stream=None) -> logging.Logger:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, program, event, message, and the fields."""
+
+    def __init__(self, program: str):
+        super().__init__()
+        self.program = program
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname,
+                 "program": self.program, "event": getattr(record, "event", "log"),
+                 "message": record.getMessage()}
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(program: str, level: str, stream=None, log_format: str = "text"
+                  ) -> logging.Logger:
     """Configure the root logger for one program and return the program's logger.
 
     Lines go to stdout, except for an event listener, whose stdout speaks supervisord's
     listener protocol: it passes stderr."""
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(_PlainFormatter(program))
+    formatter = _JsonFormatter if log_format == "json" else _PlainFormatter
+    handler.setFormatter(formatter(program))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 
 from inotify_simple import INotify, flags
@@ -34,6 +35,7 @@ class Reader:
         self.inotify = INotify()
         self.client = QueueClient(settings.run_dir)
         self.wd: int | None = None
+        self.watched: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched folder
         self.owed_rescan: str | None = "reader started: events may have been missed"
         self._connected_once = False
         self._retry_ms = RETRY_FIRST_MS
@@ -43,10 +45,12 @@ class Reader:
         self.watch()
         self.deliver_owed_rescan()
         while True:
-            # Idle and delivered: block with no timeout. Owing a rescan to a rotator that is
-            # not there yet: wake up now and then to try again.
-            timeout = self._retry_ms if self.owed_rescan else None
+            # Idle and delivered: block, waking only with RESCAN_INTERVAL to check that the
+            # path still names the watched folder. Owing a rescan to a rotator that is not
+            # there yet: wake up now and then to try again.
+            timeout = self._retry_ms if self.owed_rescan else self._identity_check_ms
             self.handle(self.inotify.read(timeout=timeout))
+            self.check_identity()
             if self.owed_rescan:
                 self._retry_ms = min(self._retry_ms * 2, RETRY_MAX_MS)
 
@@ -58,6 +62,7 @@ class Reader:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 self.wd = self.inotify.add_watch(folder, WATCH_MASK)
+                self.watched = _identity(folder)
                 break
             except OSError as error:
                 if not reported:
@@ -84,6 +89,23 @@ class Reader:
         self.deliver_owed_rescan()
         if arrived and not self.deliver((ARRIVED, arrived)):
             self.owed_rescan = "events could not be delivered"
+
+    @property
+    def _identity_check_ms(self) -> int | None:
+        interval = self.settings.rescan_interval_s
+        return int(interval * 1000) if interval else None
+
+    def check_identity(self) -> None:
+        """A file system mounted over the folder (or a replaced volume) sends no event: the
+        old watch silently sees nothing. Compare what the path names now with what we watch."""
+        try:
+            current = _identity(self.settings.target_dir)
+        except OSError:
+            return  # gone: DELETE_SELF / IGNORED bring us to rewatch()
+        if current != self.watched:
+            self.log.warning("watched folder %s now names another folder (a mount or a "
+                             "replaced volume): watching it again", self.settings.target_dir)
+            self.rewatch()
 
     def rewatch(self) -> None:
         if self.wd is not None:
@@ -125,6 +147,11 @@ class Reader:
         if message[0] != RESCAN:
             self.client.send((RESCAN, "reader reconnected"))
         return self.client.send(message)
+
+
+def _identity(folder) -> tuple[int, int]:
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def run_reader(settings: Settings, log: logging.Logger) -> None:

@@ -37,6 +37,7 @@ class Action:
     kind: str  # published | deleted | skipped | failed (with dry_run: would-publish, ...)
     path: Path
     detail: str
+    reason: str = ""  # a short label for metrics: broken, changed, io-error, older, ...
 
     def __str__(self) -> str:
         separator = " " if self.detail.startswith("->") else ": "
@@ -108,7 +109,7 @@ class Reconciler:
         result = self._check_identity(identity, latest)
         if isinstance(result, BrokenArchive):
             self._skip_once(outcome, identity, latest,
-                            f"not a whole archive ({result}); it will be replaced")
+                            f"not a whole archive ({result}); it will be replaced", "broken")
             return None
         source = next((m for m in models if m.size == latest_stat.st_size
                        and same_content(m.path, latest)), None)
@@ -134,7 +135,7 @@ class Reconciler:
             if dry_run:
                 result = self._check(model)
                 if isinstance(result, BrokenArchive):
-                    self._act(outcome, Action("would-skip", model.path, str(result)))
+                    self._act(outcome, Action("would-skip", model.path, str(result), "broken"))
                     continue
                 self._act(outcome, Action(
                     "would-publish", model.path,
@@ -145,16 +146,18 @@ class Reconciler:
                                                self.arrival(model))
             except SourceChanged as error:
                 # Being rewritten (e.g. Rasa's --fixed-model-name): its close_write will come.
-                self._skip_once(outcome, model.identity, model.path, f"{error}; not published")
+                self._skip_once(outcome, model.identity, model.path, f"{error}; not published",
+                                "changed")
                 outcome.recheck(now + self.settings.throttle_delay_s)
                 continue
             except BrokenArchive as error:
                 self._checks[model.identity] = error
-                self._skip_once(outcome, model.identity, model.path, f"{error}; not published")
+                self._skip_once(outcome, model.identity, model.path, f"{error}; not published",
+                                "broken")
                 continue
             except OSError as error:
-                self._act(outcome, Action("failed", model.path, f"could not publish: {error}"),
-                          logging.ERROR)
+                self._act(outcome, Action("failed", model.path, f"could not publish: {error}",
+                                          "io-error"), logging.ERROR)
                 outcome.recheck(now + max(self.settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
                 return current
             self._checks[model.identity] = ArchiveInfo(size=model.size,
@@ -187,19 +190,23 @@ class Reconciler:
                     outcome.recheck(model.mtime + settings.broken_grace_s)
                     self._skip_once(outcome, model.identity, model.path,
                                     f"{result}; kept until unchanged for "
-                                    f"{settings.broken_grace_s:.0f} s (BROKEN_GRACE_PERIOD)")
+                                    f"{settings.broken_grace_s:.0f} s (BROKEN_GRACE_PERIOD)",
+                                    "broken")
                     continue
                 reason = f"broken archive unchanged for {age:.0f} s ({result})"
+                label = "broken-expired"
             elif kept < settings.keep_previous:
                 kept += 1
                 continue
             else:
                 reason = "older than the published model"
-            self._delete(model, reason, outcome, dry_run)
+                label = "older"
+            self._delete(model, reason, label, outcome, dry_run)
 
-    def _delete(self, model: ModelFile, reason: str, outcome: Outcome, dry_run: bool) -> None:
+    def _delete(self, model: ModelFile, reason: str, label: str, outcome: Outcome,
+                dry_run: bool) -> None:
         if dry_run:
-            self._act(outcome, Action("would-delete", model.path, reason))
+            self._act(outcome, Action("would-delete", model.path, reason, label))
             return
         current = stat_or_none(model.path)
         if current is None or ModelFile.from_stat(model.path, current).identity != model.identity:
@@ -209,12 +216,12 @@ class Reconciler:
         except FileNotFoundError:
             return
         except OSError as error:
-            self._act(outcome, Action("failed", model.path, f"could not delete: {error}"),
-                      logging.ERROR)
+            self._act(outcome, Action("failed", model.path, f"could not delete: {error}",
+                                      "io-error"), logging.ERROR)
             return
         self.arrivals.pop(model.name, None)
         self._checks.pop(model.identity, None)
-        self._act(outcome, Action("deleted", model.path, reason))
+        self._act(outcome, Action("deleted", model.path, reason, label))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -241,9 +248,10 @@ class Reconciler:
         self._reported = {r for r in self._reported
                           if r[0] in identities or r[0][0] == "<latest>"}
 
-    def _skip_once(self, outcome: Outcome, identity: tuple, path: Path, detail: str) -> None:
+    def _skip_once(self, outcome: Outcome, identity: tuple, path: Path, detail: str,
+                   reason: str) -> None:
         """Log a skip once per file version, not at every reconcile."""
-        action = Action("skipped", path, detail)
+        action = Action("skipped", path, detail, reason)
         if (identity, detail) in self._reported:
             return
         self._reported.add((identity, detail))
@@ -251,5 +259,6 @@ class Reconciler:
 
     def _act(self, outcome: Outcome, action: Action, level: int = logging.INFO) -> None:
         outcome.actions.append(action)
-        self.log.log(level, "%s", action)
+        self.log.log(level, "%s", action, extra={"event": action.kind, "fields": {
+            "path": str(action.path), "detail": action.detail, "reason": action.reason}})
 

@@ -9,6 +9,7 @@ import time
 from worker.channel import ARRIVED, RESCAN, QueueServer
 from worker.debounce import Debounce
 from worker.folder import remove_temporary_files
+from worker.metrics import NoMetrics
 from worker.reconcile import Reconciler
 from worker.settings import Settings
 
@@ -18,10 +19,36 @@ class Rotator:
         self.settings = settings
         self.log = log
         self.reconciler = Reconciler(settings, log)
+        self.metrics = self._metrics()
+        self.notifier = self._notifier()
         self.debounce = Debounce(settings.throttle_delay_s, settings.debounce_cap_s)
         self.recheck_at: float | None = None  # monotonic
         self.rescan_at: float | None = None  # monotonic; None: periodic rescan off
         self.server: QueueServer | None = None
+
+    def _metrics(self):
+        if self.settings.metrics_port is None:
+            return NoMetrics()
+        from worker.metrics import Metrics
+
+        self.log.info("serving Prometheus metrics on port %d", self.settings.metrics_port)
+        return Metrics(self.settings.metrics_port)
+
+    def _notifier(self):
+        if not self.settings.rasa_urls:
+            return None
+        from worker.rasa import RasaNotifier
+        from worker.status import RasaCallBook
+
+        book = RasaCallBook(self.settings.run_dir)
+
+        def report(call) -> None:
+            book.record(call)
+            self.metrics.rasa_call(call)
+
+        s = self.settings
+        return RasaNotifier(s.rasa_urls, s.rasa_model_path, s.rasa_token, s.rasa_retry_for_s,
+                            s.rasa_timeout_s, self.log, report)
 
     def run(self) -> None:
         for leftover in remove_temporary_files(self.settings.latest_model_path):
@@ -60,14 +87,19 @@ class Rotator:
         if kind == ARRIVED:
             for name, when in payload:
                 self.reconciler.note_arrival(name, when)
+            self.metrics.events(len(payload))
             self.log.debug("arrived: %s", ", ".join(name for name, _ in payload[:10]))
         elif kind == RESCAN:
             self.log.info("rescan requested: %s", payload)
+            self.metrics.rescan()
         self.debounce.touch(time.monotonic())
 
     def reconcile(self) -> None:
         self.debounce.clear()
         outcome = self.reconciler.reconcile()
+        self.metrics.reconciled(outcome, self.reconciler.record)
+        if outcome.published and self.notifier is not None:
+            self.notifier.publish()
         # inotify sees nothing written from another host on a network file system, nor
         # under a file system mounted over the folder: look again now and then.
         interval = self.settings.rescan_interval_s

@@ -10,10 +10,12 @@ import hashlib
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 # Defaults in one visible place. The first four are the original Node.js tool's; the two
 # paths inside TARGET_DIR follow it when only TARGET_DIR is set (with the default TARGET_DIR
@@ -28,6 +30,13 @@ DEFAULTS = {
     "LOG_LEVEL": "INFO",
     "BROKEN_GRACE_PERIOD": "3600",
     "RESCAN_INTERVAL": "60",
+    "LOG_FORMAT": "text",
+    "RASA_URL": "",
+    "RASA_MODEL_PATH": "{LATEST_MODEL_PATH}",
+    "RASA_TOKEN": "",
+    "RASA_RETRY_FOR": "300",
+    "RASA_TIMEOUT": "120",
+    "METRICS_PORT": "",
 }
 
 # A burst of events can postpone a reconcile by at most this many debounce delays.
@@ -50,6 +59,13 @@ class Settings:
     log_level: str
     broken_grace_s: float
     rescan_interval_s: float = 60.0
+    log_format: str = "text"
+    rasa_urls: tuple[str, ...] = ()
+    rasa_model_path: str = ""
+    rasa_token: str = field(default="", repr=False)  # never printed
+    rasa_retry_for_s: float = 300.0
+    rasa_timeout_s: float = 120.0
+    metrics_port: int | None = None
 
     @property
     def debounce_cap_s(self) -> float:
@@ -76,6 +92,13 @@ class Settings:
             "LOG_LEVEL": self.log_level,
             "BROKEN_GRACE_PERIOD": str(round(self.broken_grace_s)),
             "RESCAN_INTERVAL": str(round(self.rescan_interval_s)),
+            "LOG_FORMAT": self.log_format,
+            "RASA_URL": ",".join(self.rasa_urls),
+            "RASA_MODEL_PATH": self.rasa_model_path,
+            "RASA_TOKEN": self.rasa_token,
+            "RASA_RETRY_FOR": str(round(self.rasa_retry_for_s)),
+            "RASA_TIMEOUT": str(round(self.rasa_timeout_s)),
+            "METRICS_PORT": "" if self.metrics_port is None else str(self.metrics_port),
         }
 
 
@@ -123,6 +146,31 @@ def _check_run_dir(path: Path) -> None:
         if owner != os.getuid():
             raise _fail("RUN_DIR", str(path),
                         f"a folder owned by this user (uid {os.getuid()}), it is owned by {owner}")
+
+
+def _rasa_urls(env) -> tuple[str, ...]:
+    raw = env.get("RASA_URL", DEFAULTS["RASA_URL"])
+    urls = []
+    for url in (u.strip() for u in raw.split(",")):
+        if not url:
+            continue
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _fail("RASA_URL", url, "comma-separated base URLs such as http://rasa:5005")
+        if parts.query or parts.fragment:
+            raise SettingError("RASA_URL has a query or fragment, which is not allowed: give "
+                               "the base URL only, and the token in RASA_TOKEN")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _metrics_port(env) -> int | None:
+    raw = env.get("METRICS_PORT", DEFAULTS["METRICS_PORT"]).strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise _fail("METRICS_PORT", raw, "a TCP port from 1 to 65535, or empty for off")
+    return int(raw)
 
 
 def load_environment(env_file: str | None = None) -> None:
@@ -180,6 +228,16 @@ def read_settings(env=None) -> Settings:
     if run_dir == target_dir:
         raise _fail("RUN_DIR", str(run_dir), "a folder other than TARGET_DIR")
 
+    log_format = env.get("LOG_FORMAT", DEFAULTS["LOG_FORMAT"]).strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise _fail("LOG_FORMAT", log_format, "one of " + ", ".join(LOG_FORMATS))
+    rasa_urls = _rasa_urls(env)
+    rasa_model_path = env.get("RASA_MODEL_PATH", "").strip() or str(latest)
+    retry_for = _whole_number(env, "RASA_RETRY_FOR", "whole seconds, 0 or more (e.g. 300)")
+    rasa_timeout = _whole_number(env, "RASA_TIMEOUT", "whole seconds, 1 or more (e.g. 120)")
+    if rasa_timeout < 1:
+        raise _fail("RASA_TIMEOUT", str(rasa_timeout), "whole seconds, 1 or more (e.g. 120)")
+
     return Settings(
         target_dir=target_dir,
         latest_model_path=latest,
@@ -191,6 +249,13 @@ def read_settings(env=None) -> Settings:
         log_level=level,
         broken_grace_s=float(grace),
         rescan_interval_s=float(rescan),
+        log_format=log_format,
+        rasa_urls=rasa_urls,
+        rasa_model_path=rasa_model_path,
+        rasa_token=env.get("RASA_TOKEN", ""),
+        rasa_retry_for_s=float(retry_for),
+        rasa_timeout_s=float(rasa_timeout),
+        metrics_port=_metrics_port(env),
     )
 
 

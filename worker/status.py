@@ -1,0 +1,120 @@
+"""`python -m worker status [--json]`: what is published, the last call to each Rasa server,
+and whether the programs are running. Exits non-zero when unhealthy, for health probes."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from worker.folder import read_record, stat_or_none
+from worker.settings import Settings
+
+RASA_CALLS_FILE = "rasa-calls.json"
+REQUIRED_PROGRAMS = ("reader", "rotator")
+
+
+class RasaCallBook:
+    """The rotator's record of the last call to each Rasa server, for `status` to read."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / RASA_CALLS_FILE
+        self._lock = threading.Lock()
+        self._calls: dict[str, dict] = {}
+
+    def record(self, call) -> None:
+        with self._lock:
+            self._calls[call.url] = call.as_dict()
+            temporary = self.path.with_name(f".{self.path.name}.{threading.get_ident()}")
+            temporary.write_text(json.dumps(self._calls, indent=1))
+            os.replace(temporary, self.path)
+
+
+def supervisor_url(settings: Settings) -> str:
+    # supervisord tells its children where it listens; otherwise it is ours, in RUN_DIR.
+    return os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{settings.run_dir}/supervisor.sock"
+
+
+def program_states(settings: Settings) -> tuple[dict[str, dict] | None, str]:
+    from supervisor import childutils
+
+    try:
+        rpc = childutils.getRPCInterface({"SUPERVISOR_SERVER_URL": supervisor_url(settings)})
+        processes = rpc.supervisor.getAllProcessInfo()
+    except Exception as error:  # socket missing, refused, or an RPC fault
+        return None, f"supervisord not reachable at {supervisor_url(settings)} ({error})"
+    return {p["name"]: {"state": p["statename"], "pid": p["pid"],
+                        "description": p["description"]} for p in processes}, ""
+
+
+def published_model(settings: Settings) -> dict | None:
+    latest = settings.latest_model_path
+    latest_stat = stat_or_none(latest)
+    if latest_stat is None:
+        return None
+    info = {"path": str(latest), "size": latest_stat.st_size,
+            "mtime": _iso(latest_stat.st_mtime)}
+    record = read_record(latest)
+    if record is not None and record.describes(latest_stat):
+        info.update({
+            "source": str(settings.target_dir / record.source) if record.source else None,
+            "source_mtime": _iso(record.source_mtime_ns / 1e9) if record.source_size >= 0
+            else None,
+            "model_id": record.model_id, "trained_at": record.trained_at,
+            "published_at": _iso(record.published_at),
+            "publish_duration_s": round(record.duration_s, 3)})
+    return info
+
+
+def gather(settings: Settings) -> dict:
+    programs, problem = program_states(settings)
+    problems = [problem] if problem else []
+    if programs is not None:
+        for name in REQUIRED_PROGRAMS:
+            state = programs.get(name, {}).get("state", "missing")
+            if state != "RUNNING":
+                problems.append(f"program {name} is {state}")
+    try:
+        rasa = json.loads((settings.run_dir / RASA_CALLS_FILE).read_text())
+    except (OSError, ValueError):
+        rasa = {}
+    return {"healthy": not problems, "problems": problems,
+            "published": published_model(settings), "programs": programs or {},
+            "rasa": list(rasa.values()), "target_dir": str(settings.target_dir)}
+
+
+def render(report: dict) -> str:
+    lines = [f"rasa-model-rotator: {'healthy' if report['healthy'] else 'UNHEALTHY'}"]
+    lines += [f"  problem: {problem}" for problem in report["problems"]]
+    published = report["published"]
+    if published is None:
+        lines.append(f"published: nothing yet (watching {report['target_dir']})")
+    else:
+        lines.append(f"published: {published['path']} ({published['size']} bytes, "
+                     f"mtime {published['mtime']})")
+        for key in ("source", "source_mtime", "model_id", "trained_at", "published_at",
+                    "publish_duration_s"):
+            if published.get(key) is not None:
+                lines.append(f"  {key}: {published[key]}")
+    for name, program in sorted(report["programs"].items()):
+        lines.append(f"program {name}: {program['state']} ({program['description']})")
+    if not report["rasa"]:
+        lines.append("rasa: no call yet (RASA_URL unset, or nothing published since start)")
+    for call in report["rasa"]:
+        status = call["status"] if call["status"] is not None else "no answer"
+        lines.append(f"rasa {call['url']}: {call['outcome']} {status} at {_iso(call['at'])} "
+                     f"(attempt {call['attempt']}, model {call['model_file']})"
+                     + (f": {call['detail']}" if call["detail"] else ""))
+    return "\n".join(lines)
+
+
+def run_status(settings: Settings, as_json: bool) -> int:
+    report = gather(settings)
+    print(json.dumps(report, indent=1) if as_json else render(report))
+    return 0 if report["healthy"] else 1
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
