@@ -26,9 +26,9 @@ COPY conf/ conf/
 USER 1000:2000
 VOLUME ["/app/models"]
 
-# Unhealthy when supervisord does not answer or a program is not RUNNING.
+# Unhealthy (exit 1) when supervisord does not answer or reader or rotator is not RUNNING.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=15s --retries=3 \
-    CMD ["python", "-m", "supervisor.supervisorctl", "-c", "/app/conf/supervisord.conf", "status"]
+    CMD ["python", "-m", "worker", "status"]
 
 # Exec form: `python -m worker` checks the settings and execs supervisord, which is PID 1.
 CMD ["python", "-m", "worker"]

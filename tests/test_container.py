@@ -142,12 +142,21 @@ class Container:
                 return pid
         return None
 
-    def healthcheck(self) -> subprocess.CompletedProcess:
-        command = [part.replace("/app/", f"{self.image['app']}/") for part in image_healthcheck()]
-        command[0] = self.image["python"]
+    def as_user(self, command: list[str]) -> subprocess.CompletedProcess:
+        """`docker exec` in WORKDIR /app with the image's environment, as the image's user."""
+        command = [part.replace("/app/", f"{self.image['app']}/") for part in command]
+        if command[0] == "python":
+            command[0] = self.image["python"]
         return subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
                                *command], cwd=self.image["app"], env=self.env,
                               capture_output=True, text=True, timeout=30)
+
+    def healthcheck(self) -> subprocess.CompletedProcess:
+        return self.as_user(image_healthcheck())
+
+    def supervisorctl(self, *args) -> subprocess.CompletedProcess:
+        return self.as_user(["python", "-m", "supervisor.supervisorctl", "-c",
+                             "/app/conf/supervisord.conf", *args])
 
     def wait_running(self):
         wait_for(lambda: "success: reader entered RUNNING" in self.output
@@ -229,8 +238,11 @@ def test_pid1_non_root_publishes_answers_health_and_stops_on_sigterm(container):
 
     health = run.healthcheck()
     assert health.returncode == 0, health.stdout + health.stderr
+    assert "healthy" in health.stdout and model.name in health.stdout
+    listed = run.supervisorctl("status")  # works in the container, as the README says
+    assert listed.returncode == 0, listed.stdout + listed.stderr
     for program in ("reader", "rotator", "guard"):
-        assert re.search(rf"{program}\s+RUNNING", health.stdout), health.stdout
+        assert re.search(rf"{program}\s+RUNNING", listed.stdout), listed.stdout
 
     programs = [run.program_pid("reader"), run.program_pid("rotator")]
     started = time.monotonic()
@@ -247,12 +259,10 @@ def test_healthcheck_fails_when_a_program_is_not_running(container):
     run = container()
     run.wait_running()
     assert run.healthcheck().returncode == 0
-    ctl = run.healthcheck().args[:-1]  # the same supervisorctl, another command
-    subprocess.run([*ctl, "stop", "rotator"], env=run.env, cwd=run.image["app"],
-                   check=True, capture_output=True)
+    assert run.supervisorctl("stop", "rotator").returncode == 0
     unhealthy = run.healthcheck()
     assert unhealthy.returncode != 0
-    assert re.search(r"rotator\s+STOPPED", unhealthy.stdout), unhealthy.stdout
+    assert "program rotator is STOPPED" in unhealthy.stdout, unhealthy.stdout
 
 
 def test_a_program_killed_right_after_each_start_makes_supervisord_exit(container):
