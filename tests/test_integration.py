@@ -345,3 +345,16 @@ def test_the_periodic_rescan_finds_a_model_no_event_announced(start_tool, models
         assert not (models / "latest.tar.gz").exists(), "published with the rescan off"
     else:
         latest_is(models, model.read_bytes(), timeout=30)
+
+
+def test_move_mode_end_to_end(start_tool, models):
+    tool = start_tool(PUBLISH_MODE="move")
+    tool.ready()
+    for name in ("first", "second"):
+        model = models / f"{name}.tar.gz"
+        write_model(model, 100_000)
+        content = model.read_bytes()
+        latest_is(models, content)
+        assert not model.exists(), "the source should have been moved"
+    assert model_files(models) == ["latest.tar.gz"]
+    assert "moved in" in tool.output

@@ -245,3 +245,29 @@ def test_publish_atomically_makes_a_durable_whole_copy(settings, folder):
 def test_an_empty_folder_is_in_order(settings):
     outcome = Reconciler(settings).reconcile()
     assert outcome.actions == [] and outcome.recheck_at is None
+
+
+def test_move_mode_renames_the_source_into_place(tmp_path):
+    settings = make_settings(tmp_path, PUBLISH_MODE="move", KEEP_PREVIOUS="1")
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    newest = add_model(folder, "b.tar.gz", age_s=200)
+    content, inode = newest.read_bytes(), newest.stat().st_ino
+    outcome = Reconciler(settings).reconcile()
+    assert ("published", "b.tar.gz") in kinds(outcome)
+    assert settings.latest_model_path.read_bytes() == content
+    assert settings.latest_model_path.stat().st_ino == inode, "copied, not moved"
+    assert names(folder) == [".latest.tar.gz.json", "a.tar.gz", "latest.tar.gz"]
+    assert Reconciler(settings).reconcile().actions == []
+
+
+def test_move_mode_never_moves_a_broken_archive(tmp_path):
+    settings = make_settings(tmp_path, PUBLISH_MODE="move")
+    folder = settings.target_dir
+    whole = add_model(folder, "a.tar.gz", age_s=300)
+    content = whole.read_bytes()
+    Reconciler(settings).reconcile()
+    add_model(folder, "b.tar.gz", age_s=1, data=model_bytes(50_000)[:-3])
+    Reconciler(settings).reconcile()
+    assert settings.latest_model_path.read_bytes() == content
+    assert (folder / "b.tar.gz").exists()

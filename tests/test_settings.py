@@ -35,6 +35,11 @@ def test_default_run_dirs_differ_per_folder(tmp_path):
     ("KEEP_PREVIOUS", "two", "whole number"),
     ("BROKEN_GRACE_PERIOD", "soon", "seconds"),
     ("RESCAN_INTERVAL", "1m", "seconds"),
+    ("PUBLISH_MODE", "link", "copy, move"),
+    ("LOG_FORMAT", "xml", "text, json"),
+    ("METRICS_PORT", "70000", "TCP port"),
+    ("RASA_URL", "ftp://rasa", "base URLs"),
+    ("RASA_RETRY_FOR", "forever", "seconds"),
     ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
     ("MODEL_PATTERN", "sub/*.tar.gz", "without '/'"),
     ("MODEL_PATTERN", "", "pattern"),
@@ -79,6 +84,8 @@ BAD_SETTINGS = [
     {"MODEL_PATTERN": "a/b"},
     {"BROKEN_GRACE_PERIOD": "x"},
     {"RESCAN_INTERVAL": "-60"},
+    {"PUBLISH_MODE": "hardlink"},
+    {"RASA_TIMEOUT": "0"},
     {"TARGET_DIR": "a-file/models"},
     {"TARGET_DIR": "a-file"},
     {"LATEST_MODEL_PATH": "a-file/latest.tar.gz"},
@@ -127,3 +134,13 @@ def test_dot_env_is_read_by_default(tmp_path):
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "4"
 
+
+
+def test_move_mode_across_file_systems_is_refused(tmp_path):
+    import os
+
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("needs /dev/shm on another file system than the temporary folder")
+    with pytest.raises(SettingError, match="^PUBLISH_MODE=.*another file system"):
+        read_settings({"TARGET_DIR": str(tmp_path / "m"), "PUBLISH_MODE": "move",
+                       "LATEST_MODEL_PATH": "/dev/shm/rotator-latest.tar.gz"})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue
-import secrets
 import socket
 import threading
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
@@ -50,8 +49,8 @@ def _socket_path(run_dir: Path) -> Path:
 
 
 def _write_new_key(run_dir: Path) -> bytes:
-    key = secrets.token_bytes(KEY_BYTES)
-    temporary = run_dir / f".queue.key.{secrets.token_hex(4)}"
+    key = os.urandom(KEY_BYTES)
+    temporary = run_dir / f".queue.key.{os.getpid()}"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(key)

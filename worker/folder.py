@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from worker.archive import ArchiveInfo, SourceChanged, copy_verified
+from worker.archive import ArchiveInfo, SourceChanged, check_archive_stream, copy_verified
 from worker.names import internal_prefix, is_model_name
 
 
@@ -127,18 +126,37 @@ def write_record(latest_model_path: Path, record: PublishRecord) -> None:
 def _temporary_name(latest_model_path: Path) -> Path:
     # Same folder (os.replace must not cross file systems); a name that is no model's.
     return latest_model_path.with_name(
-        f"{internal_prefix(latest_model_path)}tmp-{secrets.token_hex(4)}")
+        f"{internal_prefix(latest_model_path)}tmp-{os.urandom(4).hex()}")
 
 
-def publish_atomically(source: ModelFile, latest_model_path: Path,
-                       arrived_at: float) -> PublishRecord:
-    """Copy `source` to LATEST_MODEL_PATH so that a reader only ever sees a whole archive.
+def publish_atomically(source: ModelFile, latest_model_path: Path, arrived_at: float,
+                       mode: str = "copy") -> PublishRecord:
+    """Publish `source` as LATEST_MODEL_PATH so that a reader only ever sees a whole archive.
 
-    Copy to a temporary file beside the target while proving the archive whole, fsync,
+    copy: copy to a temporary file beside the target while proving the archive whole, fsync,
     rename over the target, fsync the folder. On any failure (or signal) the temporary file
-    is removed and the old LATEST_MODEL_PATH stays as it was. Raises BrokenArchive or OSError.
+    is removed and the old LATEST_MODEL_PATH stays as it was.
+    move: prove the archive whole, then rename the source itself over the target.
+    Raises BrokenArchive or OSError.
     """
     started = time.time()
+    if mode == "move":
+        info = _move_into_place(source, latest_model_path)
+    else:
+        info = _copy_into_place(source, latest_model_path)
+    _fsync_folder(latest_model_path.parent)
+    latest = latest_model_path.stat()
+    record = PublishRecord(
+        source=source.name, source_size=source.size, source_mtime_ns=source.mtime_ns,
+        source_inode=source.inode, arrived_at=arrived_at, published_at=started,
+        latest_size=latest.st_size, latest_mtime_ns=latest.st_mtime_ns,
+        latest_inode=latest.st_ino, duration_s=time.time() - started,
+        model_id=info.model_id, trained_at=info.trained_at)
+    write_record(latest_model_path, record)
+    return record
+
+
+def _copy_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
     temporary = _temporary_name(latest_model_path)
     source_fd = os.open(source.path, os.O_RDONLY)
     try:
@@ -161,16 +179,24 @@ def publish_atomically(source: ModelFile, latest_model_path: Path,
         raise
     finally:
         os.close(source_fd)
-    _fsync_folder(latest_model_path.parent)
-    latest = latest_model_path.stat()
-    record = PublishRecord(
-        source=source.name, source_size=source.size, source_mtime_ns=source.mtime_ns,
-        source_inode=source.inode, arrived_at=arrived_at, published_at=started,
-        latest_size=latest.st_size, latest_mtime_ns=latest.st_mtime_ns,
-        latest_inode=latest.st_ino, duration_s=time.time() - started,
-        model_id=info.model_id, trained_at=info.trained_at)
-    write_record(latest_model_path, record)
-    return record
+    return info
+
+
+def _move_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
+    # No second copy on disk; the file itself becomes LATEST_MODEL_PATH (never a hard link:
+    # Rasa's --fixed-model-name rewrites the same inode in place).
+    with open(source.path, "rb", buffering=0) as raw:
+        before = os.fstat(raw.fileno())
+        if ModelFile.from_stat(source.path, before).identity != source.identity:
+            raise SourceChanged("file changed since it was listed")
+        info = check_archive_stream(raw)
+        after = os.fstat(raw.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise SourceChanged("file changed while it was being checked")
+    if os.stat(source.path).st_ino != before.st_ino:
+        raise SourceChanged("file replaced while it was being checked")
+    os.rename(source.path, latest_model_path)
+    return info
 
 
 def adopt_record(latest_model_path: Path, source: ModelFile | None, info: ArchiveInfo,

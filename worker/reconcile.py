@@ -143,7 +143,7 @@ class Reconciler:
                 return model
             try:
                 published = publish_atomically(model, self.settings.latest_model_path,
-                                               self.arrival(model))
+                                               self.arrival(model), self.settings.publish_mode)
             except SourceChanged as error:
                 # Being rewritten (e.g. Rasa's --fixed-model-name): its close_write will come.
                 self._skip_once(outcome, model.identity, model.path, f"{error}; not published",
@@ -168,6 +168,7 @@ class Reconciler:
             self._act(outcome, Action(
                 "published", model.path,
                 f"-> {self.settings.latest_model_path} ({human_size(model.size)} "
+                f"{'moved' if self.settings.publish_mode == 'move' else 'copied'} "
                 f"in {published.duration_s * 1000:.0f} ms{model_id})"))
             return model
         return current

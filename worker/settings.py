@@ -6,16 +6,15 @@ before anything is created or started.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-import tempfile
-import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+PUBLISH_MODES = ("copy", "move")
 
 # Defaults in one visible place. The first four are the original Node.js tool's; the two
 # paths inside TARGET_DIR follow it when only TARGET_DIR is set (with the default TARGET_DIR
@@ -37,6 +36,7 @@ DEFAULTS = {
     "RASA_RETRY_FOR": "300",
     "RASA_TIMEOUT": "120",
     "METRICS_PORT": "",
+    "PUBLISH_MODE": "copy",
 }
 
 # A burst of events can postpone a reconcile by at most this many debounce delays.
@@ -66,6 +66,7 @@ class Settings:
     rasa_retry_for_s: float = 300.0
     rasa_timeout_s: float = 120.0
     metrics_port: int | None = None
+    publish_mode: str = "copy"
 
     @property
     def debounce_cap_s(self) -> float:
@@ -99,6 +100,7 @@ class Settings:
             "RASA_RETRY_FOR": str(round(self.rasa_retry_for_s)),
             "RASA_TIMEOUT": str(round(self.rasa_timeout_s)),
             "METRICS_PORT": "" if self.metrics_port is None else str(self.metrics_port),
+            "PUBLISH_MODE": self.publish_mode,
         }
 
 
@@ -134,8 +136,9 @@ def _check_creatable_dir(name: str, path: Path) -> None:
 
 def default_run_dir(target_dir: Path) -> Path:
     """One private folder per user and watched folder, so two instances never share one."""
-    digest = hashlib.sha256(str(target_dir).encode()).hexdigest()[:10]
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    # crc32, not hashlib: every program reads settings, and OpenSSL costs megabytes of memory.
+    digest = f"{zlib.crc32(str(target_dir).encode()):08x}"
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
     return Path(base) / f"rasa-model-rotator-{os.getuid()}-{digest}"
 
 
@@ -150,6 +153,10 @@ def _check_run_dir(path: Path) -> None:
 
 def _rasa_urls(env) -> tuple[str, ...]:
     raw = env.get("RASA_URL", DEFAULTS["RASA_URL"])
+    if not raw.strip():
+        return ()
+    import urllib.parse
+
     urls = []
     for url in (u.strip() for u in raw.split(",")):
         if not url:
@@ -175,16 +182,15 @@ def _metrics_port(env) -> int | None:
 
 def load_environment(env_file: str | None = None) -> None:
     """Load ENV_FILE (default ./.env when present) into os.environ; the real environment wins."""
-    from dotenv import load_dotenv
-
     name = env_file if env_file is not None else os.environ.get("ENV_FILE", "")
-    if name:
-        path = Path(name)
-        if not path.is_file():
-            raise _fail("ENV_FILE", name, "the path of a readable .env file")
+    if name and not Path(name).is_file():
+        raise _fail("ENV_FILE", name, "the path of a readable .env file")
+    path = name or ".env"
+    if Path(path).is_file():
+        # Imported only when there is a file to read: it costs each program ~3 MiB.
+        from dotenv import load_dotenv
+
         load_dotenv(path, override=False)
-    elif Path(".env").is_file():
-        load_dotenv(".env", override=False)
 
 
 def read_settings(env=None) -> Settings:
@@ -238,6 +244,14 @@ def read_settings(env=None) -> Settings:
     if rasa_timeout < 1:
         raise _fail("RASA_TIMEOUT", str(rasa_timeout), "whole seconds, 1 or more (e.g. 120)")
 
+    publish_mode = env.get("PUBLISH_MODE", DEFAULTS["PUBLISH_MODE"]).strip().lower()
+    if publish_mode not in PUBLISH_MODES:
+        raise _fail("PUBLISH_MODE", publish_mode, "one of " + ", ".join(PUBLISH_MODES))
+    if publish_mode == "move" and (_nearest_existing(target_dir).stat().st_dev
+                                   != _nearest_existing(latest.parent).stat().st_dev):
+        raise _fail("PUBLISH_MODE", publish_mode, "copy, when LATEST_MODEL_PATH is on another "
+                    "file system than TARGET_DIR (a rename cannot cross file systems)")
+
     return Settings(
         target_dir=target_dir,
         latest_model_path=latest,
@@ -256,6 +270,7 @@ def read_settings(env=None) -> Settings:
         rasa_retry_for_s=float(retry_for),
         rasa_timeout_s=float(rasa_timeout),
         metrics_port=_metrics_port(env),
+        publish_mode=publish_mode,
     )
 
 
