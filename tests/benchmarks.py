@@ -260,8 +260,8 @@ def bench_storm(root: Path, files: int) -> dict:
         newest = f"storm-{files - 1:05d}.tar.gz"
 
         def converged():
-            names = os.listdir(stack.models)
-            return len(names) <= 3 and newest in names and "latest.tar.gz" in names
+            names = [n for n in os.listdir(stack.models) if n.endswith(".tar.gz")]
+            return sorted(names) == ["latest.tar.gz", newest]
 
         wait_for(converged, 300, interval=0.05, message="the storm folder converged")
         took = time.monotonic() - started

@@ -61,7 +61,8 @@ def test_newest_by_mtime_is_published_and_older_deleted(settings, folder):
     assert kinds(outcome) == [("published", "c.tar.gz"), ("deleted", "b.tar.gz"),
                               ("deleted", "a.tar.gz")]
     assert settings.latest_model_path.read_bytes() == newest.read_bytes()
-    assert names(folder) == [".latest.tar.gz.json", "c.tar.gz", "latest.tar.gz"]
+    assert names(folder) == [".latest.tar.gz.json", ".latest.tar.gz.lock", "c.tar.gz",
+                             "latest.tar.gz"]
 
 
 def test_only_whole_models_are_published(settings, folder):
@@ -91,7 +92,7 @@ def test_a_broken_archive_is_deleted_after_the_grace_period_with_a_log_line(tmp_
     assert ("deleted", "old.tar.gz") in kinds(outcome)
     assert ("skipped", "young.tar.gz") in kinds(outcome)
     assert "broken archive unchanged for 120 s" in caplog.text
-    assert names(folder) == ["young.tar.gz"]
+    assert names(folder) == [".latest.tar.gz.lock", "young.tar.gz"]
     assert outcome.recheck_at == pytest.approx(time.time() + 30, abs=2)
 
 
@@ -103,7 +104,8 @@ def test_the_most_recent_arrival_wins_over_mtime(settings, folder):
     reconciler.note_arrival("old.tar.gz", time.time())
     reconciler.reconcile()
     assert settings.latest_model_path.read_bytes() == rolled_back.read_bytes()
-    assert names(folder) == [".latest.tar.gz.json", "latest.tar.gz", "old.tar.gz"]
+    assert names(folder) == [".latest.tar.gz.json", ".latest.tar.gz.lock", "latest.tar.gz",
+                             "old.tar.gz"]
 
 
 def test_a_rollback_stays_published_after_a_restart(tmp_path):
@@ -121,7 +123,8 @@ def test_a_rollback_stays_published_after_a_restart(tmp_path):
     outcome = Reconciler(settings).reconcile()
     assert outcome.actions == []
     assert settings.latest_model_path.stat().st_ino == latest_inode
-    assert names(folder) == [".latest.tar.gz.json", "latest.tar.gz", "new.tar.gz", "old.tar.gz"]
+    assert names(folder) == [".latest.tar.gz.json", ".latest.tar.gz.lock", "latest.tar.gz",
+                             "new.tar.gz", "old.tar.gz"]
 
 
 def test_a_model_written_while_stopped_is_published_after_a_restart(settings, folder):
@@ -163,8 +166,9 @@ def test_pruning_never_touches_what_it_must_not(settings, folder, tmp_path):
 
     Reconciler(settings).reconcile()
 
-    assert names(folder) == [".latest.tar.gz.json", "keep.tar.gz", "latest.tar.gz", "link.tar.gz",
-                             "notes.txt", "published.tar.gz", "sub.tar.gz", "writing.tar.gz"]
+    assert names(folder) == [".latest.tar.gz.json", ".latest.tar.gz.lock", "keep.tar.gz",
+                             "latest.tar.gz", "link.tar.gz", "notes.txt", "published.tar.gz",
+                             "sub.tar.gz", "writing.tar.gz"]
     assert outside.exists() and nested.exists()
 
 
@@ -257,7 +261,8 @@ def test_move_mode_renames_the_source_into_place(tmp_path):
     assert ("published", "b.tar.gz") in kinds(outcome)
     assert settings.latest_model_path.read_bytes() == content
     assert settings.latest_model_path.stat().st_ino == inode, "copied, not moved"
-    assert names(folder) == [".latest.tar.gz.json", "a.tar.gz", "latest.tar.gz"]
+    assert names(folder) == [".latest.tar.gz.json", ".latest.tar.gz.lock", "a.tar.gz",
+                             "latest.tar.gz"]
     assert Reconciler(settings).reconcile().actions == []
 
 
@@ -271,3 +276,33 @@ def test_move_mode_never_moves_a_broken_archive(tmp_path):
     Reconciler(settings).reconcile()
     assert settings.latest_model_path.read_bytes() == content
     assert (folder / "b.tar.gz").exists()
+
+
+def test_events_in_one_batch_keep_their_order(settings, folder):
+    """A batch of events shares one read time; the one the kernel reported last wins."""
+    for name in ("a.tar.gz", "c.tar.gz", "b.tar.gz"):
+        add_model(folder, name, age_s=50, data=model_bytes(2000))
+    reconciler = Reconciler(settings)
+    same_time = time.time()
+    for name in ("c.tar.gz", "b.tar.gz", "a.tar.gz"):
+        reconciler.note_arrival(name, same_time)
+    reconciler.reconcile()
+    assert read_record(settings.latest_model_path).source == "a.tar.gz"
+
+
+def test_reconciles_of_one_folder_take_turns(settings, folder):
+    """`once` while the rotator runs, or two instances on one folder, never race."""
+    import threading
+
+    from worker.folder import folder_lock
+
+    add_model(folder, "a.tar.gz", age_s=300)
+    finished = threading.Event()
+    with folder_lock(settings.latest_model_path):
+        worker = threading.Thread(target=lambda: (Reconciler(settings).reconcile(),
+                                                  finished.set()))
+        worker.start()
+        assert not finished.wait(0.5), "a reconcile ran while another held the folder"
+        assert not settings.latest_model_path.exists()
+    assert finished.wait(10)
+    assert settings.latest_model_path.exists()

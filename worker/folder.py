@@ -4,6 +4,8 @@ published, tidy our own leftovers. No processes, no queues, no policy (see recon
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -75,6 +77,19 @@ class PublishRecord:
 
 def record_path(latest_model_path: Path) -> Path:
     return latest_model_path.with_name(internal_prefix(latest_model_path) + "json")
+
+
+@contextlib.contextmanager
+def folder_lock(latest_model_path: Path):
+    """One reconcile at a time per published file: the rotator, `once`, a second instance."""
+    path = latest_model_path.with_name(internal_prefix(latest_model_path) + "lock")
+    # Opened read-only: closing it raises no close_write event, and flock needs no more.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def list_models(folder: Path, pattern: str, latest_model_path: Path,

@@ -18,6 +18,7 @@ from worker.folder import (
     ModelFile,
     PublishRecord,
     adopt_record,
+    folder_lock,
     list_models,
     publish_atomically,
     read_record,
@@ -65,19 +66,35 @@ class Reconciler:
         self.settings = settings
         self.log = log or logging.getLogger("rotator.reconcile")
         self.clock = clock
-        self.arrivals: dict[str, float] = {}
+        # name -> (wall time, receipt order): events read in one batch share a time, and
+        # the kernel's order among them says which came last.
+        self.arrivals: dict[str, tuple[float, int]] = {}
+        self._received = 0
         self.record: PublishRecord | None = None
         self._checks: dict[tuple, ArchiveInfo | BrokenArchive] = {}
         self._reported: set[tuple] = set()
 
     def note_arrival(self, name: str, when: float) -> None:
         """A close_write or moved_to for `name` was seen at wall-clock time `when`."""
-        self.arrivals[name] = when
+        self._received += 1
+        self.arrivals[name] = (when, self._received)
 
     def arrival(self, model: ModelFile) -> float:
-        return self.arrivals.get(model.name, model.mtime)
+        """When the model arrived: its event's time, else its mtime."""
+        return self.arrivals.get(model.name, (model.mtime, 0))[0]
+
+    def arrival_order(self, model: ModelFile) -> tuple:
+        """Sort key, latest arrival last: time, then receipt order, then name."""
+        when, received = self.arrivals.get(model.name, (model.mtime, 0))
+        return when, received, model.name
 
     def reconcile(self, dry_run: bool = False) -> Outcome:
+        if dry_run:
+            return self._reconcile(dry_run=True)
+        with folder_lock(self.settings.latest_model_path):
+            return self._reconcile(dry_run=False)
+
+    def _reconcile(self, dry_run: bool) -> Outcome:
         settings = self.settings
         outcome = Outcome()
         now = self.clock()
@@ -128,7 +145,7 @@ class Reconciler:
         current = next((m for m in models if record and record.is_source(m)), None)
         newer = [m for m in models
                  if self.arrival(m) > floor and not (record and record.is_source(m))]
-        for model in sorted(newer, key=self.arrival, reverse=True):
+        for model in sorted(newer, key=self.arrival_order, reverse=True):
             known = self._checks.get(model.identity)
             if isinstance(known, BrokenArchive):
                 continue
@@ -179,7 +196,7 @@ class Reconciler:
         settings = self.settings
         others = [m for m in models if published is None or m.identity != published.identity]
         kept = 0
-        for model in sorted(others, key=self.arrival, reverse=True):
+        for model in sorted(others, key=self.arrival_order, reverse=True):
             age = now - model.mtime
             if age < settings.throttle_delay_s:
                 # May still be written: a slow training, or a copy in progress.

@@ -8,7 +8,7 @@ import time
 
 from worker.channel import ARRIVED, RESCAN, QueueServer
 from worker.debounce import Debounce
-from worker.folder import remove_temporary_files
+from worker.folder import folder_lock, remove_temporary_files
 from worker.metrics import NoMetrics
 from worker.reconcile import Reconciler
 from worker.settings import Settings
@@ -51,8 +51,9 @@ class Rotator:
                             s.rasa_timeout_s, self.log, report)
 
     def run(self) -> None:
-        for leftover in remove_temporary_files(self.settings.latest_model_path):
-            self.log.info("removed %s: temporary file of an interrupted publish", leftover)
+        with folder_lock(self.settings.latest_model_path):
+            for leftover in remove_temporary_files(self.settings.latest_model_path):
+                self.log.info("removed %s: temporary file of an interrupted publish", leftover)
         self.server = QueueServer(self.settings.run_dir)
         try:
             # Whatever happened while nobody watched: converge now, not after an event.
