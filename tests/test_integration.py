@@ -77,7 +77,8 @@ def test_gradual_rasa_writes_never_show_a_partial_latest(start_tool, models):
     finally:
         watcher.stop()
     assert watcher.partial == []
-    assert reads_of_first > 10 and watcher.reads > reads_of_first, "the watcher barely read"
+    # The second model was written and published while latest.tar.gz existed throughout.
+    assert watcher.reads - reads_of_first > 20, "the watcher barely read latest.tar.gz"
     assert f"published {first}" in tool.output and f"deleted {first}" in tool.output
 
 
