@@ -9,6 +9,7 @@ walks to its end with valid headers.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tarfile
@@ -45,7 +46,9 @@ class ArchiveInfo:
 
 
 class _GunzipStream:
-    """A read()-only file over the decompressed bytes of a gzip file, checking CRCs."""
+    """The decompressed bytes of a gzip file, checking CRCs, as a read-only file that can
+    seek forward. tarfile skips member data by seeking: this inflates and drops it in place,
+    which costs half of letting tarfile's stream mode read and join it."""
 
     def __init__(self, raw):
         self._raw = raw
@@ -53,9 +56,39 @@ class _GunzipStream:
         self._pending = b""  # compressed bytes read but not yet inflated
         self._in_member = False
         self._members_ended = 0
+        self._position = 0
         self.compressed_bytes = 0
 
     def read(self, size: int = -1) -> bytes:
+        parts = []
+        wanted = size if size is not None and size >= 0 else float("inf")
+        while wanted > 0:
+            chunk = self._inflate(int(min(wanted, READ_CHUNK)))
+            if not chunk:
+                break
+            parts.append(chunk)
+            wanted -= len(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self._position
+        if whence == 2 or offset < self._position:
+            raise io.UnsupportedOperation("a gzip stream only seeks forward")
+        while self._position < offset:
+            chunk = self._inflate(min(offset - self._position, READ_CHUNK))
+            if not chunk:
+                break  # past the end: the next read finds nothing, as tarfile expects
+            self._position += len(chunk)
+        return self._position
+
+    def _inflate(self, limit: int) -> bytes:
+        """Up to `limit` decompressed bytes; b"" at the end of the file."""
         while True:
             if not self._pending:
                 self._pending = self._raw.read(READ_CHUNK)
@@ -63,7 +96,7 @@ class _GunzipStream:
                     return b""
                 self.compressed_bytes += len(self._pending)
             self._in_member = True
-            chunk = self._inflater.decompress(self._pending, max(size, 0))
+            chunk = self._inflater.decompress(self._pending, limit)
             self._pending = self._inflater.unconsumed_tail
             if self._inflater.eof:
                 # zlib has checked this member's CRC-32 and length. A gzip file may hold
@@ -78,7 +111,7 @@ class _GunzipStream:
     def finish(self) -> None:
         """Read to the end; raise BrokenArchive unless the last gzip member ended cleanly."""
         try:
-            while self.read(READ_CHUNK):
+            while self._inflate(READ_CHUNK):
                 pass
         except zlib.error as error:
             raise BrokenArchive(f"corrupt gzip data ({error})") from None
@@ -91,7 +124,7 @@ def check_archive_stream(raw) -> ArchiveInfo:
     gunzip = _GunzipStream(raw)
     metadata: dict = {}
     try:
-        with tarfile.open(fileobj=gunzip, mode="r|", bufsize=READ_CHUNK) as tar:
+        with tarfile.open(fileobj=gunzip, mode="r:") as tar:
             for member in tar:
                 # metadata.json sorts last in Rasa's archives: read it in this same pass.
                 if (member.name == METADATA_NAME and member.isfile()
@@ -135,11 +168,13 @@ def _describe(error: Exception) -> str:
 
 
 def copy_verified(source_fd: int, target_fd: int, size: int) -> ArchiveInfo:
-    """Copy `size` bytes from source to target and check the archive, both at once.
+    """Copy `size` bytes from source to target, fsync the target, and check the archive, all
+    at once.
 
-    The kernel copies (copy_file_range, no trip through user space) in a thread while this
-    thread decompresses the same bytes from the page cache, so the check costs little more
-    than the copy. Raises BrokenArchive or OSError; the caller removes the target then.
+    The kernel copies (copy_file_range, no trip through user space) and then flushes the copy
+    to disk in a thread, while this thread decompresses the same bytes from the page cache:
+    the check hides behind the disk write and costs about nothing. Raises BrokenArchive or
+    OSError; the caller removes the target then.
     """
     copier = _Copier(source_fd, target_fd, size)
     copier.start()
@@ -165,6 +200,8 @@ class _Copier(threading.Thread):
     def run(self) -> None:
         try:
             copy_range(self._source_fd, self._target_fd, self._size, self._stopping)
+            if not self._stopping.is_set():
+                os.fsync(self._target_fd)
         except BaseException as error:  # handed to the caller's thread in join()
             self._error = error
 

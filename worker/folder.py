@@ -180,12 +180,12 @@ def _copy_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
             raise SourceChanged("file changed since it was listed")
         target_fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            # The mode first: copy_verified's fsync then makes it durable with the data.
+            os.fchmod(target_fd, stat.S_IMODE(before.st_mode) | 0o444)
             info = copy_verified(source_fd, target_fd, before.st_size)
             after = os.fstat(source_fd)
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 raise SourceChanged("file changed while it was being published")
-            os.fchmod(target_fd, stat.S_IMODE(before.st_mode) | 0o444)
-            os.fsync(target_fd)
         finally:
             os.close(target_fd)
         os.replace(temporary, latest_model_path)
