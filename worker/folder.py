@@ -155,20 +155,35 @@ def publish_atomically(source: ModelFile, latest_model_path: Path, arrived_at: f
     Raises BrokenArchive or OSError.
     """
     started = time.time()
-    if mode == "move":
-        info = _move_into_place(source, latest_model_path)
-    else:
-        info = _copy_into_place(source, latest_model_path)
-    _fsync_folder(latest_model_path.parent)
-    latest = latest_model_path.stat()
-    record = PublishRecord(
-        source=source.name, source_size=source.size, source_mtime_ns=source.mtime_ns,
-        source_inode=source.inode, arrived_at=arrived_at, published_at=started,
-        latest_size=latest.st_size, latest_mtime_ns=latest.st_mtime_ns,
-        latest_inode=latest.st_ino, duration_s=time.time() - started,
-        model_id=info.model_id, trained_at=info.trained_at)
-    write_record(latest_model_path, record)
+    # Freeing the replaced file's blocks (a TRIM on file systems mounted with `discard`)
+    # would land in the same journal commit as our folder fsync: hold it open until the new
+    # file is durable, so that work happens after the publish, not inside it.
+    replaced = _open_if_exists(latest_model_path)
+    try:
+        if mode == "move":
+            info = _move_into_place(source, latest_model_path)
+        else:
+            info = _copy_into_place(source, latest_model_path)
+        _fsync_folder(latest_model_path.parent)
+        latest = latest_model_path.stat()
+        record = PublishRecord(
+            source=source.name, source_size=source.size, source_mtime_ns=source.mtime_ns,
+            source_inode=source.inode, arrived_at=arrived_at, published_at=started,
+            latest_size=latest.st_size, latest_mtime_ns=latest.st_mtime_ns,
+            latest_inode=latest.st_ino, duration_s=time.time() - started,
+            model_id=info.model_id, trained_at=info.trained_at)
+        write_record(latest_model_path, record)
+    finally:
+        if replaced is not None:
+            os.close(replaced)
     return record
+
+
+def _open_if_exists(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
 
 
 def _copy_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
