@@ -8,30 +8,32 @@ import sys
 import time
 
 
-class _PlainFormatter(logging.Formatter):
+class _ProgramFormatter(logging.Formatter):
     def __init__(self, program: str):
         super().__init__()
         self.program = program
 
-    def format(self, record: logging.LogRecord) -> str:
+    @staticmethod
+    def timestamp(record: logging.LogRecord) -> str:
+        """UTC, ISO 8601, milliseconds."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        millis = int(record.msecs)
-        line = f"{stamp}.{millis:03d}Z {self.program} {record.levelname} {record.getMessage()}"
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+class _PlainFormatter(_ProgramFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = (f"{self.timestamp(record)} {self.program} {record.levelname} "
+                f"{record.getMessage()}")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
-class _JsonFormatter(logging.Formatter):
+class _JsonFormatter(_ProgramFormatter):
     """One JSON object per line: time, level, program, event, message, and the fields."""
 
-    def __init__(self, program: str):
-        super().__init__()
-        self.program = program
-
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        entry = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname,
+        entry = {"time": self.timestamp(record), "level": record.levelname,
                  "program": self.program, "event": getattr(record, "event", "log"),
                  "message": record.getMessage()}
         entry.update(getattr(record, "fields", None) or {})
