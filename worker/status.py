@@ -106,7 +106,8 @@ def render(report: dict) -> str:
         status = call["status"] if call["status"] is not None else "no answer"
         lines.append(f"rasa {call['url']}: {call['outcome']} {status} at {_iso(call['at'])} "
                      f"(attempt {call['attempt']}, model {call['model_file']})"
-                     + (f": {call['detail']}" if call["detail"] else ""))
+                     + (f": {call['detail']}" if call["detail"] and call["outcome"] != "loaded"
+                        else ""))
     return "\n".join(lines)
 
 
