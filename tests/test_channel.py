@@ -162,7 +162,7 @@ def test_the_server_does_not_wake_up_when_idle(run_dir):
         before = switches()
         import time
         time.sleep(3)
-        # serve_forever() would poll its stop flag once a second in every server.
-        assert switches() - before <= 1
+        # serve_forever() would poll its stop flag once a second: three wake-ups or more.
+        assert switches() - before < 3
     finally:
         server.kill()

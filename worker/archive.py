@@ -21,6 +21,7 @@ from dataclasses import dataclass
 # chunks here (no page faults on fresh allocations), and memory stays flat at any size.
 READ_CHUNK = 64 * 1024
 COPY_CHUNK = 16 * 1024 * 1024
+STOP_WAIT_S = 2.0  # how long an abandoned copy may keep a stopping publish waiting
 METADATA_NAME = "metadata.json"
 METADATA_MAX_BYTES = 1024 * 1024
 _GZIP_WBITS = zlib.MAX_WBITS | 16  # expect a gzip header and trailer
@@ -182,7 +183,7 @@ def copy_verified(source_fd: int, target_fd: int, size: int) -> ArchiveInfo:
         with open(source_fd, "rb", buffering=0, closefd=False) as raw:
             info = check_archive_stream(raw)
     except BaseException:
-        copier.stop()
+        copier.stop(STOP_WAIT_S)
         raise
     copier.join()
     if info.size != size:
@@ -205,9 +206,12 @@ class _Copier(threading.Thread):
         except BaseException as error:  # handed to the caller's thread in join()
             self._error = error
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the syscall in flight. A stopped copier issues no further call on the
+        file descriptors, so the caller may close them even if this returns on `timeout`
+        (say, while an fsync of a large copy finishes and SIGTERM wants us gone)."""
         self._stopping.set()
-        super().join()
+        super().join(timeout)
 
     def join(self, timeout=None) -> None:
         super().join(timeout)
