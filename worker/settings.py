@@ -72,14 +72,6 @@ class Settings:
     def debounce_cap_s(self) -> float:
         return self.throttle_delay_s * DEBOUNCE_CAP_FACTOR
 
-    @property
-    def queue_socket(self) -> Path:
-        return self.run_dir / "queue.sock"
-
-    @property
-    def queue_key(self) -> Path:
-        return self.run_dir / "queue.key"
-
     def as_environment(self) -> dict[str, str]:
         """The settings as absolute, normalised variables for the programs supervisord starts."""
         return {
