@@ -359,3 +359,19 @@ def test_move_mode_end_to_end(start_tool, models):
         assert not model.exists(), "the source should have been moved"
     assert model_files(models) == ["latest.tar.gz"]
     assert "moved in" in tool.output
+
+
+@pytest.mark.parametrize("env_file", [".env", "custom.env"])
+def test_settings_from_an_env_file_reach_the_programs(start_tool, models, tmp_path, env_file):
+    """`.env` (or ENV_FILE) is read by `python -m worker`; the programs supervisord starts
+    must run with those settings too."""
+    (tmp_path / env_file).write_text("KEEP_PREVIOUS=1\nLOG_FORMAT=json\n")
+    extra = {"ENV_FILE": env_file} if env_file != ".env" else {}
+    tool = start_tool(**extra)
+    tool.ready()
+    for name in ("a", "b", "c"):
+        model = models / f"{name}.tar.gz"
+        write_model(model, 50_000)
+        latest_is(models, model.read_bytes())
+    only_models(models, "b.tar.gz", "c.tar.gz")  # KEEP_PREVIOUS=1 kept b
+    assert tool.wait_for_line('"event": "published"')  # LOG_FORMAT=json in the rotator
