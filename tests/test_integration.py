@@ -2,6 +2,7 @@
 folder, real inotify, real kills. Each test waits for a condition with a generous deadline."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -375,3 +376,21 @@ def test_settings_from_an_env_file_reach_the_programs(start_tool, models, tmp_pa
         latest_is(models, model.read_bytes())
     only_models(models, "b.tar.gz", "c.tar.gz")  # KEEP_PREVIOUS=1 kept b
     assert tool.wait_for_line('"event": "published"')  # LOG_FORMAT=json in the rotator
+
+
+def test_a_failing_reconcile_is_retried_not_crashed(start_tool, models, tmp_path):
+    """The published file's folder turned into a file: every reconcile fails until it is
+    fixed. The rotator must report it and keep trying, not crash-loop into FATAL."""
+    public = tmp_path / "public"
+    tool = start_tool(LATEST_MODEL_PATH=str(public / "latest.tar.gz"))
+    tool.ready()
+    rotator = tool.program_pid("rotator")
+    shutil.rmtree(public)  # it holds the lock file already
+    public.write_text("not a folder")
+    model = models / "m.tar.gz"
+    write_model(model, 50_000)
+    tool.wait_for_line("reconcile failed")
+    public.unlink()
+    wait_for(lambda: content_of(public / "latest.tar.gz") == model.read_bytes(), 30,
+             message=f"published once the folder can be made again\n{tool.output}")
+    assert tool.program_pid("rotator") == rotator, "the rotator was restarted"

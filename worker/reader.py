@@ -1,6 +1,7 @@
 """The reader: raw inotify events in, hints to the rotator out. Nothing else.
 
-It blocks in read() with no timeout, so an idle reader never wakes up.
+Idle, it blocks in read() and wakes only every RESCAN_INTERVAL (to check that the path still
+names the folder it watches), or never when RESCAN_INTERVAL is 0.
 """
 
 from __future__ import annotations

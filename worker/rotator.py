@@ -13,6 +13,9 @@ from worker.metrics import NoMetrics
 from worker.reconcile import Reconciler
 from worker.settings import Settings
 
+# After a reconcile failed (folder gone, disk full, permissions), try again this soon.
+RETRY_AFTER_FAILURE_S = 5.0
+
 
 class Rotator:
     def __init__(self, settings: Settings, log: logging.Logger):
@@ -97,7 +100,19 @@ class Rotator:
 
     def reconcile(self) -> None:
         self.debounce.clear()
-        outcome = self.reconciler.reconcile()
+        try:
+            # Created if missing, also when removed while we run.
+            self.settings.target_dir.mkdir(parents=True, exist_ok=True)
+            self.settings.latest_model_path.parent.mkdir(parents=True, exist_ok=True)
+            outcome = self.reconciler.reconcile()
+        except OSError as error:
+            # Crashing would only restart us into the same error until supervisord gives up
+            # (and the guard stops the container): report it and try again.
+            retry = max(self.settings.throttle_delay_s, RETRY_AFTER_FAILURE_S)
+            self.log.error("reconcile failed: %s; trying again in %.0f s", error, retry,
+                           extra={"event": "reconcile_failed", "fields": {"error": str(error)}})
+            self.recheck_at = time.monotonic() + retry
+            return
         self.metrics.reconciled(outcome, self.reconciler.record)
         if outcome.published and self.notifier is not None:
             self.notifier.publish()
