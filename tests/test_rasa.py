@@ -182,3 +182,19 @@ def test_the_token_is_not_in_a_settings_error(tmp_path):
     assert result.returncode == 2
     assert "RASA_URL" in result.stderr and TOKEN not in result.stderr
 
+
+
+def test_a_failing_report_does_not_stop_the_calls(stubs, captured_log):
+    stub = stubs()
+    log, stream = captured_log
+
+    def broken_report(call):
+        raise OSError(28, "No space left on device")
+
+    replica = ReplicaNotifier(stub.url, TOKEN, 30, 5, log, broken_report, backoff_first_s=0.05)
+    replica.start()
+    replica.publish("/m/one.tar.gz")
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    replica.publish("/m/two.tar.gz")
+    wait_for(lambda: len(stub.calls()) == 2, 10, message="the second publish was not sent")
+    assert "could not record" in stream.getvalue()

@@ -148,7 +148,11 @@ class ReplicaNotifier(threading.Thread):
                      self.shown_url.rstrip("/"), outcome, shown_status, attempt, took * 1000,
                      f": {detail}" if detail and outcome != "loaded" else "",
                      extra={"event": "rasa_call", "fields": result.as_dict()})
-        self.report(result)
+        try:
+            self.report(result)
+        except Exception as error:  # a status file we cannot write must not stop the calls
+            self.log.error("rasa %s: could not record the call's outcome: %s",
+                           self.shown_url, error)
 
 
 class RasaNotifier:
