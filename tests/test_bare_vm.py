@@ -71,6 +71,13 @@ def test_an_existing_supervisord_runs_the_include_file(tmp_path):
                                         and "published" in p.read_text()], 10,
                                message="the rotator's log file in childlogdir")
         assert rotator_log
+        # status finds the system's supervisord through SUPERVISOR_SERVER_URL.
+        health = subprocess.run(
+            [sys.executable, "-m", "worker", "status"], cwd=install, capture_output=True,
+            text=True, timeout=30,
+            env={**env, "SUPERVISOR_SERVER_URL": f"unix://{tmp_path}/supervisor.sock"})
+        assert health.returncode == 0, health.stdout + health.stderr
+        assert f"source: {model}" in health.stdout
     finally:
         ctl("shutdown")
         supervisord.wait(20)
