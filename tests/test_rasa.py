@@ -160,6 +160,7 @@ def test_hot_swap_end_to_end_and_the_token_never_printed(start_tool, models, stu
         assert call["body"] == {"model_file": "/app/models/latest.tar.gz"}
         assert call["query"] == {"token": [TOKEN]}
     tool.wait_for_line("loaded: 204 (attempt 2")
+    assert f"RASA_URL {first.url}, {second.url}/)" in tool.wait_for_line("publishing the newest")
     status = subprocess.run([sys.executable, "-m", "worker", "status"], cwd=tmp_path,
                             env=tool.env, capture_output=True, text=True, timeout=30)
     assert f"rasa {second.url}/: loaded 204" in status.stdout, status.stdout

@@ -53,7 +53,21 @@ class Rotator:
         return RasaNotifier(s.rasa_urls, s.rasa_model_path, s.rasa_token, s.rasa_retry_for_s,
                             s.rasa_timeout_s, self.log, report)
 
+    def describe(self) -> str:
+        """The effective settings, one line, for the start-up log (never the token)."""
+        s = self.settings
+        rasa = "off"
+        if s.rasa_urls:
+            from worker.rasa import display_url
+
+            rasa = ", ".join(display_url(url) for url in s.rasa_urls)
+        return (f"publishing the newest whole model in {s.target_dir} to "
+                f"{s.latest_model_path} (PUBLISH_MODE {s.publish_mode}, THROTTLE_DELAY "
+                f"{s.throttle_delay_s * 1000:.0f} ms, KEEP_PREVIOUS {s.keep_previous}, "
+                f"RESCAN_INTERVAL {s.rescan_interval_s:.0f} s, RASA_URL {rasa})")
+
     def run(self) -> None:
+        self.log.info("%s", self.describe())
         with folder_lock(self.settings.latest_model_path):
             for leftover in remove_temporary_files(self.settings.latest_model_path):
                 self.log.info("removed %s: temporary file of an interrupted publish", leftover)
