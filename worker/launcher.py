@@ -19,7 +19,6 @@ def program_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update(settings.as_environment())
     env["ROTATOR_PYTHON"] = sys.executable
-    env["ROTATOR_HOME"] = str(PROJECT_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"

@@ -230,7 +230,8 @@ def read_settings(env=None) -> Settings:
     if log_format not in LOG_FORMATS:
         raise _fail("LOG_FORMAT", log_format, "one of " + ", ".join(LOG_FORMATS))
     rasa_urls = _rasa_urls(env)
-    rasa_model_path = env.get("RASA_MODEL_PATH", "").strip() or str(latest)
+    rasa_model_path = (env.get("RASA_MODEL_PATH", "").strip()
+                       or DEFAULTS["RASA_MODEL_PATH"].format(LATEST_MODEL_PATH=latest))
     retry_for = _whole_number(env, "RASA_RETRY_FOR", "whole seconds, 0 or more (e.g. 300)")
     rasa_timeout = _whole_number(env, "RASA_TIMEOUT", "whole seconds, 1 or more (e.g. 120)")
     if rasa_timeout < 1:
