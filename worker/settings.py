@@ -37,6 +37,15 @@ DEFAULTS = {
     "RASA_TIMEOUT": "120",
     "METRICS_PORT": "",
     "PUBLISH_MODE": "copy",
+    "METRICS_BIND": "0.0.0.0",
+    "RASA_SYNC_INTERVAL": "60",
+    "RASA_MAX_SWAPPING": "1",
+    "RASA_TRAINING_WAIT": "600",
+    "MODEL_SERVER_PORT": "",
+    "MODEL_SERVER_BIND": "0.0.0.0",
+    "MODEL_SERVER_TOKEN": "",
+    "MODEL_SERVER_MAX_SWAPPING": "1",
+    "MODEL_SERVER_SWAP_TIMEOUT": "300",
 }
 
 # A burst of events can postpone a reconcile by at most this many debounce delays.
@@ -67,6 +76,18 @@ class Settings:
     rasa_timeout_s: float = 120.0
     metrics_port: int | None = None
     publish_mode: str = "copy"
+    metrics_bind: str = "0.0.0.0"
+    # Rasa in sync: check each replica's GET /status this often (0: only at start and
+    # after a publish), swap at most this many at once, wait this long for training jobs.
+    rasa_sync_interval_s: float = 60.0
+    rasa_max_swapping: int = 1
+    rasa_training_wait_s: float = 600.0
+    # The model server for Rasa's `models: url` pull (off while the port is None).
+    model_server_port: int | None = None
+    model_server_bind: str = "0.0.0.0"
+    model_server_token: str = field(default="", repr=False)  # never printed
+    model_server_max_swapping: int = 1
+    model_server_swap_timeout_s: float = 300.0
 
     @property
     def debounce_cap_s(self) -> float:
@@ -93,6 +114,16 @@ class Settings:
             "RASA_TIMEOUT": str(round(self.rasa_timeout_s)),
             "METRICS_PORT": "" if self.metrics_port is None else str(self.metrics_port),
             "PUBLISH_MODE": self.publish_mode,
+            "METRICS_BIND": self.metrics_bind,
+            "RASA_SYNC_INTERVAL": str(round(self.rasa_sync_interval_s)),
+            "RASA_MAX_SWAPPING": str(self.rasa_max_swapping),
+            "RASA_TRAINING_WAIT": str(round(self.rasa_training_wait_s)),
+            "MODEL_SERVER_PORT": ("" if self.model_server_port is None
+                                  else str(self.model_server_port)),
+            "MODEL_SERVER_BIND": self.model_server_bind,
+            "MODEL_SERVER_TOKEN": self.model_server_token,
+            "MODEL_SERVER_MAX_SWAPPING": str(self.model_server_max_swapping),
+            "MODEL_SERVER_SWAP_TIMEOUT": str(round(self.model_server_swap_timeout_s)),
         }
 
 
@@ -163,13 +194,25 @@ def _rasa_urls(env) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _metrics_port(env) -> int | None:
-    raw = env.get("METRICS_PORT", DEFAULTS["METRICS_PORT"]).strip()
+def _optional_port(env, name: str) -> int | None:
+    raw = env.get(name, DEFAULTS[name]).strip()
     if not raw:
         return None
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        raise _fail("METRICS_PORT", raw, "a TCP port from 1 to 65535, or empty for off")
+        raise _fail(name, raw, "a TCP port from 1 to 65535, or empty for off")
     return int(raw)
+
+
+def _bind_address(env, name: str) -> str:
+    raw = env.get(name, DEFAULTS[name]).strip()
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise _fail(name, raw, "an IP address to listen on, e.g. 0.0.0.0 (all) or "
+                    "127.0.0.1 (this host only)") from None
+    return raw
 
 
 def load_environment(env_file: str | None = None) -> None:
@@ -245,6 +288,12 @@ def read_settings(env=None) -> Settings:
         raise _fail("PUBLISH_MODE", publish_mode, "copy, when LATEST_MODEL_PATH is on another "
                     "file system than TARGET_DIR (a rename cannot cross file systems)")
 
+    max_swapping = _whole_number(env, "RASA_MAX_SWAPPING", "a whole number, 1 or more")
+    if max_swapping < 1:
+        raise _fail("RASA_MAX_SWAPPING", str(max_swapping), "a whole number, 1 or more")
+    server_swapping = _whole_number(env, "MODEL_SERVER_MAX_SWAPPING",
+                                    "a whole number, 0 (no limit) or more")
+
     return Settings(
         target_dir=target_dir,
         latest_model_path=latest,
@@ -262,8 +311,20 @@ def read_settings(env=None) -> Settings:
         rasa_token=env.get("RASA_TOKEN", ""),
         rasa_retry_for_s=float(retry_for),
         rasa_timeout_s=float(rasa_timeout),
-        metrics_port=_metrics_port(env),
+        metrics_port=_optional_port(env, "METRICS_PORT"),
         publish_mode=publish_mode,
+        metrics_bind=_bind_address(env, "METRICS_BIND"),
+        rasa_sync_interval_s=float(_whole_number(
+            env, "RASA_SYNC_INTERVAL", "whole seconds, 0 (off) or more (e.g. 60)")),
+        rasa_max_swapping=max_swapping,
+        rasa_training_wait_s=float(_whole_number(
+            env, "RASA_TRAINING_WAIT", "whole seconds, 0 or more (e.g. 600)")),
+        model_server_port=_optional_port(env, "MODEL_SERVER_PORT"),
+        model_server_bind=_bind_address(env, "MODEL_SERVER_BIND"),
+        model_server_token=env.get("MODEL_SERVER_TOKEN", ""),
+        model_server_max_swapping=server_swapping,
+        model_server_swap_timeout_s=float(_whole_number(
+            env, "MODEL_SERVER_SWAP_TIMEOUT", "whole seconds, 1 or more (e.g. 300)")),
     )
 
 
