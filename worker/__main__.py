@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         load_environment()
-        settings = read_settings()
+        # `status` only reads RUN_DIR: root may inspect the programs' (another user's) folder.
+        settings = read_settings(read_only=command == "status")
+        if command == "run":
+            from worker.settings import check_ports_free
+
+            check_ports_free(settings)
     except SettingError as error:
         print(f"rasa-model-rotator: {error}", file=sys.stderr)
         return 2
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging(command, settings.log_level,
                         stream=sys.stderr if command == "guard" else None,
                         log_format=settings.log_format)
+    if command in ("rotator", "once"):
+        for warning in settings.warnings():
+            log.warning("%s", warning, extra={"event": "setting_warning"})
     if command == "run":
         from worker.launcher import exec_supervisord
 

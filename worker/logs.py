@@ -6,6 +6,52 @@ import json
 import logging
 import sys
 import time
+import unicodedata
+
+# Escapes that read as what they are; everything else unprintable becomes \xNN or \uNNNN.
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Characters that could end a log line, forge one, or reorder what a terminal shows: control
+# characters (C0, DEL, C1), format characters (bidi overrides), line and paragraph separators,
+# and lone surrogates (file-name bytes that are not UTF-8, carried by Python as U+DC80-U+DCFF).
+_UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def printable(text: str) -> str:
+    """`text` on one line, unambiguous and valid UTF-8: backslashes doubled, control characters
+    escaped (`\\n`, `\\x1b`, `\\u0085`), and each byte that was not UTF-8 as `\\xff`.
+
+    Bytes not decodable as UTF-8 arrive as surrogate escapes U+DC80-U+DCFF and are shown as
+    the byte itself (`\\xff`); a real character is shown as `\\xNN` only below U+0080, so
+    the two never read alike."""
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, and no copy
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+        elif unicodedata.category(char) not in _UNPRINTABLE_CATEGORIES:
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out)
+
+
+def _printable_value(value):
+    """A log field made safe for a JSON line: strings through printable(), recursively."""
+    if isinstance(value, str):
+        return printable(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable_value(v) for v in value]
+    return printable(str(value))
 
 
 class _ProgramFormatter(logging.Formatter):
@@ -23,14 +69,20 @@ class _ProgramFormatter(logging.Formatter):
 class _PlainFormatter(_ProgramFormatter):
     def format(self, record: logging.LogRecord) -> str:
         line = (f"{self.timestamp(record)} {self.program} {record.levelname} "
-                f"{record.getMessage()}")
+                f"{printable(record.getMessage())}")
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback spans lines; each is escaped and indented, so none of them can read
+            # as a log line of its own (those start with the time).
+            line += "".join("\n  " + printable(text) for text in
+                            self.formatException(record.exc_info).splitlines())
         return line
 
 
 class _JsonFormatter(_ProgramFormatter):
-    """One JSON object per line: time, level, program, event, message, and the fields."""
+    """One JSON object per line: time, level, program, event, message, and the fields.
+
+    Strings go through printable(), as in the text format: the same escapes in both, and no
+    lone surrogate (which strict JSON decoders refuse) in the output."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.timestamp(record), "level": record.levelname,
@@ -39,7 +91,7 @@ class _JsonFormatter(_ProgramFormatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(_printable_value(entry))
 
 
 def setup_logging(program: str, level: str, stream=None, log_format: str = "text"

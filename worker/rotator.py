@@ -6,10 +6,10 @@ import logging
 import queue
 import time
 
-from worker.channel import ARRIVED, RESCAN, QueueServer
+from worker.channel import ARRIVED, RESCAN, QueueServer, malformed
 from worker.debounce import Debounce
 from worker.folder import folder_lock, remove_temporary_files
-from worker.metrics import NoMetrics
+from worker.metrics import start_metrics
 from worker.reconcile import Reconciler
 from worker.settings import Settings
 
@@ -30,12 +30,7 @@ class Rotator:
         self.server: QueueServer | None = None
 
     def _metrics(self):
-        if self.settings.metrics_port is None:
-            return NoMetrics()
-        from worker.metrics import Metrics
-
-        self.log.info("serving Prometheus metrics on port %d", self.settings.metrics_port)
-        return Metrics(self.settings.metrics_port)
+        return start_metrics(self.settings, self.log)
 
     def _notifier(self):
         if not self.settings.rasa_urls:
@@ -100,7 +95,14 @@ class Rotator:
             except queue.Empty:
                 return
 
-    def receive(self, message: tuple) -> None:
+    def receive(self, message) -> None:
+        """One message from the queue. Anyone holding the key can put anything there: a
+        message of the wrong shape is logged in one line and dropped, never a crash."""
+        problem = malformed(message)
+        if problem:
+            self.log.warning("dropped a message from the queue: %s", problem,
+                             extra={"event": "message_dropped", "fields": {"problem": problem}})
+            return
         kind, payload = message
         if kind == ARRIVED:
             for name, when in payload:
