@@ -43,9 +43,9 @@ def _whole(name: str, default: str, unit: str, low: int, high: int, meaning: str
            zero: str = "", bound: str = "") -> Declared:
     """A whole number within bounds; `zero` says what 0 means, `bound` names the maximum."""
     first = f"{low} ({zero})" if zero and low == 0 else str(low)
-    last = f"{high} ({bound})" if bound else str(high)
-    return Declared(name, default, f"whole {unit}, {first} to {last} (e.g. {default})", meaning,
-                    low=low, high=high)
+    limit = f"; at most {bound}" if bound else ""
+    return Declared(name, default, f"whole {unit}, {first} to {high} (e.g. {default}{limit})",
+                    meaning, low=low, high=high)
 
 
 # Defaults in one visible place. The first four are the original Node.js tool's; the two paths
@@ -123,7 +123,8 @@ DECLARED: tuple[Declared, ...] = (
     _whole("RASA_TRAINING_WAIT", "600", "seconds", 0, DAY,
            "how long to wait for a replica's active training jobs to finish before swapping "
            "anyway", bound="a day"),
-    Declared("MODEL_SERVER_PORT", "", "a TCP port from 1 to 65535, or empty for off",
+    Declared("MODEL_SERVER_PORT", "", "a TCP port from 1 to 65535 that is free on "
+             "MODEL_SERVER_BIND, or empty for off",
              "serve the published model over HTTP for Rasa's `models: url` pull on this port",
              shown_default="(off)"),
     Declared("MODEL_SERVER_BIND", "0.0.0.0", "an IP address to listen on, e.g. 0.0.0.0 (all) "
