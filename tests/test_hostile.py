@@ -253,6 +253,7 @@ def test_a_forged_name_in_the_running_tools_log(start_tool, models):
     ("back\\slash", "back\\\\slash"), ("\\n", "\\\\n"),
     ("\x85", "\\u0085"), ("\u2028\u2029", "\\u2028\\u2029"), ("\u202eevil", "\\u202eevil"),
     (os.fsdecode(b"\xff\x80"), "\\xff\\x80"), ("\ud800", "\\ud800"),
+    ("no\u00a0break", "no\\u00a0break"), ("\U000e0001", "\\U000e0001"),
 ])
 def test_printable_escapes_unambiguously(text, shown):
     assert printable(text) == shown
@@ -357,3 +358,36 @@ def test_an_ignore_entry_outside_target_dir_is_said_at_start(tmp_path, models):
     assert len(lines) == 1, result.stdout
     assert " WARNING IGNORE_FILE_PATHS entry " in lines[0] and "x.tar.gz" in lines[0]
     assert "protects nothing" in lines[0]
+
+
+def _unescape(shown: str) -> str:
+    """The inverse of printable(), written independently: proves nothing is ambiguous."""
+    import re
+
+    def one(match):
+        escape = match.group(0)
+        if escape in ("\\\\", "\\n", "\\r", "\\t"):
+            return {"\\\\": "\\", "\\n": "\n", "\\r": "\r", "\\t": "\t"}[escape]
+        code = int(escape[2:], 16)
+        if escape[1] == "x" and code >= 0x80:
+            return chr(0xDC00 + code)  # a byte that was not UTF-8
+        return chr(code)
+
+    return re.sub(r"\\(?:[\\nrt]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})", one, shown)
+
+
+def test_printable_is_one_line_utf8_and_reversible():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    names = st.one_of(st.text(), st.binary().map(os.fsdecode))
+
+    @settings(max_examples=3000, deadline=None)
+    @given(names)
+    def check(text):
+        shown = printable(text)
+        assert "\n" not in shown and "\r" not in shown and shown.isprintable()
+        shown.encode("utf-8")
+        assert _unescape(shown) == text
+
+    check()

@@ -91,6 +91,16 @@ BAD_SETTINGS = [
     {"LATEST_MODEL_PATH": "a-file/latest.tar.gz"},
     {"RUN_DIR": "a-file"},
     {"ENV_FILE": "missing.env"},
+    {"THROTTLE_DELAY": "\u00b2"},
+    {"KEEP_PREVIOUS": "\u0665"},
+    {"RESCAN_INTERVAL": "99999999999"},
+    {"THROTTLE_DELAY": "99999999999"},
+    {"RASA_URL": "http://h:99999"},
+    {"RASA_URL": "http://h:abc"},
+    {"TARGET_DIR": " models"},
+    {"TARGET_DIR": "/"},
+    {"LATEST_MODEL_PATH": "models/" + "x" * 250},
+    {"METRICS_BIND": "everywhere"},
 ]
 
 
@@ -103,7 +113,7 @@ def test_python_m_worker_refuses_bad_settings_fast_and_touches_nothing(tmp_path,
     result = subprocess.run([sys.executable, "-m", "worker"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=10)
     elapsed = time.monotonic() - started
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert elapsed < 1.0 + 1.0, f"took {elapsed:.2f} s"  # a second, plus interpreter start-up
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

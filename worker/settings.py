@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import stat
-import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,7 +296,9 @@ def _choice(env, name: str, choices: tuple[str, ...], upper: bool = False) -> st
 
 
 def _has_control_characters(text: str) -> bool:
-    return any(unicodedata.category(char) in ("Cc", "Cs") for char in text)
+    """C0 and C1 controls, DEL, and lone surrogates (bytes that were not UTF-8)."""
+    return any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 or 0xD800 <= ord(char) < 0xE000
+               for char in text)
 
 
 def _text(env, name: str, raw: str | None = None) -> str:
