@@ -41,6 +41,7 @@ def test_default_run_dirs_differ_per_folder(tmp_path):
     ("RASA_URL", "ftp://rasa", "base URLs"),
     ("RASA_RETRY_FOR", "forever", "seconds"),
     ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+    ("LOG_LEVEL", "\u0131nfo", "DEBUG, INFO"),
     ("MODEL_PATTERN", "sub/*.tar.gz", "without '/'"),
     ("MODEL_PATTERN", "", "pattern"),
     ("LATEST_MODEL_PATH", "", "file path"),
@@ -315,6 +316,11 @@ def test_latest_model_path_must_be_a_regular_file_and_not_target_dir(tmp_path):
                      models, f"{models}/.", f"{models}/sub/.."):
             message = refused(tmp_path, LATEST_MODEL_PATH=str(path))
             assert message.startswith("LATEST_MODEL_PATH="), message
+        kinds = {fifo: "a FIFO", models / "sock.tar.gz": "a socket", "/dev/null": "a device",
+                 models / "link.tar.gz": "a symbolic link", models / "sub": "a folder"}
+        (models / "sub").mkdir()
+        for path, kind in kinds.items():
+            assert f"(this is {kind})" in refused(tmp_path, LATEST_MODEL_PATH=str(path))
     finally:
         sock.close()
     assert "not TARGET_DIR" in refused(tmp_path, LATEST_MODEL_PATH=str(models))

@@ -290,7 +290,7 @@ def _whole_number(env, name: str) -> int:
 def _choice(env, name: str, choices: tuple[str, ...], upper: bool = False) -> str:
     raw = _raw(env, name).strip()
     value = raw.upper() if upper else raw.lower()
-    if value not in choices:
+    if not raw.isascii() or value not in choices:  # "ınfo".upper() is "INFO"
         raise _refuse(name, raw)
     return value
 
@@ -500,7 +500,7 @@ def _latest_model_path(env, target_dir: Path) -> Path:
         mode = None
     if mode is not None and not stat.S_ISREG(mode):
         raise _fail("LATEST_MODEL_PATH", raw, "a regular file path or one that does not exist "
-                    "yet (this is a folder, a link, a FIFO, a device or a socket)")
+                    f"yet (this is {_kind_of(mode)})")
     limit = _name_max(latest.parent)
     if len(os.fsencode(latest.name)) + OWN_NAME_EXTRA_BYTES > limit:
         raise _fail("LATEST_MODEL_PATH", raw, f"a file name of at most "
@@ -510,6 +510,13 @@ def _latest_model_path(env, target_dir: Path) -> Path:
     if latest.parent != target_dir:
         _check_creatable_dir("LATEST_MODEL_PATH", latest.parent, raw)
     return latest
+
+
+def _kind_of(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO,
+             "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"))
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
 
 
 # -- the .env file --------------------------------------------------------------------------
