@@ -289,6 +289,12 @@ def test_a_metrics_port_in_use_is_one_line_and_nothing_starts(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
+def test_a_metrics_bind_address_not_of_this_host_is_one_line(tmp_path):
+    env = tool_environment(tmp_path, METRICS_PORT="9", METRICS_BIND="192.0.2.1")  # TEST-NET-1
+    line = one_line_refusal(run_worker(tmp_path, env=env), "METRICS_BIND")
+    assert "an address of this host" in line
+
+
 def test_the_rotator_publishes_without_metrics_when_its_port_is_taken(tmp_path, models):
     """The port free at start and taken by the time the rotator binds (or a restart after
     someone took it): one line, then publishing as ever; never a crash loop."""

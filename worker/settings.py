@@ -657,6 +657,9 @@ def check_ports_free(settings: Settings) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((address, port))
         except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise _fail(bind_name, address, "an address of this host (binding it failed: "
+                            f"{error.strerror})") from None
             raise _fail(name, str(port), f"a port free on {bind_name} {address} (binding it "
                         f"failed: {error.strerror})") from None
         finally:
