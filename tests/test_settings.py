@@ -401,3 +401,29 @@ def test_the_readme_settings_table_is_the_declaration():
     declared = {d.name for d in DECLARED}
     environment = read_settings({}).as_environment().keys()
     assert set(environment) <= declared, set(environment) - declared
+
+
+def test_a_run_dir_too_long_for_its_sockets_is_refused(tmp_path):
+    """supervisord could not bind RUN_DIR/supervisor.sock ("AF_UNIX path too long") and
+    `python -m worker` ended after starting; now it is one line at start."""
+    from worker.settings import RUN_DIR_MAX_BYTES
+
+    base = str(tmp_path / "r")
+    fits = base + "x" * (RUN_DIR_MAX_BYTES - len(base))
+    assert read_settings({"TARGET_DIR": str(tmp_path / "m"), "RUN_DIR": fits}).run_dir
+    message = refused(tmp_path, RUN_DIR=fits + "x")
+    assert f"at most {RUN_DIR_MAX_BYTES} bytes" in message
+    env = tool_environment(tmp_path, RUN_DIR=fits)
+    tool = subprocess.Popen([sys.executable, "-m", "worker"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        from tests.helpers import wait_for
+
+        socket_path = os.path.join(fits, "queue.sock")
+        wait_for(lambda: os.path.exists(socket_path) or tool.poll() is not None,
+                 message="the rotator serving its queue in the longest RUN_DIR")
+        assert tool.poll() is None, tool.stdout.read()
+    finally:
+        os.killpg(tool.pid, 15)
+        tool.wait(20)

@@ -77,7 +77,7 @@ DECLARED: tuple[Declared, ...] = (
            "seconds between full reconciles that need no event (network volumes, mounts); "
            "`0` turns it off", zero="off", bound="a week"),
     Declared("RUN_DIR", "", "a folder owned by this user (or none yet), not a symbolic link, "
-             "not TARGET_DIR, not a system folder",
+             "not TARGET_DIR, not a system folder, a path of at most 86 bytes (for its sockets)",
              "private (0700) folder for the queue socket and key, supervisord's socket and "
              "pidfile",
              shown_default="`$XDG_RUNTIME_DIR` or `$TMPDIR` or `/tmp`, "
@@ -151,6 +151,11 @@ DEBOUNCE_CAP_FACTOR = 4
 # temporary file ".NAME.tmp-" + 8 hex digits (worker/folder.py); the lock and the record
 # (".NAME.lock", ".NAME.json") add 6.
 OWN_NAME_EXTRA_BYTES = len(".") + len(".tmp-") + 8
+
+# Unix socket paths (RUN_DIR/supervisor.sock, RUN_DIR/queue.sock) fit in 107 bytes; room for
+# names up to 20 bytes is kept, the longest today being "supervisor.sock".
+UNIX_SOCKET_PATH_MAX = 107
+RUN_DIR_MAX_BYTES = UNIX_SOCKET_PATH_MAX - len("/") - 20
 
 # Folders that hold the system: never managed (pruned, chmod-ed) by this tool. The trees are
 # refused with everything inside them, the others only as themselves.
@@ -472,6 +477,9 @@ def _check_run_dir(path: Path, shown: str, read_only: bool) -> None:
     """RUN_DIR holds the queue's key: never a link someone planted, never another's folder.
 
     `read_only` (the `status` command): root may read a RUN_DIR owned by the programs' user."""
+    if len(os.fsencode(path)) > RUN_DIR_MAX_BYTES:
+        raise _fail("RUN_DIR", shown, f"a path of at most {RUN_DIR_MAX_BYTES} bytes (the "
+                    f"sockets inside it must fit Unix's {UNIX_SOCKET_PATH_MAX}-byte limit)")
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
