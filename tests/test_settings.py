@@ -213,12 +213,15 @@ def test_rasa_urls_with_unusable_ports_or_hosts_are_refused(tmp_path, url):
 
 @pytest.mark.parametrize("url", ["ftp://user:s3cret@h", "http://user:s3cret@h:99999",
                                  "http://user:s3cret@h:abc/x", "http://user:s3cret@:5005",
-                                 "http://ok:5005,gopher://user:s3cret@h"])
+                                 "http://ok:5005,gopher://user:s3cret@h",
+                                 "http://user:s3/cret@h:99999", "http://s3cret@h:0",
+                                 "http://user:s3#cret@h:99999", "user:s3cret@h:5005",
+                                 "http://h:5005/?token=s3cret", "http://h:5005#s3cret"])
 def test_a_password_in_rasa_url_is_never_shown(tmp_path, url):
     message = refused(tmp_path, RASA_URL=url)
     assert message.startswith("RASA_URL=")
-    assert "s3cret" not in message
-    assert "user:***@" in message
+    assert "s3" not in message and "cret" not in message
+    assert "***@" in message or "@" not in url
 
 
 @pytest.mark.parametrize("name", ["RASA_TOKEN", "MODEL_SERVER_TOKEN"])
@@ -236,7 +239,7 @@ def test_settings_print_no_secret(tmp_path):
     assert settings.rasa_urls == ("http://user:s3cret@rasa:5005",)  # the client needs it
     for text in (repr(settings), str(settings), str(settings.shown())):
         assert "s3cret" not in text and "tok3n" not in text and "t0ken2" not in text
-        assert "http://user:***@rasa:5005" in text
+        assert "http://***@rasa:5005" in text
 
 
 @pytest.mark.parametrize("value", [" /srv/m", "models ", "mo\ndels", "\tmodels", ""])

@@ -340,18 +340,15 @@ def _bind_address(env, name: str) -> str:
 
 
 def without_password(url: str) -> str:
-    """The URL with any password in its user info replaced by ***: safe to print."""
+    """The URL with its user info (a password, or a token used as the user) replaced by ***:
+    safe to print. Everything up to the last "@" counts, so a password holding an unescaped
+    "/", "?" or "#" is hidden too."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    authority_end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
-                        default=len(rest))
-    authority, tail = rest[:authority_end], rest[authority_end:]
-    if "@" in authority:
-        user_info, _, host = authority.rpartition("@")
-        user = user_info.split(":", 1)[0]
-        authority = f"{user}:***@{host}" if ":" in user_info else f"{user}@{host}"
-    return f"{scheme}{sep}{authority}{tail}"
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
 
 
 def _rasa_urls(env) -> tuple[str, ...]:
@@ -369,8 +366,9 @@ def _rasa_urls(env) -> tuple[str, ...]:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _refuse("RASA_URL", shown)
         if parts.query or parts.fragment:
-            raise SettingError("RASA_URL has a query or fragment, which is not allowed: give "
-                               "the base URL only, and the token in RASA_TOKEN")
+            # The query may hold the token (?token=...): never shown.
+            raise _fail("RASA_URL", re.split(r"[?#]", shown)[0] + "?...", "a base URL without "
+                        "query or fragment (give the token in RASA_TOKEN)")
         try:
             port = parts.port  # ValueError: out of range, or not ASCII digits
         except ValueError:
