@@ -23,6 +23,11 @@ PUBLISH_MODES = ("copy", "move")
 
 MINUTE, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
 
+# Unix socket paths in RUN_DIR fit in 107 bytes. The longest: supervisord binds
+# "supervisor.sock.<its pid>" (pid_max is at most 4194304, 7 digits) and links it into place.
+UNIX_SOCKET_PATH_MAX = 107
+RUN_DIR_MAX_BYTES = UNIX_SOCKET_PATH_MAX - len("/supervisor.sock.") - 7
+
 
 @dataclass(frozen=True)
 class Declared:
@@ -77,7 +82,8 @@ DECLARED: tuple[Declared, ...] = (
            "seconds between full reconciles that need no event (network volumes, mounts); "
            "`0` turns it off", zero="off", bound="a week"),
     Declared("RUN_DIR", "", "a folder owned by this user (or none yet), not a symbolic link, "
-             "not TARGET_DIR, not a system folder, a path of at most 86 bytes (for its sockets)",
+             f"not TARGET_DIR, not a system folder, a path of at most {RUN_DIR_MAX_BYTES} bytes "
+             "(for its sockets)",
              "private (0700) folder for the queue socket and key, supervisord's socket and "
              "pidfile",
              shown_default="`$XDG_RUNTIME_DIR` or `$TMPDIR` or `/tmp`, "
@@ -152,10 +158,6 @@ DEBOUNCE_CAP_FACTOR = 4
 # (".NAME.lock", ".NAME.json") add 6.
 OWN_NAME_EXTRA_BYTES = len(".") + len(".tmp-") + 8
 
-# Unix socket paths (RUN_DIR/supervisor.sock, RUN_DIR/queue.sock) fit in 107 bytes; room for
-# names up to 20 bytes is kept, the longest today being "supervisor.sock".
-UNIX_SOCKET_PATH_MAX = 107
-RUN_DIR_MAX_BYTES = UNIX_SOCKET_PATH_MAX - len("/") - 20
 
 # Folders that hold the system: never managed (pruned, chmod-ed) by this tool. The trees are
 # refused with everything inside them, the others only as themselves.
