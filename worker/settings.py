@@ -21,7 +21,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 PUBLISH_MODES = ("copy", "move")
 
-MINUTE, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
+HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 
 # Unix socket paths in RUN_DIR fit in 107 bytes. The longest: supervisord binds
 # "supervisor.sock.<its pid>" (pid_max is at most 4194304, 7 digits) and links it into place.
