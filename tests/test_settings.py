@@ -430,3 +430,14 @@ def test_a_run_dir_too_long_for_its_sockets_is_refused(tmp_path):
     finally:
         os.killpg(tool.pid, 15)
         tool.wait(20)
+
+
+def test_a_env_file_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / ".env").write_bytes(b"KEEP_PREVIOUS=1\nRASA_TOKEN=\xff\xfe\n")
+    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path,
+                            env=tool_environment(tmp_path), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("rasa-model-rotator: ENV_FILE='.env'")
+    assert "UTF-8" in result.stderr
