@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             if target is not None:
                 message = unwritable_message(target, waiting=False)
         print(message, file=sys.stderr)
-        return 2
+        # A health probe must see "unhealthy" (1): Docker reserves exit status 2.
+        return 1 if command == "status" else 2
 
     # The health check runs every few seconds: it imports only what it needs (no logging).
     if command == "status":
