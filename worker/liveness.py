@@ -152,6 +152,8 @@ def judge(state: dict | None, rotator_pid: int | None, run_dir: Path) -> tuple[s
             what = "its start" if phase == STARTING else "one reconcile"
             return "unhealthy", (f"rotator stuck: {what} has taken {elapsed:.0f} s, more than "
                                  f"the {allowed:.0f} s its work explains ({work} bytes)")
+    if phase == STARTING:
+        return "starting", "rotator is starting (its queue socket is not served yet)"
     problem = probe_answers(run_dir)
     if problem:
         return "unhealthy", problem
