@@ -149,6 +149,14 @@ def test_pid1_publishes_reports_health_and_stops_quickly(run_container, tmp_path
     status = container.exec("python", "-m", "worker", "status")
     assert status.returncode == 0 and model.name in status.stdout, status.stdout
 
+    # PID 1 adopts and reaps an orphan (the shell exits at once, its `sleep` is orphaned).
+    orphan = container.exec("sh", "-c", "sleep 1 & echo $!").stdout.strip()
+    assert orphan.isdigit(), orphan
+    parent = container.exec("sh", "-c", f"cut -d' ' -f4 /proc/{orphan}/stat").stdout.strip()
+    assert parent in ("1", ""), parent  # "" : already gone
+    wait_for(lambda: container.exec("test", "-e", f"/proc/{orphan}").returncode != 0, 15,
+             message=f"orphan {orphan} reaped")
+
     # SIGSTOP: the rotator cannot make progress; Docker must report it.
     rotator = container.program_pid("rotator")
     container.kill(rotator, "SIGSTOP")
