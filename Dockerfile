@@ -25,8 +25,11 @@ RUN groupadd --gid 2000 rasa \
 
 COPY worker/ worker/
 COPY conf/ conf/
-# Compiled once here: without it every start and every health check compiles worker/ again.
-RUN python -m compileall -q worker
+# Compiled once here: without it every start and every health check (run as a user who
+# cannot write the cache) compiles worker/ again, and the standard library too where the base
+# image ships it without bytecode (the official image ships it compiled: nothing to do then).
+RUN python -m compileall -q -j 0 -x '/(test|tests|lib2to3|idlelib|turtledemo)/' worker \
+    "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
 
 USER 1000:2000
 # No VOLUME: it would leave an anonymous volume behind at every `docker rm`. Mount a host

@@ -3,8 +3,8 @@ and whether the programs are running and making progress. Exits non-zero unless 
 (also while starting), for health probes.
 
 It runs every few seconds in every container, so it imports only what it needs: the
-standard library's XML-RPC client over supervisord's socket (not supervisor's own modules),
-no logging."""
+one XML-RPC call written out over supervisord's socket (not supervisor's own modules, not
+http.client), no logging."""
 
 from __future__ import annotations
 
@@ -44,34 +44,62 @@ def supervisor_url(settings: Settings) -> str:
     return control_credentials(settings)[0]
 
 
-def _rpc_proxy(url: str, username: str, password: str):
-    """An XML-RPC proxy to supervisord at unix://PATH or http://HOST:PORT (basic auth)."""
-    import http.client
+def _rpc_call(url: str, username: str, password: str, method: str):
+    """One XML-RPC call without parameters to supervisord at unix://PATH or http://HOST:PORT.
+
+    Written out rather than through xmlrpc.client, which imports http.client (and with it the
+    email parser and ssl): 15 ms of CPU at every health check, in every container."""
+    import base64
     import socket
-    import xmlrpc.client
+    from xml.etree import ElementTree
 
-    class UnixConnection(http.client.HTTPConnection):
-        def connect(self):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(RPC_TIMEOUT_S)
-            self.sock.connect(url[len("unix://"):])
-
-    class Transport(xmlrpc.client.Transport):
-        def make_connection(self, host):
-            # The base class sets the basic-auth header here: keep doing that.
-            host, self._extra_headers, _ = self.get_host_info(host)
-            if url.startswith("unix://"):
-                return UnixConnection("localhost", timeout=RPC_TIMEOUT_S)
-            return http.client.HTTPConnection(host, timeout=RPC_TIMEOUT_S)
-
-    import urllib.parse
-
-    netloc = "localhost" if url.startswith("unix://") else urllib.parse.urlsplit(url).netloc
-    auth = ""
+    body = (f'<?xml version="1.0"?><methodCall><methodName>{method}</methodName>'
+            f'<params/></methodCall>').encode()
+    head = ["POST /RPC2 HTTP/1.0", "Host: localhost", "Content-Type: text/xml",
+            f"Content-Length: {len(body)}"]
     if username:
-        quote = urllib.parse.quote
-        auth = f"{quote(username, safe='')}:{quote(password, safe='')}@"
-    return xmlrpc.client.ServerProxy(f"http://{auth}{netloc}/RPC2", transport=Transport())
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        head.append(f"Authorization: Basic {token}")
+    if url.startswith("unix://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(RPC_TIMEOUT_S)
+        sock.connect(url[len("unix://"):])
+    else:
+        host, _, port = url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
+        sock = socket.create_connection((host or "localhost", int(port or 80)), RPC_TIMEOUT_S)
+    with sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        chunks = []
+        while chunk := sock.recv(65536):  # HTTP/1.0: the server closes after its answer
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    status_line, _, rest = answer.partition(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or parts[1] != b"200":
+        raise ConnectionError(f"supervisord answered {status_line.decode(errors='replace')!r}")
+    root = ElementTree.fromstring(rest.partition(b"\r\n\r\n")[2])
+    fault = root.find("fault/value")
+    if fault is not None:
+        raise RuntimeError(f"XML-RPC fault {_xmlrpc_value(fault)}")
+    return _xmlrpc_value(root.find("params/param/value"))
+
+
+def _xmlrpc_value(node):
+    if len(node) == 0:
+        return node.text or ""  # a <value> without a type is a string
+    typed = node[0]
+    if typed.tag in ("int", "i4"):
+        return int(typed.text)
+    if typed.tag == "boolean":
+        return typed.text == "1"
+    if typed.tag == "double":
+        return float(typed.text)
+    if typed.tag == "array":
+        return [_xmlrpc_value(value) for value in typed.findall("data/value")]
+    if typed.tag == "struct":
+        return {member.findtext("name"): _xmlrpc_value(member.find("value"))
+                for member in typed.findall("member")}
+    return typed.text or ""
 
 
 def program_states(settings: Settings) -> tuple[dict[str, dict] | None, str]:
@@ -79,7 +107,7 @@ def program_states(settings: Settings) -> tuple[dict[str, dict] | None, str]:
 
     url, username, password = control_credentials(settings)
     try:
-        processes = _rpc_proxy(url, username, password).supervisor.getAllProcessInfo()
+        processes = _rpc_call(url, username, password, "supervisor.getAllProcessInfo")
     except Exception as error:  # socket missing, refused, credentials refused, an RPC fault
         # Never the password: the error of a refused call names the URL without it.
         return None, f"supervisord not reachable at {url} ({_without(error, password)})"
