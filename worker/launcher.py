@@ -172,6 +172,8 @@ def wait_until_target_writable(env) -> None:
     target = unwritable_target(env)
     if target is None or os.getpid() != 1:
         return
+    if os.statvfs(target).f_flag & os.ST_RDONLY:
+        return  # a read-only mount: no chown fixes that; the settings check refuses it
     print(unwritable_message(target, waiting=True), file=sys.stderr, flush=True)
     while unwritable_target(env) is not None:
         time.sleep(WRITABLE_POLL_S)
