@@ -45,7 +45,9 @@ def image():
         pytest.fail("no Docker engine answers (`docker version` failed): start one, e.g. "
                     f"../shared/tools/docker-sandbox up\n{engine.stderr}")
     tag = f"rasa-model-rotator-test:{uuid.uuid4().hex[:12]}"
-    docker("build", "--network", "host", "-q", "-t", tag, str(PROJECT_ROOT), timeout=600)
+    # --force-rm: a failed build leaves no intermediate container behind.
+    docker("build", "--network", "host", "--force-rm", "-q", "-t", tag, str(PROJECT_ROOT),
+           timeout=600)
     yield tag
     docker("rmi", "-f", tag, check=False)
 
