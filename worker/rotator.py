@@ -9,6 +9,7 @@ import time
 from worker.channel import ARRIVED, RESCAN, QueueServer, malformed
 from worker.debounce import Debounce
 from worker.folder import folder_lock, remove_temporary_files
+from worker.liveness import LivenessMarks
 from worker.metrics import start_metrics
 from worker.reconcile import Reconciler
 from worker.settings import Settings
@@ -28,6 +29,8 @@ class Rotator:
         self.recheck_at: float | None = None  # monotonic
         self.rescan_at: float | None = None  # monotonic; None: periodic rescan off
         self.server: QueueServer | None = None
+        # What `status` judges progress by: written at start and around each reconcile only.
+        self.marks = LivenessMarks(settings.run_dir)
 
     def _metrics(self):
         return start_metrics(self.settings, self.log)
@@ -62,6 +65,7 @@ class Rotator:
                 f"RESCAN_INTERVAL {s.rescan_interval_s:.0f} s, RASA_URL {rasa})")
 
     def run(self) -> None:
+        self.marks.starting()
         self.log.info("%s", self.describe())
         with folder_lock(self.settings.latest_model_path):
             for leftover in remove_temporary_files(self.settings.latest_model_path):
@@ -116,6 +120,13 @@ class Rotator:
 
     def reconcile(self) -> None:
         self.debounce.clear()
+        self.marks.reconcile_begins(self.settings.target_dir)
+        try:
+            self._reconcile()
+        finally:
+            self.marks.reconcile_ends()
+
+    def _reconcile(self) -> None:
         try:
             # Created if missing, also when removed while we run.
             self.settings.target_dir.mkdir(parents=True, exist_ok=True)
