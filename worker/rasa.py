@@ -86,6 +86,10 @@ class _Superseded(Exception):
     """A newer publish arrived: start over with the new desired state."""
 
 
+class _Stopped(Exception):
+    """`stop()` was called."""
+
+
 class ReplicaSync(threading.Thread):
     """Converges one Rasa server to the desired model; never dies (every error is logged)."""
 
@@ -107,6 +111,7 @@ class ReplicaSync(threading.Thread):
         self.state = ReplicaState(url=self.url)
         self._news = threading.Condition()
         self._check_requested = False
+        self._stopped = False
         # The model_id a PUT could not bring (4xx, or Rasa loaded another model from
         # RASA_MODEL_PATH): not tried again until the next publish, or every check would cost
         # the replica an outage for nothing.
@@ -126,15 +131,25 @@ class ReplicaSync(threading.Thread):
 
     # -- the replica's thread ---------------------------------------------------------------
 
+    def stop(self) -> None:
+        """End the thread at its next wait (tests; the rotator's threads live as long as it)."""
+        with self._news:
+            self._stopped = True
+            self._news.notify_all()
+
     def run(self) -> None:
-        while True:
+        while not self._stopped:
             with self._news:
                 # No timer when RASA_SYNC_INTERVAL is 0: sleep until the next publish.
-                self._news.wait_for(lambda: self._check_requested,
+                self._news.wait_for(lambda: self._check_requested or self._stopped,
                                     timeout=self.sync_interval_s or None)
                 self._check_requested = False
+                if self._stopped:
+                    return
             try:
                 self.sync()
+            except _Stopped:
+                return
             except Exception as error:  # noqa: BLE001 - this thread must outlive any error
                 text = self.client.secrets.scrub("".join(traceback.format_exception(error)))
                 self._error(f"unexpected {type(error).__name__}: "
@@ -183,7 +198,7 @@ class ReplicaSync(threading.Thread):
                 return
             if jobs and not self._training_done(desired):
                 continue  # the replica changed meanwhile (down, or swapped): look again
-            outcome = self._swap(desired)
+            outcome = self._swap(desired, despite_training=bool(jobs))
             if outcome == "retry":
                 wait = backoff / 2 + random.uniform(0, backoff / 2)
                 backoff = min(backoff * 2, self.timing.backoff_max_s)
@@ -266,7 +281,7 @@ class ReplicaSync(threading.Thread):
                          self.training_wait_s)
         return True
 
-    def _swap(self, desired: Desired) -> str:
+    def _swap(self, desired: Desired, despite_training: bool) -> str:
         """Take a slot, PUT /model, confirm through /status. -> done | retry | again."""
         with self.slots:
             # The world may have moved while we waited for the slot: look once more.
@@ -279,7 +294,7 @@ class ReplicaSync(threading.Thread):
             if desired.model_id is not None and served == desired.model_id:
                 self._converged(desired)
                 return "done"
-            if jobs:
+            if jobs and not despite_training:
                 return "again"  # a training started: wait for it outside the slot
             if self._newer_than(desired):
                 raise _Superseded
@@ -344,7 +359,10 @@ class ReplicaSync(threading.Thread):
         """Wait `seconds`; a newer publish ends the wait early (raises _Superseded)."""
         with self._news:
             self._news.wait_for(
-                lambda: desired is not None and self._newer_than(desired), timeout=seconds)
+                lambda: self._stopped or (desired is not None and self._newer_than(desired)),
+                timeout=seconds)
+        if self._stopped:
+            raise _Stopped
         if desired is not None and self._newer_than(desired):
             with self._news:
                 self._check_requested = False  # this restart is the check it asked for
@@ -419,6 +437,10 @@ class RasaSync:
             ReplicaSync(RasaClient(url, token, timeout_s), model_file, self.desired, slots,
                         log, report, retry_for_s, sync_interval_s, training_wait_s, timing)
             for url in urls]
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
 
     def desired(self) -> Desired | None:
         with self._lock:
