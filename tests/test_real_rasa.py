@@ -30,8 +30,12 @@ SYNC_INTERVAL_S = 2
 
 
 class Cluster:
-    def __init__(self, root: Path):
+    """Replicas A (trains into the watched folder) and B, and the tool keeping them in sync;
+    `settings` override the tool's (the benchmark compares RASA_MAX_SWAPPING values)."""
+
+    def __init__(self, root: Path, **settings: str):
         self.root = root
+        self.settings = settings
         self.models = root / "a" / "models"
         self.models.mkdir(parents=True)
         self.latest = self.models / "latest.tar.gz"
@@ -49,7 +53,7 @@ class Cluster:
             self.root, TARGET_DIR=str(self.models), LATEST_MODEL_PATH=str(self.latest),
             RASA_URL=f"{self.a.url},{self.b.url}", RASA_TOKEN=TOKEN,
             RASA_SYNC_INTERVAL=str(SYNC_INTERVAL_S), RASA_TRAINING_WAIT="120",
-            RASA_RETRY_FOR="60", RASA_TIMEOUT="60")
+            RASA_RETRY_FOR="60", RASA_TIMEOUT="60", **self.settings)
         tool = RunningTool(self.root, env)
         tool.ready()
         return tool
@@ -187,7 +191,6 @@ def test_no_swap_while_a_training_runs_and_its_response_is_whole(cluster):
     lines = cluster.tool.line_count()
     model_id = cluster.train_and_publish("e")
     wait_for(lambda: cluster.a.model_id(2) == model_id, 60)
-    cluster.tool.wait_for_line("training job(s) running", 30, after=lines)
     served_during_training = []
     while thread.is_alive():
         status = cluster.b.status(2)
@@ -198,6 +201,7 @@ def test_no_swap_while_a_training_runs_and_its_response_is_whole(cluster):
     code, filename, _ = training["result"]  # the whole 17 MB response was read: not cut
     assert code == 200 and filename
     assert served_during_training and set(served_during_training) == {before}
+    cluster.tool.wait_for_line("training job(s) running", 30, after=lines)
     cluster.both_serve(model_id)
 
 
