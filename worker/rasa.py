@@ -82,6 +82,20 @@ class ReplicaState:
         return data
 
 
+class _Backoff:
+    """Exponential waits with jitter (half fixed, half random), within RASA_RETRY_FOR."""
+
+    def __init__(self, timing: Timing, retry_for_s: float):
+        self.deadline = time.monotonic() + retry_for_s
+        self.backoff = timing.backoff_first_s
+        self.backoff_max = timing.backoff_max_s
+
+    def next_wait(self) -> float | None:
+        wait = self.backoff / 2 + random.uniform(0, self.backoff / 2)
+        self.backoff = min(self.backoff * 2, self.backoff_max)
+        return None if time.monotonic() + wait > self.deadline else wait
+
+
 class _Superseded(Exception):
     """A newer publish arrived: start over with the new desired state."""
 
@@ -147,15 +161,21 @@ class ReplicaSync(threading.Thread):
                 if self._stopped:
                     return
             try:
-                self.sync()
+                self._sync_surviving()
             except _Stopped:
                 return
-            except Exception as error:  # noqa: BLE001 - this thread must outlive any error
-                text = self.client.secrets.scrub("".join(traceback.format_exception(error)))
-                self._error(f"unexpected {type(error).__name__}: "
-                            f"{self.client.secrets.scrub(str(error))}", logging.ERROR)
-                self.log.debug("rasa %s: %s", self.url, text)
-                self._sleep(self.timing.backoff_max_s, None)
+
+    def _sync_surviving(self) -> None:
+        try:
+            self.sync()
+        except _Stopped:
+            raise
+        except Exception as error:  # noqa: BLE001 - this thread must outlive any error
+            text = self.client.secrets.scrub("".join(traceback.format_exception(error)))
+            self._error(f"unexpected {type(error).__name__}: "
+                        f"{self.client.secrets.scrub(str(error))}", logging.ERROR)
+            self.log.debug("rasa %s: %s", self.url, text)
+            self._sleep(self.timing.backoff_max_s, None)
 
     def sync(self) -> None:
         """Bring this replica to the desired model, or give up for now. Restarts on a publish."""
@@ -173,21 +193,12 @@ class ReplicaSync(threading.Thread):
                               extra={"event": "rasa_superseded", "fields": {"url": self.url}})
 
     def _converge(self, desired: Desired) -> None:
-        deadline = time.monotonic() + self.retry_for_s
-        backoff = self.timing.backoff_first_s
+        retry = _Backoff(self.timing, self.retry_for_s)
         while True:
             answer = self._look(desired)
             if answer is None:  # down, or an answer we cannot use: retry later
-                wait = backoff / 2 + random.uniform(0, backoff / 2)
-                backoff = min(backoff * 2, self.timing.backoff_max_s)
-                if time.monotonic() + wait > deadline:
-                    self._error(f"{self.state.last_error}; still failing after "
-                                f"{self.retry_for_s:.0f} s (RASA_RETRY_FOR), trying again at "
-                                "the next check", logging.ERROR, state="down")
+                if not self._wait_to_retry(retry, desired):
                     return
-                self.log.warning("rasa %s: %s; looking again in %.1f s", self.url,
-                                 self.state.last_error, wait)
-                self._sleep(wait, desired)
                 continue
             if answer == "stop":
                 return
@@ -199,18 +210,23 @@ class ReplicaSync(threading.Thread):
             if jobs and not self._training_done(desired):
                 continue  # the replica changed meanwhile (down, or swapped): look again
             outcome = self._swap(desired, despite_training=bool(jobs))
-            if outcome == "retry":
-                wait = backoff / 2 + random.uniform(0, backoff / 2)
-                backoff = min(backoff * 2, self.timing.backoff_max_s)
-                if time.monotonic() + wait > deadline:
-                    self._error(f"{self.state.last_error}; still failing after "
-                                f"{self.retry_for_s:.0f} s (RASA_RETRY_FOR), trying again at "
-                                "the next check", logging.ERROR, state="down")
-                    return
-                self._sleep(wait, desired)
-                continue
+            if outcome == "retry" and not self._wait_to_retry(retry, desired):
+                return
             if outcome == "done":
                 return
+
+    def _wait_to_retry(self, retry: _Backoff, desired: Desired) -> bool:
+        """Sleep the next backoff; False (reported) when RASA_RETRY_FOR would be exceeded."""
+        wait = retry.next_wait()
+        if wait is None:
+            self._error(f"{self.state.last_error}; still failing after "
+                        f"{self.retry_for_s:.0f} s (RASA_RETRY_FOR), trying again at the next "
+                        "check", logging.ERROR, state="down")
+            return False
+        self.log.warning("rasa %s: %s; trying again in %.1f s", self.url,
+                         self.state.last_error, wait)
+        self._sleep(wait, desired)
+        return True
 
     def _look(self, desired: Desired):
         """GET /status -> (served model_id or None, training jobs); None: retry; "stop"."""
