@@ -3,10 +3,12 @@
     .venv/bin/python -m tests.benchmark_rasa [--runs N]
 
 1. Lag: from Rasa's close of the trained model file (its mtime: Rasa streams into the final
-   path and closes it right after the last write) and from the training response, to each
-   replica's `GET /status` showing the new model_id. Light model (a few KiB).
-2. Outage: how long each replica did not answer `GET /` during the swap of two replicas to
-   a heavy model (about 17 MB, seconds to load), RASA_MAX_SWAPPING=1 (rolling) against 2
+   path and closes it right after the last write) to each replica's `GET /status` showing the
+   new model_id (both polled together every 20 ms). Light model (a few KiB), THROTTLE_DELAY
+   300 ms, rolling (one replica after the other).
+2. Outage: how long each replica did not answer `GET /` (0.3 s timeout, polled every 50 ms
+   from the training response on) during the swap of two replicas to a heavy model (about
+   17 MB, seconds to load), RASA_MAX_SWAPPING=1 (rolling) against 2
    (both at once, as the tool did before), and how long NO replica answered.
 """
 
@@ -21,28 +23,35 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers import wait_for
 from tests.test_real_rasa import Availability, Cluster
 from worker.archive import check_archive
 
 
-def wall_when_serving(server, model_id: str, timeout: float = 180) -> float:
-    wait_for(lambda: server.model_id(1) == model_id, timeout, interval=0.02)
-    return time.time()
+def when_each_serves(servers, model_id: str, timeout: float = 180) -> list[float]:
+    """Poll every server's /status together; the wall time each first served `model_id`."""
+    served: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(served) < len(servers):
+        assert time.monotonic() < deadline, f"not served within {timeout} s"
+        for index, server in enumerate(servers):
+            if index not in served and server.model_id(1) == model_id:
+                served[index] = time.time()
+        time.sleep(0.02)
+    return [served[index] for index in range(len(servers))]
 
 
 def bench_lag(cluster: Cluster, runs: int) -> dict[str, list[float]]:
-    result = {"from close": [], "from response": []}
+    result = {"first": [], "second": [], "response": []}
     for run in range(runs):
         code, filename, _ = cluster.a.train(f"lag{run}")
         responded = time.time()
         assert code == 200, code
         closed = (cluster.models / filename).stat().st_mtime
         model_id = check_archive(cluster.models / filename).model_id
-        for server in (cluster.a, cluster.b):
-            served = wall_when_serving(server, model_id)
-            result["from close"].append(served - closed)
-            result["from response"].append(served - responded)
+        first, second = sorted(when_each_serves([cluster.a, cluster.b], model_id))
+        result["first"].append(first - closed)
+        result["second"].append(second - closed)
+        result["response"].append(responded - closed)
     return result
 
 
@@ -52,20 +61,21 @@ def overlap_s(first: list, second: list) -> float:
 
 
 def bench_outage(cluster: Cluster, runs: int) -> dict[str, list[float]]:
+    """Swap both replicas to a heavy model (then back to a light one, unmeasured)."""
     result = {"a": [], "b": [], "none answering": [], "rollout": []}
     for _ in range(runs):
-        for light in (False, True):
-            poll = Availability({"a": cluster.a, "b": cluster.b}) if not light else None
-            code, filename, _ = cluster.a.train("light" if light else "heavy")
+        for variant in ("heavy", "light"):
+            code, filename, _ = cluster.a.train(variant)
             assert code == 200, code
-            model_id = check_archive(cluster.models / filename).model_id
+            # Measured from the training's response: the swaps come after the publish.
+            poll = Availability({"a": cluster.a, "b": cluster.b})
             responded = time.time()
-            done = max(wall_when_serving(cluster.a, model_id),
-                       wall_when_serving(cluster.b, model_id))
-            if poll is None:
-                continue
+            model_id = check_archive(cluster.models / filename).model_id
+            done = max(when_each_serves([cluster.a, cluster.b], model_id))
             time.sleep(0.5)
             poll.stop()
+            if variant == "light":
+                continue
             a, b = poll.outages("a"), poll.outages("b")
             result["a"].append(sum(end - start for start, end in a))
             result["b"].append(sum(end - start for start, end in b))
@@ -92,10 +102,10 @@ def main() -> None:
             try:
                 if slots == 1:
                     lag = bench_lag(cluster, args.runs)
-                    row("close of the model file -> replica serves it (light model)",
-                        lag["from close"])
-                    row("training response -> replica serves it (light model)",
-                        lag["from response"])
+                    row("close of the model file -> training response", lag["response"])
+                    row("close of the model file -> first replica serves it", lag["first"])
+                    row("close of the model file -> second replica serves it",
+                        lag["second"])
                 outage = bench_outage(cluster, args.runs)
                 label = "rolling (RASA_MAX_SWAPPING=1)" if slots == 1 else \
                     "simultaneous (RASA_MAX_SWAPPING=2)"
