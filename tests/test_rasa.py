@@ -387,6 +387,17 @@ def test_the_token_is_scrubbed_from_what_a_server_echoes(stubs, syncs, captured_
     assert_no_secret(book.path.read_text())
 
 
+def test_a_model_id_echoing_the_token_or_forging_lines_is_shown_safely(stubs, syncs,
+                                                                       captured_log):
+    stub = stubs(model_id=f"{TOKEN}\nINFO forged line", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    text = captured_log[1].getvalue() + json.dumps([s.as_dict() for s in syncs.history])
+    assert_no_secret(text)
+    assert "\nINFO forged line" not in captured_log[1].getvalue()
+
+
 def test_the_server_echo_of_our_own_request_is_scrubbed(stubs, syncs, captured_log):
     stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[("echo", 403)])
     sync = syncs.make([stub.url])

@@ -247,6 +247,8 @@ class ReplicaSync(threading.Thread):
             self._error(f"GET /status: {shown} {answer.reason}".rstrip(), None, state="down")
             return None
         served, jobs = parsed
+        if served is not None:
+            served = _printable(self.client.secrets.scrub(served))
         in_sync = desired.model_id is not None and served == desired.model_id
         if not in_sync:
             self._in_sync_with = None
@@ -418,6 +420,12 @@ class ReplicaSync(threading.Thread):
         except Exception as error:  # noqa: BLE001 - a state file we cannot write stops nothing
             self.log.error("rasa %s: could not record the replica's state: %s", self.url,
                            error)
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A server's text as one safe line: control characters escaped, length bounded."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def _parse_status(answer: Answer) -> tuple[str | None, int] | None:
