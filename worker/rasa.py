@@ -406,7 +406,7 @@ class ReplicaSync(threading.Thread):
                         last_swap=swap, extra={"call": call})
 
     def _error(self, message: str, level: int | None, **changes) -> None:
-        message = self.client.secrets.scrub(message)
+        message = _printable(self.client.secrets.scrub(message), 600)
         if level is not None:
             self.log.log(level, "rasa %s: %s", self.url, message,
                          extra={"event": "rasa_error", "fields": {"url": self.url}})
