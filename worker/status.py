@@ -108,6 +108,8 @@ def render_rasa(replicas: list[dict]) -> list[str]:
             line += f" (published {replica['published_model_id']})"
         if replica.get("converged_at"):
             line += f", converged {_iso(replica['converged_at'])}"
+        if replica.get("checked_at"):
+            line += f", checked {_iso(replica['checked_at'])}"
         lines.append(line)
         swap = replica.get("last_swap")
         if swap:
