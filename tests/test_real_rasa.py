@@ -255,6 +255,23 @@ def test_a_training_killed_mid_write_is_never_published(cluster):
     cluster.both_serve(published, timeout=10)
 
 
+def test_our_own_restart_swaps_nothing(cluster):
+    published = cluster.published_id()
+    cluster.both_serve(published, timeout=30)
+    assert cluster.tool.stop() == 0
+    cluster.statuses.append(cluster.tool.output)  # scanned for the token below
+    cluster.tool = cluster.start_tool()
+
+    def both_checked_in_sync():
+        replicas = cluster.status_json()["rasa"]
+        return len(replicas) == 2 and all(r["in_sync"] and r["model_id"] == published
+                                          for r in replicas)
+
+    wait_for(both_checked_in_sync, 30, interval=0.5, message="both replicas checked")
+    time.sleep(SYNC_INTERVAL_S + 0.5)  # and a periodic check after it
+    assert "rasa PUT" not in cluster.tool.output, cluster.tool.output
+
+
 def test_the_token_never_appears_in_our_output(cluster):
     cluster.status_json()
     text = cluster.tool.output + "\n".join(cluster.statuses)
