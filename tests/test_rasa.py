@@ -262,6 +262,20 @@ def test_rasa_loading_another_model_than_published_is_reported_once(stubs, syncs
     assert "serves model_id Z, not the published B" in syncs.state(stub.url).last_error
 
 
+def test_a_model_without_model_id_gets_one_put_per_publish_and_none_at_start(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want(None, published=False)  # at start: cannot compare, so no outage for nothing
+    wait_for(lambda: stub.status_checks() >= 3, 10)
+    assert stub.calls() == []
+    assert syncs.state(stub.url).state == "no-model-id"
+    sync.want(None, published=True)
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() >= checks + 3, 10)
+    assert len(stub.calls()) == 1, "the timer repeated a blind PUT"
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_401_and_403_point_at_rasa_token(stubs, syncs, captured_log, status):
     stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[status])

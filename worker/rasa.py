@@ -455,6 +455,7 @@ class RasaSync:
         self.log = log
         self._lock = threading.Lock()
         self._desired: Desired | None = None
+        self._generation = 0  # grows at every change, never reused
         self._started = False
         slots = threading.BoundedSemaphore(max_swapping)
         self.replicas = [
@@ -476,10 +477,11 @@ class RasaSync:
             previous = self._desired
             if not exists:
                 self._desired = None
-            elif previous is None:
-                self._desired = Desired(model_id, 1 if published else 0)
-            elif published or model_id != previous.model_id:
-                self._desired = Desired(model_id, previous.generation + 1)
+            elif previous is None or published or model_id != previous.model_id:
+                # Generation 0 is only the model found published at start: no blind PUT.
+                if published or self._started:
+                    self._generation += 1
+                self._desired = Desired(model_id, self._generation)
             changed = self._desired != previous
             first = not self._started
             self._started = True
