@@ -78,3 +78,46 @@ def test_the_two_pod_layout_turns_the_rescan_on():
     (_, container), = rotator_containers(PROJECT_ROOT / "conf" / "kubernetes" / "two-pod.yaml")
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     assert 0 < int(env["RESCAN_INTERVAL"]) <= 60
+
+
+def containers(path: Path, image_prefix: str):
+    for document in yaml.safe_load_all(path.read_text()):
+        spec = document["spec"]
+        pod = spec["template"]["spec"] if "template" in spec else spec
+        for container in pod.get("containers", []):
+            if container["image"].startswith(image_prefix):
+                yield container
+
+
+def published_path(rotator: dict) -> str:
+    """Where the rotator publishes: LATEST_MODEL_PATH, else the image's default (WORKDIR /app,
+    TARGET_DIR models)."""
+    env = {e["name"]: e.get("value") for e in rotator.get("env", [])}
+    if env.get("LATEST_MODEL_PATH"):
+        return env["LATEST_MODEL_PATH"]
+    return f"{env.get('TARGET_DIR') or '/app/models'}/latest.tar.gz"
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_rasa_loads_the_published_file_not_the_folder(path):
+    # Given the folder, Rasa 3.6 loads the newest mtime there: a truncated model included.
+    (rasa,) = containers(path, "rasa/")
+    ((_, rotator),) = rotator_containers(path)
+    args = rasa["args"]
+    assert args[args.index("--model") + 1] == published_path(rotator)
+
+
+def test_the_sidecar_keeps_rasa_in_sync_with_the_token_from_a_secret():
+    path = PROJECT_ROOT / "conf" / "kubernetes" / "sidecar.yaml"
+    (rasa,) = containers(path, "rasa/")
+    ((_, rotator),) = rotator_containers(path)
+    env = {e["name"]: e for e in rotator["env"]}
+    assert env["RASA_URL"]["value"] == "http://localhost:5005"
+    token = env["RASA_TOKEN"]
+    assert "value" not in token, "the token must come from a Secret, not the manifest"
+    secret = token["valueFrom"]["secretKeyRef"]
+    # Rasa checks the same token: its --auth-token is the same Secret's key.
+    rasa_env = {e["name"]: e for e in rasa["env"]}
+    assert rasa["args"][rasa["args"].index("--auth-token") + 1] == "$(RASA_TOKEN)"
+    assert rasa_env["RASA_TOKEN"]["valueFrom"]["secretKeyRef"] == secret
+    assert "kind: Secret" not in path.read_text(), "no token value is committed"

@@ -1,26 +1,55 @@
-"""Hot-swap through PUT /model against a real HTTP server on 127.0.0.1 that behaves like Rasa."""
+"""Rasa in sync: the per-replica controller against real HTTP servers on 127.0.0.1 that behave
+like Rasa 3.6 (tests/rasa_stub.py), and the tool end to end with them."""
+
+from __future__ import annotations
 
 import io
+import json
 import logging
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
 from tests.helpers import content_of, wait_for, write_model
 from tests.rasa_stub import RasaStub
-from worker.rasa import ReplicaNotifier, display_url
+from worker.rasa import RasaSync, Timing, display_url
+from worker.rasa_client import RasaClient, Secrets
 
-TOKEN = "s3cr3t-t0ken/+&="
+TOKEN = "s3cr3t t0k/en+%&="
+MODEL_PATH = "/app/models/latest.tar.gz"
+FAST = Timing(backoff_first_s=0.05, backoff_max_s=0.2, poll_s=0.05)
+
+
+def token_forms(token: str = TOKEN) -> list[str]:
+    """Every way a server may echo the token: raw, percent-encoded (either case, `/` kept or
+    not, `+` or %20 for a space), encoded twice."""
+    quote, plus = urllib.parse.quote, urllib.parse.quote_plus
+    forms = {token, quote(token, safe=""), quote(token), plus(token), plus(token, safe="/"),
+             quote(token, safe="").lower(), quote(quote(token, safe=""), safe=""),
+             quote(token).replace("%20", "+")}
+    return sorted(forms)
+
+
+def assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets or (TOKEN,):
+        for form in token_forms(secret):
+            assert form not in text, f"secret form {form!r} printed:\n{text}"
+    # Partial leaks: the distinctive halves of the token never appear either.
+    assert "s3cr3t" not in text and "t0k" not in text, text
 
 
 @pytest.fixture
 def stubs():
     started = []
 
-    def make(script=None):
-        stub = RasaStub(script)
+    def make(*args, **kwargs):
+        stub = RasaStub(*args, **kwargs)
         started.append(stub)
         return stub
 
@@ -33,6 +62,7 @@ def stubs():
 def captured_log():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log = logging.getLogger(f"test.rasa.{time.monotonic_ns()}")
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
@@ -40,137 +70,478 @@ def captured_log():
     return log, stream
 
 
-def notifier(url, log, reports, retry_for=30.0, timeout=5.0):
-    replica = ReplicaNotifier(url, TOKEN, retry_for, timeout, log, reports.append,
-                              backoff_first_s=0.05)
-    replica.start()
-    return replica
+class Syncs:
+    """RasaSync instances under test, with their reports collected per replica."""
+
+    def __init__(self, log):
+        self.log = log
+        self.made: list[RasaSync] = []
+        self.states: dict[str, object] = {}
+        self.history: list = []
+        self.lock = threading.Lock()
+
+    def report(self, state) -> None:
+        with self.lock:
+            self.states[state.url] = state
+            self.history.append(state)
+
+    def make(self, urls, token=TOKEN, retry_for=30.0, timeout=5.0, interval=0.0,
+             max_swapping=1, training_wait=30.0, timing=FAST) -> RasaSync:
+        sync = RasaSync(urls, MODEL_PATH, token, retry_for, timeout, self.log, self.report,
+                        sync_interval_s=interval, max_swapping=max_swapping,
+                        training_wait_s=training_wait, timing=timing)
+        self.made.append(sync)
+        return sync
+
+    def state(self, url):
+        with self.lock:
+            return self.states.get(display_url(url))
+
+    def in_sync(self, url, model_id) -> bool:
+        state = self.state(url)
+        return state is not None and state.in_sync and state.model_id == model_id
 
 
-def test_a_publish_is_one_put_with_the_path_and_token(stubs, captured_log):
-    stub = stubs()
-    log, stream = captured_log
-    reports = []
-    notifier(stub.url, log, reports).publish("/app/models/latest.tar.gz")
-    wait_for(lambda: reports, 10)
+@pytest.fixture
+def syncs(captured_log):
+    made = Syncs(captured_log[0])
+    yield made
+    for sync in made.made:
+        sync.stop()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# -- the controller rules ---------------------------------------------------------------------
+
+def test_a_replica_already_serving_the_published_model_gets_no_put(stubs, syncs):
+    stub = stubs(model_id="B", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("B", published=False)  # start, also after our own restart
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    sync.want("B", published=True)  # a publish of the same model changes nothing either
+    wait_for(lambda: stub.status_checks() >= 2, 10)
+    time.sleep(0.3)
+    assert stub.calls() == []
+    assert syncs.state(stub.url).converged_at is not None
+
+
+@pytest.mark.parametrize("serving", ["A", None], ids=["another-model", "no-model-409"])
+def test_a_replica_out_of_sync_gets_one_put_then_its_status_confirms(stubs, syncs, serving):
+    stub = stubs(model_id=serving, models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
     (call,) = stub.calls()
-    assert call["path"] == "/model"
-    assert call["body"] == {"model_file": "/app/models/latest.tar.gz"}
+    assert call["body"] == {"model_file": MODEL_PATH}
     assert call["query"] == {"token": [TOKEN]}
     assert call["content_type"] == "application/json"
-    assert reports[0].status == 204 and reports[0].outcome == "loaded"
-    assert TOKEN not in stream.getvalue()
-    assert "loaded: 204 (attempt 1" in stream.getvalue()
+    state = syncs.state(stub.url)
+    assert state.last_swap["outcome"] == "loaded" and state.last_swap["status"] == 204
+    # The slot is given back only after /status showed the new model.
+    statuses = [r["at"] for r in stub.calls("GET")]
+    assert any(at > call["at"] for at in statuses)
 
 
-def test_503_is_retried_with_backoff_until_204(stubs, captured_log):
-    stub = stubs([503, 503, 503])
-    log, stream = captured_log
-    reports = []
-    notifier(stub.url, log, reports).publish("/m/latest.tar.gz")
-    wait_for(lambda: reports and reports[-1].outcome == "loaded", 20)
-    assert [r.outcome for r in reports] == ["retrying"] * 3 + ["loaded"]
-    assert [r.attempt for r in reports] == [1, 2, 3, 4]
-    times = [c["at"] for c in stub.calls()]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
-    assert gaps[2] > gaps[0], f"no backoff between retries: {gaps}"
-    assert TOKEN not in stream.getvalue()
+def overlaps(loads) -> bool:
+    spans = sorted(span for stub_loads in loads for span in stub_loads)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
-def test_401_is_reported_once_and_not_retried(stubs, captured_log):
-    stub = stubs([401])
-    log, stream = captured_log
-    reports = []
-    notifier(stub.url, log, reports).publish("/m/latest.tar.gz")
-    wait_for(lambda: reports, 10)
-    time.sleep(0.5)  # ten first backoffs: a retry would have come by now
-    assert len(stub.calls()) == 1
-    assert reports[0].outcome == "refused" and reports[0].status == 401
-    assert "RASA_TOKEN" in stream.getvalue()
-    assert TOKEN not in stream.getvalue()
+@pytest.mark.parametrize("max_swapping", [1, 3])
+def test_swaps_roll_one_replica_at_a_time(stubs, syncs, max_swapping):
+    replicas = [stubs(model_id="A", models={MODEL_PATH: "B"}, load_s=0.4) for _ in range(3)]
+    sync = syncs.make([r.url for r in replicas], max_swapping=max_swapping)
+    sync.want("B", published=True)
+    wait_for(lambda: all(syncs.in_sync(r.url, "B") for r in replicas), 20)
+    loads = [r.loads for r in replicas]
+    assert all(len(stub_loads) == 1 for stub_loads in loads)
+    # RASA_MAX_SWAPPING=1: never two loads at once; with 3 slots they do overlap (so the
+    # check can see an overlap when there is one).
+    assert overlaps(loads) == (max_swapping > 1), loads
 
 
-def test_a_hang_times_out_and_is_retried(stubs, captured_log):
-    stub = stubs([("hang", 3)])
-    log, _ = captured_log
-    reports = []
-    notifier(stub.url, log, reports, timeout=1.0).publish("/m/latest.tar.gz")
-    wait_for(lambda: reports and reports[-1].outcome == "loaded", 20)
-    assert reports[0].outcome == "retrying" and reports[0].status is None
-    assert 0.9 < reports[0].duration_s < 2.5
-
-
-def test_retries_give_up_after_retry_for(stubs, captured_log):
-    stub = stubs([503] * 100)
-    log, stream = captured_log
-    reports = []
-    notifier(stub.url, log, reports, retry_for=0.5).publish("/m/latest.tar.gz")
-    wait_for(lambda: reports and reports[-1].outcome == "gave-up", 10)
-    calls = len(stub.calls())
-    time.sleep(0.5)
-    assert len(stub.calls()) == calls, "kept calling after giving up"
-    assert "RASA_RETRY_FOR" in stream.getvalue()
-
-
-def test_a_newer_publish_supersedes_pending_retries(stubs, captured_log):
-    stub = stubs([503] * 3)
-    log, stream = captured_log
-    reports = []
-    replica = ReplicaNotifier(stub.url, TOKEN, 60, 5, log, reports.append, backoff_first_s=2.0)
-    replica.start()
-    replica.publish("/m/first.tar.gz")
-    wait_for(lambda: reports, 10)
-    replica.publish("/m/second.tar.gz")
-    wait_for(lambda: any(r.outcome == "loaded" for r in reports), 30)
-    bodies = [c["body"]["model_file"] for c in stub.calls()]
-    assert bodies[0] == "/m/first.tar.gz"
-    assert bodies[-1] == "/m/second.tar.gz"
-    assert "supersedes" in stream.getvalue()
-    assert [r for r in reports if r.outcome == "loaded"][0].model_file == "/m/second.tar.gz"
-
-
-def test_a_replica_that_is_down_does_not_delay_the_others(stubs, captured_log):
-    hanging = stubs([("hang", 5)])
-    healthy = stubs()
-    log, _ = captured_log
-    reports = []
+def test_a_replica_that_is_down_holds_no_slot(stubs, syncs):
+    hanging = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[("hang", 4)] * 3)
+    healthy = stubs(model_id="A", models={MODEL_PATH: "B"})
+    sync = syncs.make([closed_port_url(), hanging.url, healthy.url], timeout=10)
     started = time.monotonic()
-    for url in (hanging.url, healthy.url):
-        notifier(url, log, reports, timeout=10).publish("/m/latest.tar.gz")
-    wait_for(lambda: healthy.calls(), 10)
-    assert time.monotonic() - started < 2, "the healthy replica waited for the hanging one"
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(healthy.url, "B"), 10)
+    assert time.monotonic() - started < 3, "the healthy replica waited for a slot"
+    assert hanging.calls() == []
 
 
-def test_display_url_hides_credentials():
+def test_no_swap_while_training_jobs_run(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1)
+    sync = syncs.make([stub.url], training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and
+             syncs.state(stub.url).state == "waiting-for-training", 10)
+    time.sleep(0.5)
+    assert stub.calls() == [], "swapped while a training ran"
+    stub.training_jobs = 0
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 1
+    assert "RASA_TRAINING_WAIT" in captured_log[1].getvalue()
+
+
+def test_the_training_wait_is_bounded(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=2)
+    sync = syncs.make([stub.url], training_wait=1)
+    started = time.monotonic()
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert time.monotonic() - started >= 1
+    assert "swapping anyway" in captured_log[1].getvalue()
+
+
+def test_a_newer_publish_supersedes_the_retries(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "C"}, status_script=[503] * 3)
+    slow = Timing(backoff_first_s=4.0, backoff_max_s=8.0, poll_s=0.05)
+    sync = syncs.make([stub.url], timing=slow)
+    sync.want("B", published=True)
+    wait_for(lambda: stub.status_checks() >= 1, 10)
+    time.sleep(0.2)
+    stub.status_script.clear()
+    started = time.monotonic()
+    sync.want("C", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "C"), 10)
+    assert time.monotonic() - started < 1.5, "waited out the backoff of the old publish"
+    assert "supersedes" in captured_log[1].getvalue()
+
+
+def test_a_replica_restarted_with_another_model_is_brought_back(stubs, syncs):
+    stub = stubs(model_id="B", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url], interval=0.3)
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    first_converged = syncs.state(stub.url).converged_at
+    stub.model_id = "old"  # Rasa restarted and its --model rule picked something else
+    wait_for(lambda: len(stub.calls()) == 1 and syncs.in_sync(stub.url, "B"), 10)
+    assert syncs.state(stub.url).converged_at > first_converged
+
+
+def test_no_timer_when_the_sync_interval_is_0(stubs, syncs):
+    stub = stubs(model_id="B", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url], interval=0)
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    checks = stub.status_checks()
+    stub.model_id = "old"
+    time.sleep(1.0)
+    assert stub.status_checks() == checks and stub.calls() == []
+    sync.want("B", published=True)  # the next publish looks again
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+
+
+def test_a_load_rasa_refuses_is_not_repeated_until_the_next_publish(stubs, syncs):
+    stub = stubs(model_id="A")  # no such model where Rasa runs: 400, keeps "A"
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 3, 10)
+    assert len(stub.calls()) == 1, "every check cost the replica another failed load"
+    assert "RASA_MODEL_PATH" in syncs.state(stub.url).last_error
+    sync.want("B", published=True)
+    wait_for(lambda: len(stub.calls()) == 2, 10)
+
+
+def test_rasa_loading_another_model_than_published_is_reported_once(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "Z"})  # RASA_MODEL_PATH is another file
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).last_error, 10)
+    time.sleep(0.6)
+    assert len(stub.calls()) == 1
+    assert "serves model_id Z, not the published B" in syncs.state(stub.url).last_error
+
+
+def test_a_model_without_model_id_gets_one_put_per_publish_and_none_at_start(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want(None, published=False)  # at start: cannot compare, so no outage for nothing
+    wait_for(lambda: stub.status_checks() >= 3, 10)
+    assert stub.calls() == []
+    assert syncs.state(stub.url).state == "no-model-id"
+    sync.want(None, published=True)
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() >= checks + 3, 10)
+    assert len(stub.calls()) == 1, "the timer repeated a blind PUT"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_and_403_point_at_rasa_token(stubs, syncs, captured_log, status):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[status])
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    time.sleep(0.3)
+    assert stub.calls() == [] and stub.status_checks() == 1
+    assert "RASA_TOKEN" in captured_log[1].getvalue()
+
+
+def test_retries_back_off_and_give_up_after_retry_for(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[503] * 1000)
+    sync = syncs.make([stub.url], retry_for=1.0)
+    sync.want("B", published=True)
+    wait_for(lambda: "RASA_RETRY_FOR" in captured_log[1].getvalue(), 10)
+    checks = stub.status_checks()
+    times = [r["at"] for r in stub.calls("GET")]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) > 2 * min(gaps), f"no backoff: {gaps}"
+    time.sleep(0.5)
+    assert stub.status_checks() == checks, "kept calling after giving up"
+    assert syncs.state(stub.url).state == "down"
+
+
+def test_a_put_timeout_is_retried_after_looking_again(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[("hang", 2)])
+    sync = syncs.make([stub.url], timeout=1.0)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 15)
+    assert len(stub.calls()) == 2
+
+
+# -- hostile URLs and responses: the thread survives, secrets stay hidden -------------------
+
+@pytest.mark.parametrize("url", [
+    "http://user:pa55word@127.0.0.1",  # no port: http.client took "pa55word@..." for a port
+    "http://user:pa55word@127.0.0.1:99999",
+    "http://user:pa55word@127.0.0.1:abc",
+    "http://user:pa55word@[::1",
+    "http://user:pa55word@bad host:5005",
+])
+def test_a_hostile_url_never_kills_the_thread_nor_shows_the_password(syncs, captured_log,
+                                                                     url):
+    sync = syncs.make([url], retry_for=0.3, interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: len(syncs.history) >= 4, 10)
+    (replica,) = sync.replicas
+    assert replica.is_alive()
+    count = len(syncs.history)
+    wait_for(lambda: len(syncs.history) > count, 10, message="the thread stopped checking")
+    assert replica.is_alive()
+    text = captured_log[1].getvalue() + json.dumps([s.as_dict() for s in syncs.history])
+    assert "pa55word" not in text, text
+
+
+def test_user_info_becomes_basic_auth_and_is_never_printed(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    url = stub.url.replace("http://", "http://ops:p%40ss%2Fw0rd@")
+    sync = syncs.make([url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    import base64
+    expected = "Basic " + base64.b64encode(b"ops:p@ss/w0rd").decode()
+    assert stub.calls()[0]["headers"]["Authorization"] == expected
+    text = captured_log[1].getvalue() + json.dumps([s.as_dict() for s in syncs.history])
+    for form in ("p@ss/w0rd", "p%40ss%2Fw0rd", "w0rd"):
+        assert form not in text
+
+
+@pytest.mark.parametrize("answer", [
+    ("raw", 200, "OK", "<html>not json</html>"),
+    ("raw", 200, "OK", "[1, 2]"),
+    ("raw", 200, "OK", '{"model_id": 7, "num_active_training_jobs": 0}'),
+    ("raw", 200, "OK", '{"model_id": "A", "num_active_training_jobs": -1}'),
+    ("raw", 200, "OK", '{"model_id": "A", "num_active_training_jobs": true}'),
+    ("raw", 200, "OK", "x" * 200_000),
+    ("raw", 200, "OK", "\x00\xff" * 10),
+    ("raw", 302, "Found", ""),
+    ("hang", 2),
+], ids=["html", "list", "id-int", "jobs-negative", "jobs-bool", "huge", "binary", "redirect",
+        "hang"])
+def test_a_hostile_status_answer_is_survived_and_then_converged(stubs, syncs, answer):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[answer] * 2)
+    sync = syncs.make([stub.url], timeout=1.0)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 20)
+    assert len(stub.calls()) == 1
+
+
+def test_a_redirect_is_not_followed(stubs, syncs):
+    elsewhere = stubs(model_id="A", models={MODEL_PATH: "B"})
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 302, "Found", "")] * 1000)
+    sync = syncs.make([stub.url], retry_for=0.5)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "down", 10)
+    assert elsewhere.requests == []
+
+
+@pytest.mark.parametrize("form", token_forms(), ids=range(len(token_forms())))
+def test_the_token_is_scrubbed_from_what_a_server_echoes(stubs, syncs, captured_log, form,
+                                                         tmp_path):
+    from worker.rasa_state import ReplicaBook
+
+    echo = ("raw", 401, f"Denied /model?token={form}", f"<p>token={form} refused</p>")
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 503, f"Busy {form}", f"retry {form}")], script=[echo])
+    book = ReplicaBook(tmp_path)
+    sync = syncs.make([stub.url])
+    original = syncs.report
+
+    def report(state):
+        original(state)
+        book.record(state)
+
+    for replica in sync.replicas:
+        replica.report = report
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    assert "Denied /model?token=***" in syncs.state(stub.url).last_error
+    assert_no_secret(captured_log[1].getvalue())
+    assert_no_secret(book.path.read_text())
+
+
+def test_a_model_id_echoing_the_token_or_forging_lines_is_shown_safely(stubs, syncs,
+                                                                       captured_log):
+    stub = stubs(model_id=f"{TOKEN}\nINFO forged line", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    text = captured_log[1].getvalue() + json.dumps([s.as_dict() for s in syncs.history])
+    assert_no_secret(text)
+    assert "\nINFO forged line" not in captured_log[1].getvalue()
+
+
+def test_the_server_echo_of_our_own_request_is_scrubbed(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[("echo", 403)])
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    assert "token=" in stub.calls()[0]["raw_path"]
+    assert_no_secret(captured_log[1].getvalue() + json.dumps(syncs.state(stub.url).as_dict()))
+
+
+def test_secrets_scrub_every_encoding_and_mixes():
+    secrets = Secrets(TOKEN)
+    for form in token_forms():
+        assert secrets.scrub(f"a {form} b") == "a *** b", form
+    mixed = "s3cr3t+t0k%2fen%2B%25%26%3D"
+    assert secrets.scrub(mixed) == "***"
+    assert secrets.scrub("nothing secret here") == "nothing secret here"
+    assert Secrets("").scrub("keep") == "keep"
+
+
+def test_a_failing_report_does_not_stop_the_replica(stubs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    log, stream = captured_log
+
+    def broken_report(state):
+        raise OSError(28, "No space left on device")
+
+    sync = RasaSync([stub.url], MODEL_PATH, TOKEN, 30, 5, log, broken_report,
+                    sync_interval_s=0, timing=FAST)
+    sync.want("B", published=True)
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    stub.model_id = "A"
+    sync.want("B", published=True)
+    wait_for(lambda: len(stub.calls()) == 2, 10, message="the second publish was not sent")
+    assert "could not record" in stream.getvalue()
+
+
+def test_display_url_hides_credentials_and_never_raises():
     assert display_url("http://user:pw@rasa:5005/base") == "http://rasa:5005/base"
+    assert display_url("http://user:pw@rasa:abc") == "http://rasa:abc"
+    assert "pw" not in display_url("http://user:pw@[::1")
 
 
-def test_hot_swap_end_to_end_and_the_token_never_printed(start_tool, models, stubs, tmp_path):
-    first, second = stubs(), stubs([503])
-    tool = start_tool(RASA_URL=f"{first.url},{second.url}/", RASA_TOKEN=TOKEN,
-                      RASA_MODEL_PATH="/app/models/latest.tar.gz")
+def test_the_client_never_raises(tmp_path):
+    for url in ("http://u:p@127.0.0.1:99999", "http://[::1", "http://h:abc", "nonsense"):
+        answer = RasaClient(url, TOKEN, 1.0).status()
+        assert answer.status is None and answer.reason
+
+
+# -- the tool end to end ----------------------------------------------------------------------
+
+def status_of(tool, tmp_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", "status", *args], cwd=tmp_path,
+                          env=tool.env, capture_output=True, text=True, timeout=30)
+
+
+def test_the_tool_syncs_each_replica_and_leaves_a_synced_one_alone_after_a_restart(
+        start_tool, models, stubs, tmp_path):
+    first, second = stubs(), stubs(status_script=[503])
+    settings = dict(RASA_URL=f"{first.url},{second.url}/", RASA_TOKEN=TOKEN,
+                    RASA_SYNC_INTERVAL="0")
+    tool = start_tool(**settings)
     tool.ready()
     model = models / "20261126-101010-brave-fox.tar.gz"
     write_model(model, 100_000, model_id="fox")
     wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30)
-    wait_for(lambda: first.calls() and len(second.calls()) == 2, 30,
-             message=f"both replicas called\n{tool.output}")
+    tool.wait_for_line(f"rasa {first.url} serves the published model fox")
+    tool.wait_for_line(f"rasa {second.url}/ serves the published model fox")
     for stub in (first, second):
-        call = stub.calls()[-1]
-        assert call["body"] == {"model_file": "/app/models/latest.tar.gz"}
+        (call,) = stub.calls()
+        assert call["body"] == {"model_file": str(models / "latest.tar.gz")}
         assert call["query"] == {"token": [TOKEN]}
-    tool.wait_for_line("loaded: 204 (attempt 2")
-    assert f"RASA_URL {first.url}, {second.url}/)" in tool.wait_for_line("publishing the newest")
-    status = subprocess.run([sys.executable, "-m", "worker", "status"], cwd=tmp_path,
-                            env=tool.env, capture_output=True, text=True, timeout=30)
-    assert f"rasa {second.url}/: loaded 204" in status.stdout, status.stdout
-    for text in (tool.output, status.stdout, status.stderr):
-        assert TOKEN not in text
+    status = status_of(tool, tmp_path)
+    assert f"rasa {second.url}/: in-sync, serves fox" in status.stdout, status.stdout
+    report = json.loads(status_of(tool, tmp_path, "--json").stdout)
+    by_url = {r["url"]: r for r in report["rasa"]}
+    assert by_url[first.url]["in_sync"] and by_url[first.url]["model_id"] == "fox"
+    assert by_url[first.url]["converged_at"] and by_url[first.url]["last_swap"]["status"] == 204
     # A reconcile that changes nothing calls nobody.
-    calls = len(first.calls())
     (models / "unrelated.txt").write_text("x")
     time.sleep(1.0)
-    assert len(first.calls()) == calls
+    assert len(first.calls()) == 1
+    assert tool.stop() == 0
+    # Our own restart: both replicas already serve the published model: no PUT, no outage.
+    checks = first.status_checks()
+    again = start_tool(**settings)
+    again.ready()
+    wait_for(lambda: first.status_checks() > checks and second.status_checks() > checks, 30)
+    wait_for(lambda: json.loads(status_of(again, tmp_path, "--json").stdout)["rasa"][0]
+             .get("in_sync"), 30)
+    assert len(first.calls()) == 1 and len(second.calls()) == 1
+    for text in (tool.output, again.output, status.stdout, status.stderr):
+        assert_no_secret(text)
+
+
+def test_a_rasa_that_is_down_is_shown_but_does_not_fail_our_health(start_tool, models,
+                                                                    tmp_path):
+    down = closed_port_url()
+    tool = start_tool(RASA_URL=f"http://ops:pa55word@{down.split('//')[1]}",
+                      RASA_RETRY_FOR="1", RASA_TOKEN=TOKEN)
+    tool.ready()
+    write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
+    wait_for(lambda: f"rasa {down}: down" in status_of(tool, tmp_path).stdout, 30)
+    status = status_of(tool, tmp_path)
+    assert status.returncode == 0, status.stdout
+    assert f"rasa {down}: down" in status.stdout
+    assert "last error" in status.stdout
+    for text in (tool.output, status.stdout):
+        assert "pa55word" not in text
+        assert_no_secret(text)
+
+
+def test_metrics_show_each_replica(start_tool, models, stubs, tmp_path):
+    stub = stubs()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tool = start_tool(RASA_URL=stub.url, METRICS_PORT=str(port))
+    tool.ready()
+    write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
+    tool.wait_for_line("serves the published model fox")
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    text = wait_for(lambda: (t := scrape()) and
+                    f'rotator_rasa_replica_in_sync{{replica="{stub.url}"}} 1.0' in t and t, 20)
+    assert f'rotator_rasa_replica_model_info{{model_id="fox",replica="{stub.url}"}} 1.0' in text
+    assert f'rotator_rasa_replica_up{{replica="{stub.url}"}} 1.0' in text
+    assert "rotator_rasa_replica_last_converged_timestamp_seconds" in text
 
 
 def test_the_token_is_not_in_a_settings_error(tmp_path):
@@ -182,20 +553,3 @@ def test_the_token_is_not_in_a_settings_error(tmp_path):
                             capture_output=True, text=True, timeout=10)
     assert result.returncode == 2
     assert "RASA_URL" in result.stderr and TOKEN not in result.stderr
-
-
-
-def test_a_failing_report_does_not_stop_the_calls(stubs, captured_log):
-    stub = stubs()
-    log, stream = captured_log
-
-    def broken_report(call):
-        raise OSError(28, "No space left on device")
-
-    replica = ReplicaNotifier(stub.url, TOKEN, 30, 5, log, broken_report, backoff_first_s=0.05)
-    replica.start()
-    replica.publish("/m/one.tar.gz")
-    wait_for(lambda: len(stub.calls()) == 1, 10)
-    replica.publish("/m/two.tar.gz")
-    wait_for(lambda: len(stub.calls()) == 2, 10, message="the second publish was not sent")
-    assert "could not record" in stream.getvalue()

@@ -7,6 +7,10 @@ pay for it in memory.
 
 from __future__ import annotations
 
+import threading
+
+_RASA_GAUGES_LOCK = threading.Lock()
+
 
 def start_metrics(settings, log):
     """Metrics on METRICS_BIND:METRICS_PORT, or NoMetrics when off or when the port cannot be
@@ -61,6 +65,43 @@ class Metrics:
     def rasa_call(self, call) -> None:
         self.rasa_calls.labels(outcome=call.outcome).inc()
 
+    def rasa_replica(self, state) -> None:
+        """Per replica (label: its URL without credentials): in sync, up, last convergence,
+        and the model it serves (an info-style gauge, 1 for the current model_id only)."""
+        with _RASA_GAUGES_LOCK:  # replica threads report concurrently; register once
+            if not hasattr(self, "rasa_in_sync"):
+                self._rasa_gauges()
+            self._set_rasa_replica(state)
+
+    def _rasa_gauges(self) -> None:
+        from prometheus_client import Gauge
+
+        self.rasa_in_sync = Gauge("rotator_rasa_replica_in_sync",
+                                  "1 while the replica serves the published model",
+                                  ["replica"])
+        self.rasa_up = Gauge("rotator_rasa_replica_up",
+                             "1 while the replica's GET /status answers", ["replica"])
+        self.rasa_converged = Gauge("rotator_rasa_replica_last_converged_timestamp_seconds",
+                                    "When the replica last came to serve the published "
+                                    "model (Unix time)", ["replica"])
+        self.rasa_serving = Gauge("rotator_rasa_replica_model_info",
+                                  "The model_id the replica serves (value 1)",
+                                  ["replica", "model_id"])
+        self.rasa_served: dict[str, str] = {}
+
+    def _set_rasa_replica(self, state) -> None:
+        replica = state.url
+        self.rasa_in_sync.labels(replica=replica).set(1 if state.in_sync else 0)
+        self.rasa_up.labels(replica=replica).set(0 if state.state in ("down", "unknown") else 1)
+        if state.converged_at is not None:
+            self.rasa_converged.labels(replica=replica).set(state.converged_at)
+        served = state.model_id or ""
+        previous = self.rasa_served.get(replica)
+        if previous is not None and previous != served:
+            self.rasa_serving.remove(replica, previous)
+        self.rasa_serving.labels(replica=replica, model_id=served).set(1)
+        self.rasa_served[replica] = served
+
     def events(self, count: int) -> None:
         self.queue_events.inc(count)
 
@@ -75,6 +116,9 @@ class NoMetrics:
         pass
 
     def rasa_call(self, call) -> None:
+        pass
+
+    def rasa_replica(self, state) -> None:
         pass
 
     def events(self, count: int) -> None:

@@ -38,18 +38,24 @@ class Rotator:
     def _notifier(self):
         if not self.settings.rasa_urls:
             return None
-        from worker.rasa import RasaNotifier
-        from worker.status import RasaCallBook
-
-        book = RasaCallBook(self.settings.run_dir)
-
-        def report(call) -> None:
-            book.record(call)
-            self.metrics.rasa_call(call)
+        from worker.rasa import RasaSync, display_url
+        from worker.rasa_state import ReplicaBook
 
         s = self.settings
-        return RasaNotifier(s.rasa_urls, s.rasa_model_path, s.rasa_token, s.rasa_retry_for_s,
-                            s.rasa_timeout_s, self.log, report)
+        book = ReplicaBook(s.run_dir, [display_url(url) for url in s.rasa_urls])
+
+        def report(update) -> None:
+            call = update.extra.get("call")
+            if call is not None:
+                self.metrics.rasa_call(call)
+            self.metrics.rasa_replica(update)
+            book.record(update)
+
+        return RasaSync(s.rasa_urls, s.rasa_model_path, s.rasa_token, s.rasa_retry_for_s,
+                        s.rasa_timeout_s, self.log, report,
+                        sync_interval_s=s.rasa_sync_interval_s,
+                        max_swapping=s.rasa_max_swapping,
+                        training_wait_s=s.rasa_training_wait_s)
 
     def describe(self) -> str:
         """The effective settings, one line, for the start-up log (never the token)."""
@@ -141,8 +147,12 @@ class Rotator:
             self.recheck_at = time.monotonic() + retry
             return
         self.metrics.reconciled(outcome, self.reconciler.record)
-        if outcome.published and self.notifier is not None:
-            self.notifier.publish()
+        if self.notifier is not None:
+            # Level-triggered: the replicas compare what they serve with this record (at
+            # start too); a publish makes them look at once.
+            record = self.reconciler.record
+            self.notifier.want(record.model_id if record else None, outcome.published,
+                               exists=record is not None)
         # inotify sees nothing written from another host on a network file system, nor
         # under a file system mounted over the folder: look again now and then.
         interval = self.settings.rescan_interval_s

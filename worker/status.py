@@ -9,33 +9,14 @@ http.client), no logging."""
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
-from pathlib import Path
 
 from worker.folder import read_record, stat_or_none
+from worker.rasa_state import read_replicas
 from worker.settings import Settings
 
-RASA_CALLS_FILE = "rasa-calls.json"
 REQUIRED_PROGRAMS = ("reader", "rotator")
 RPC_TIMEOUT_S = 5.0
-
-
-class RasaCallBook:
-    """The rotator's record of the last call to each Rasa server, for `status` to read."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / RASA_CALLS_FILE
-        self._lock = threading.Lock()
-        self._calls: dict[str, dict] = {}
-
-    def record(self, call) -> None:
-        with self._lock:
-            self._calls[call.url] = call.as_dict()
-            temporary = self.path.with_name(f".{self.path.name}.{threading.get_ident()}")
-            temporary.write_text(json.dumps(self._calls, indent=1))
-            os.replace(temporary, self.path)
 
 
 def supervisor_url(settings: Settings) -> str:
@@ -166,14 +147,13 @@ def gather(settings: Settings) -> dict:
             condition, waiting = "starting", f"program {', '.join(starting)} is STARTING"
     if problems:
         condition = "unhealthy"
-    try:
-        rasa = json.loads((settings.run_dir / RASA_CALLS_FILE).read_text())
-    except (OSError, ValueError):
-        rasa = {}
+    # Rasa's replicas are shown, never counted against our health: restarting the rotator
+    # would not bring a Rasa server back.
+    rasa = read_replicas(settings.run_dir)
     return {"healthy": condition == "ready", "state": _STATE_WORDS[condition],
             "waiting": waiting, "problems": problems,
             "published": published_model(settings), "programs": programs or {},
-            "rasa": list(rasa.values()), "target_dir": str(settings.target_dir)}
+            "rasa": rasa, "target_dir": str(settings.target_dir)}
 
 
 _STATE_WORDS = {"ready": "healthy", "starting": "starting", "unhealthy": "unhealthy"}
@@ -197,14 +177,7 @@ def render(report: dict) -> str:
                 lines.append(f"  {key}: {published[key]}")
     for name, program in sorted(report["programs"].items()):
         lines.append(f"program {name}: {program['state']} ({program['description']})")
-    if not report["rasa"]:
-        lines.append("rasa: no call yet (RASA_URL unset, or nothing published since start)")
-    for call in report["rasa"]:
-        status = call["status"] if call["status"] is not None else "no answer"
-        lines.append(f"rasa {call['url']}: {call['outcome']} {status} at {_iso(call['at'])} "
-                     f"(attempt {call['attempt']}, model {call['model_file']})"
-                     + (f": {call['detail']}" if call["detail"] and call["outcome"] != "loaded"
-                        else ""))
+    lines += render_rasa(report["rasa"])
     return "\n".join(printable(line) for line in lines)
 
 
@@ -224,3 +197,31 @@ def run_status(settings: Settings, as_json: bool) -> int:
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def render_rasa(replicas: list[dict]) -> list[str]:
+    """One line per Rasa replica: what it serves against what is published, and why not."""
+    if not replicas:
+        return ["rasa: off (RASA_URL unset)"]
+    lines = []
+    for replica in replicas:
+        served = replica.get("model_id") or "no model"
+        state = replica.get("state", "unknown")
+        line = f"rasa {replica['url']}: {state}, serves {served}"
+        if replica.get("published_model_id") and not replica.get("in_sync"):
+            line += f" (published {replica['published_model_id']})"
+        if replica.get("converged_at"):
+            line += f", converged {_iso(replica['converged_at'])}"
+        if replica.get("checked_at"):
+            line += f", checked {_iso(replica['checked_at'])}"
+        lines.append(line)
+        swap = replica.get("last_swap")
+        if swap:
+            status = swap["status"] if swap["status"] is not None else "no answer"
+            lines.append(f"  last PUT /model: {swap['outcome']} {status} at "
+                         f"{_iso(swap['at'])} ({swap['duration_s']} s)")
+        if replica.get("last_error"):
+            lines.append(f"  last error at {_iso(replica['last_error_at'])}: "
+                         f"{replica['last_error']}")
+    return lines
+
