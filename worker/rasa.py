@@ -23,6 +23,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 
 from worker.rasa_client import Answer, RasaClient, display_url
+from worker.text import printable
 
 __all__ = ["RasaSync", "ReplicaSync", "ReplicaState", "Timing", "display_url"]
 
@@ -424,8 +425,7 @@ class ReplicaSync(threading.Thread):
 
 def _printable(text: str, limit: int = 200) -> str:
     """A server's text as one safe line: control characters escaped, length bounded."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
+    return printable(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def _parse_status(answer: Answer) -> tuple[str | None, int] | None:

@@ -14,6 +14,7 @@ import time
 from worker.folder import read_record, stat_or_none
 from worker.rasa_state import read_replicas
 from worker.settings import Settings
+from worker.text import printable
 
 REQUIRED_PROGRAMS = ("reader", "rotator")
 RPC_TIMEOUT_S = 5.0
@@ -180,13 +181,6 @@ def render(report: dict) -> str:
     lines += render_rasa(report["rasa"])
     return "\n".join(printable(line) for line in lines)
 
-
-def printable(text: str) -> str:
-    """`text` on one line, whatever a file name holds: control characters escaped as in a
-    Python literal, bytes that are not UTF-8 (kept by the file system encoding as surrogate
-    escapes) as \\xNN. The same purpose as worker.logs.printable (issue 9): switch to it."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def run_status(settings: Settings, as_json: bool) -> int:
