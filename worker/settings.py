@@ -361,15 +361,17 @@ def _rasa_urls(env) -> tuple[str, ...]:
     for url in (u.strip() for u in raw.split(",")):
         if not url:
             continue
-        shown = without_password(url)
+        # Neither user info nor a query (which may hold the token: ?token=...) is shown.
+        shown = re.split(r"[?#]", without_password(url))[0]
+        if shown != without_password(url):
+            shown += "?..."
         if _has_control_characters(url) or " " in url:
             raise _refuse("RASA_URL", shown)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _refuse("RASA_URL", shown)
         if parts.query or parts.fragment:
-            # The query may hold the token (?token=...): never shown.
-            raise _fail("RASA_URL", re.split(r"[?#]", shown)[0] + "?...", "a base URL without "
+            raise _fail("RASA_URL", shown, "a base URL without "
                         "query or fragment (give the token in RASA_TOKEN)")
         try:
             port = parts.port  # ValueError: out of range, or not ASCII digits
