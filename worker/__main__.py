@@ -1,4 +1,4 @@
-"""Command line: `python -m worker [run | reader | rotator | once [--dry-run]]`."""
+"""Command line: `python -m worker [run | reader | rotator | model-server | once [--dry-run]]`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rotator", help="the debouncing rotator program (started by supervisord)")
     sub.add_parser("guard", help="event listener: stop supervisord when a program cannot "
                                  "stay up (started by supervisord)")
+    sub.add_parser("model-server", help="serve the published model to Rasa's model pull "
+                                        "(MODEL_SERVER_PORT; started by supervisord)")
     once = sub.add_parser("once", help="reconcile the folder once, print each action, exit")
     once.add_argument("--dry-run", action="store_true", help="print actions, change nothing")
     status = sub.add_parser("status", help="what is published, the last Rasa calls, and "
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.guard import run_guard
 
         run_guard(log)
+    elif command == "model-server":
+        from worker.model_server import run_model_server
+
+        run_model_server(settings, log)
     elif command == "once":
         from worker.reconcile import Reconciler
 
