@@ -101,7 +101,15 @@ def concurrent_downloads(port: int, path: str, size: int, clients: int,
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    threads = [threading.Thread(target=download, args=(port, path, size)) for _ in range(clients)]
+    failures: list[Exception] = []
+
+    def one_client():
+        try:
+            download(port, path, size)
+        except Exception as error:  # reported after the run
+            failures.append(error)
+
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -110,6 +118,8 @@ def concurrent_downloads(port: int, path: str, size: int, clients: int,
     took = time.perf_counter() - started
     done.set()
     sampler.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {clients} downloads failed: {failures[0]}")
     return clients * size / (1 << 20) / took, peak[0], peak[1]
 
 
@@ -191,7 +201,7 @@ def _answers(port: int) -> bool:
 
 def head_etag(port: int) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(f"HEAD /model HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        conn.sendall(b"HEAD /model HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = b""
         while chunk := conn.recv(4096):
             answer += chunk
@@ -208,8 +218,9 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-model-server-", dir=os.environ.get("BENCH_DIR")))
     tool = nginx = None
     try:
+        base.chmod(0o755)  # nginx's workers run as nobody and must reach the model
         models = base / "models"
-        models.mkdir()
+        models.mkdir(mode=0o755)
         print(f"writing a {MODEL_MIB} MiB model ...", file=sys.stderr)
         write_model(models / "20261126-101010-big-model.tar.gz", MODEL_MIB << 20, chunks=64)
         port, nginx_port = free_port(), free_port()
