@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import content_of, model_bytes, wait_for, write_model
+from tests.helpers import _children, _cmdline, content_of, model_bytes, wait_for, write_model
+from worker import model_server
 from worker.published import NotPublished, download_name, is_our_etag, open_published
 from worker.rolling import HELD, NOT_MODIFIED, SEND, SEND_FRESH, RollingGate
 
@@ -198,6 +199,43 @@ def test_a_replica_without_our_model_gets_it_at_once_and_no_limit_means_no_limit
     unlimited = RollingGate(max_swapping=0, timeout_s=300, clock=Clock())
     unlimited.began("10.0.0.1", NEW)
     assert unlimited.decide("10.0.0.2", [OLD], NEW) == SEND
+
+
+def test_retries_of_a_failing_load_do_not_extend_the_timeout():
+    clock = Clock()
+    gate = RollingGate(max_swapping=1, timeout_s=300, clock=clock)
+    gate.began("10.0.0.1", NEW)
+    gate.ended("10.0.0.1", complete=True)
+    for _ in range(4):  # its load fails: it asks with its old model and downloads again
+        clock.now += 60
+        assert gate.decide("10.0.0.1", [OLD], NEW) == SEND
+        gate.began("10.0.0.1", NEW)
+        gate.ended("10.0.0.1", complete=True)
+        assert gate.decide("10.0.0.2", [OLD], NEW) == HELD
+    clock.now += 60
+    assert gate.decide("10.0.0.2", [OLD], NEW) == SEND  # 300 s after its first download
+
+
+def test_a_request_dripping_in_is_cut_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(model_server, "HEAD_TIMEOUT_S", 1.0)
+    server_side, client_side = socket.socketpair()
+    server_side.settimeout(1.0)  # per recv: a byte every 0.1 s never trips it
+    stop = threading.Event()
+
+    def drip():
+        for byte in b"GET /model HTTP/1.1\r\nHost: x\r\n" * 10:
+            if stop.wait(0.1):
+                return
+            client_side.send(bytes([byte]))
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        model_server.read_request(server_side)
+    stop.set()
+    assert time.monotonic() - started < 3
+    server_side.close()
+    client_side.close()
 
 
 def test_two_places_let_two_replicas_swap():
@@ -390,18 +428,30 @@ def test_a_stuck_client_does_not_hold_up_others(start_tool, models):
         conn.close()
 
 
-def test_off_by_default_costs_one_start_and_leaves_the_guard_alone(start_tool, models):
+def test_off_by_default_it_idles_as_sleep_and_supervisorctl_status_stays_0(start_tool, models):
     tool = start_tool()
     tool.ready()
     tool.wait_for_line("model server off (MODEL_SERVER_PORT unset)")
-    tool.wait_for_line("exited: model-server (exit status 0; expected)")
+    tool.wait_for_line("success: model-server entered RUNNING")
     publish(models, "20261126-101010-brave-fox.tar.gz", "m1")
     time.sleep(3)  # several supervisord ticks: no restart, no shutdown by the guard
     assert tool.process.poll() is None
     assert tool.output.count("spawned: 'model-server'") == 1
-    status = subprocess.run([sys.executable, "-m", "worker", "status"], env=tool.env,
+    idle = next(pid for pid in _children(tool.process.pid)
+                if _cmdline(pid).strip() == "sleep infinity")
+    pss_kib = int(re.search(r"^Pss:\s+(\d+)", Path(f"/proc/{idle}/smaps_rollup").read_text(),
+                            re.M).group(1))
+    assert pss_kib < 2048, pss_kib  # not a Python interpreter (about 7 MiB)
+    env = dict(tool.env)
+    status = subprocess.run([sys.executable, "-m", "worker", "status"], env=env,
                             cwd=tool.workdir, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "supervisor.supervisorctl", "-s",
+         f"unix://{env['RUN_DIR']}/supervisor.sock", "status"],
+        capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert re.search(r"model-server\s+RUNNING", listed.stdout)
 
 
 def test_a_port_that_cannot_be_had_is_one_clear_line(start_tool, models):

@@ -38,7 +38,12 @@ class SourceAddressRelay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target, source_address=(self.source, 0))
+            try:
+                upstream = socket.create_connection(self.target,
+                                                    source_address=(self.source, 0))
+            except OSError:  # the server is not there: the replica sees a refused pull
+                client.close()
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 

@@ -28,8 +28,9 @@ HELD = "held"  # 304: a newer model exists, but other replicas are swapping
 @dataclass
 class _Swap:
     etag: str
-    since: float  # when the last download to this address ended (or began, while running)
+    since: float  # when its first whole download of `etag` ended (or began, while running)
     sending: int = 0  # downloads to this address in progress
+    completed: bool = False  # it has had the whole model once
 
 
 class RollingGate:
@@ -78,14 +79,18 @@ class RollingGate:
             swap.sending += 1
 
     def ended(self, address: str, complete: bool) -> None:
-        """The download to `address` ended; an incomplete one gives its place back."""
+        """The download to `address` ended. The timeout runs from its first whole download:
+        a replica whose load keeps failing (it asks again with its old model and downloads
+        again) holds its place no longer than that. A first download cut short gives the
+        place back at once."""
         with self._lock:
             swap = self._swaps.get(address)
             if swap is None:
                 return
             swap.sending -= 1
-            swap.since = self._clock()
-            if not complete and swap.sending == 0:
+            if complete and not swap.completed:
+                swap.since, swap.completed = self._clock(), True
+            elif not complete and not swap.completed and swap.sending == 0:
                 del self._swaps[address]
 
     def _expire(self, now: float) -> None:
