@@ -68,9 +68,10 @@ def test_an_existing_supervisord_runs_the_include_file(tmp_path):
                                str(config), *args], env=env, capture_output=True, text=True)
 
     try:
-        status = wait_for(lambda: (lambda out: out if len(re.findall("RUNNING", out)) == 3
+        # The other program, reader, rotator and model-server (idle: MODEL_SERVER_PORT unset).
+        status = wait_for(lambda: (lambda out: out if len(re.findall("RUNNING", out)) == 4
                                    else None)(ctl("status").stdout), 30,
-                          message="three programs RUNNING")
+                          message="four programs RUNNING")
         assert re.search(r"rasa-model-rotator:reader\s+RUNNING", status), status
         assert re.search(r"rasa-model-rotator:rotator\s+RUNNING", status), status
         model = models / "20261126-101010-brave-fox.tar.gz"
@@ -91,7 +92,8 @@ def test_an_existing_supervisord_runs_the_include_file(tmp_path):
 
         # kill -9 of that supervisord: its programs end with it, not orphaned.
         programs = [int(re.search(rf"rasa-model-rotator:{name}\s+RUNNING\s+pid (\d+)",
-                                  ctl("status").stdout).group(1)) for name in ("reader", "rotator")]
+                                  ctl("status").stdout).group(1))
+                    for name in ("reader", "rotator", "model-server")]
         supervisord.kill()
         supervisord.wait(10)
         wait_for(lambda: not any(alive(pid) for pid in programs), 10,

@@ -12,7 +12,9 @@ import yaml
 from tests.helpers import PROJECT_ROOT
 from tests.test_container import image_healthcheck
 
-MANIFESTS = sorted((PROJECT_ROOT / "conf" / "kubernetes").glob("*.yaml"))
+# The shared-volume layouts; scale-out.yaml (no shared volume) has tests/test_scale_out.py.
+MANIFESTS = sorted(p for p in (PROJECT_ROOT / "conf" / "kubernetes").glob("*.yaml")
+                   if p.name != "scale-out.yaml")
 
 
 def validator() -> str:
@@ -27,8 +29,9 @@ def validate(*paths) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_there_are_both_layouts():
-    assert {p.name for p in MANIFESTS} == {"sidecar.yaml", "two-pod.yaml"}
+def test_there_are_all_layouts():
+    assert {p.name for p in (PROJECT_ROOT / "conf" / "kubernetes").glob("*.yaml")} == {
+        "sidecar.yaml", "two-pod.yaml", "scale-out.yaml"}
 
 
 def test_every_manifest_passes_strict_validation():

@@ -1,5 +1,5 @@
-"""Command line: `python -m worker [run | reader | rotator | guard | once [--dry-run] |
-status [--json] | supervisorctl ...]`."""
+"""Command line: `python -m worker [run | reader | rotator | model-server | guard |
+once [--dry-run] | status [--json] | supervisorctl ...]`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rotator", help="the debouncing rotator program (started by supervisord)")
     sub.add_parser("guard", help="event listener: stop supervisord when a program cannot "
                                  "stay up (started by supervisord)")
+    sub.add_parser("model-server", help="serve the published model to Rasa's model pull "
+                                        "(MODEL_SERVER_PORT; started by supervisord)")
     once = sub.add_parser("once", help="reconcile the folder once, print each action, exit")
     once.add_argument("--dry-run", action="store_true", help="print actions, change nothing")
     status = sub.add_parser("status", help="what is published, the last Rasa calls, and "
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for warning in settings.warnings():
             log.warning("%s", warning, extra={"event": "setting_warning"})
     _stop_on_sigterm()
-    if command in ("reader", "rotator", "guard"):
+    if command in ("reader", "rotator", "guard", "model-server"):
         _end_with_supervisord()
     if command in ("reader", "rotator") or (command == "once" and not args.dry_run):
         try:
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.guard import run_guard
 
         run_guard(log)
+    elif command == "model-server":
+        from worker.model_server import run_model_server
+
+        run_model_server(settings, log)
     elif command == "once":
         from worker.reconcile import Reconciler
 

@@ -1,0 +1,467 @@
+"""The model server for Rasa's pull (`MODEL_SERVER_PORT`), run the way a user runs it
+(`python -m worker`, supervisord starting `model-server`), spoken to with a real HTTP client."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import _children, _cmdline, content_of, model_bytes, wait_for, write_model
+from worker import model_server
+from worker.published import NotPublished, download_name, is_our_etag, open_published
+from worker.rolling import HELD, NOT_MODIFIED, SEND, SEND_FRESH, RollingGate
+
+TOKEN = "pull-" + uuid.uuid4().hex  # unique, so a leak is unmistakable
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Client:
+    """GET/HEAD against one model server, from a chosen loopback source address."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1", token: str | None = None):
+        self.port, self.source, self.token = port, source, token
+
+    def request(self, method: str = "GET", path: str = "/model", etag: str | None = None,
+                token: str | None = None, timeout: float = 30.0):
+        token = self.token if token is None else token
+        query = "?" + urllib.parse.urlencode({"token": token}) if token else ""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout,
+                                          source_address=(self.source, 0))
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            conn.request(method, path + query, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            return response.status, dict(response.getheaders()), body
+        finally:
+            conn.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = Client(port).request(path="/metrics")[2].decode()
+    return {name: float(value) for name, value in
+            (line.split(" ") for line in text.splitlines() if not line.startswith("#"))}
+
+
+def etag_of_bytes(data: bytes, folder: Path) -> str:
+    path = folder / f"etag-{uuid.uuid4().hex}"
+    path.write_bytes(data)
+    with open_published(path) as published:
+        return published.etag
+
+
+def start_server(start_tool, **settings):
+    port = free_port()
+    tool = start_tool(MODEL_SERVER_PORT=str(port), **settings)
+    tool.ready()
+    tool.wait_for_line("model-server INFO serving", 30)
+    return tool, port
+
+
+def publish(models: Path, name: str, model_id: str, size: int = 200_000,
+            timeout: float = 30.0) -> bytes:
+    """Write a model the way Rasa does and wait until latest.tar.gz holds it."""
+    write_model(models / name, size, model_id)
+    expected = (models / name).read_bytes()
+    wait_for(lambda: content_of(models / "latest.tar.gz") == expected, timeout,
+             message=f"{name} published")
+    return expected
+
+
+# -- the published file and its ETag (plain functions) -------------------------------------
+
+def test_etag_names_the_content_not_the_inode_nor_the_mtime(tmp_path):
+    first = tmp_path / "latest.tar.gz"
+    write_model(first, 50_000, "m1")
+    with open_published(first) as published:
+        etag = published.etag
+    assert is_our_etag(etag) and published.size == first.stat().st_size
+    os.utime(first, (time.time() + 3600, time.time() + 3600))  # the "newest mtime" bump
+    with open_published(first) as published:
+        assert published.etag == etag
+    copy = tmp_path / "copy.tar.gz"  # another inode, same bytes (a restored volume)
+    shutil.copyfile(first, copy)
+    with open_published(copy) as published:
+        assert published.etag == etag
+    other = tmp_path / "other.tar.gz"
+    for attempt in range(2000):  # another model of exactly the same size
+        other.write_bytes(model_bytes(50_000, f"m{attempt}"))
+        if other.stat().st_size == first.stat().st_size:
+            break
+    assert other.stat().st_size == first.stat().st_size
+    with open_published(other) as published:
+        assert published.etag != etag
+
+
+def test_rasa_s_own_fingerprint_is_not_taken_for_ours():
+    assert not is_our_etag(uuid.uuid4().hex)  # what Rasa sends before its first pull
+    assert not is_our_etag('"' + uuid.uuid4().hex + '"')
+
+
+def test_nothing_servable_is_not_published(tmp_path):
+    latest = tmp_path / "latest.tar.gz"
+    with pytest.raises(NotPublished, match="nothing published"):
+        open_published(latest)
+    os.mkfifo(latest)
+    started = time.monotonic()
+    with pytest.raises(NotPublished, match="not a regular file"):
+        open_published(latest)  # a FIFO without a writer: must not block
+    assert time.monotonic() - started < 5
+    latest.unlink()
+    latest.write_bytes(b"")
+    with pytest.raises(NotPublished, match="empty"):
+        open_published(latest)
+    latest.unlink()
+    write_model(tmp_path / "real.tar.gz", 1000)
+    latest.symlink_to(tmp_path / "real.tar.gz")
+    with pytest.raises(NotPublished, match="symbolic link"):
+        open_published(latest)
+
+
+def test_download_name_is_a_plain_tar_gz_name():
+    assert download_name(Path("/m/latest.tar.gz")) == "latest.tar.gz"
+    assert download_name(Path("/m/current.model")) == "model.tar.gz"  # Rasa globs *.tar.gz
+    assert download_name(Path("/m/é x.tar.gz")) == "model.tar.gz"  # headers are latin-1
+
+
+# -- the rolling rule (plain logic, a clock we move) ----------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+OLD, NEW = '"rmr-1-0000000000000001"', '"rmr-2-0000000000000002"'
+
+
+def test_one_replica_swaps_at_a_time_until_it_asks_with_the_new_etag():
+    clock = Clock()
+    gate = RollingGate(max_swapping=1, timeout_s=300, clock=clock)
+    assert gate.decide("10.0.0.1", [OLD], NEW) == SEND
+    gate.began("10.0.0.1", NEW)
+    assert gate.decide("10.0.0.2", [OLD], NEW) == HELD  # while the download runs
+    gate.ended("10.0.0.1", complete=True)
+    assert gate.decide("10.0.0.2", [OLD], NEW) == HELD  # while it loads
+    assert gate.decide("10.0.0.1", [OLD], NEW) == SEND  # a retry keeps its own place
+    assert gate.decide("10.0.0.1", [NEW], NEW) == NOT_MODIFIED  # loaded: place freed
+    assert gate.swapping() == 0
+    assert gate.decide("10.0.0.2", [OLD], NEW) == SEND
+
+
+def test_a_replica_that_never_comes_back_frees_its_place_after_the_timeout():
+    clock = Clock()
+    gate = RollingGate(max_swapping=1, timeout_s=300, clock=clock)
+    gate.decide("10.0.0.1", [OLD], NEW)
+    gate.began("10.0.0.1", NEW)
+    gate.ended("10.0.0.1", complete=True)
+    clock.now += 299
+    assert gate.decide("10.0.0.2", [OLD], NEW) == HELD
+    clock.now += 1
+    assert gate.decide("10.0.0.2", [OLD], NEW) == SEND
+
+
+def test_a_download_in_progress_never_times_out_and_a_cut_one_gives_its_place_back():
+    clock = Clock()
+    gate = RollingGate(max_swapping=1, timeout_s=10, clock=clock)
+    gate.began("10.0.0.1", NEW)
+    clock.now += 100
+    assert gate.decide("10.0.0.2", [OLD], NEW) == HELD
+    gate.ended("10.0.0.1", complete=False)
+    assert gate.decide("10.0.0.2", [OLD], NEW) == SEND
+
+
+def test_a_replica_without_our_model_gets_it_at_once_and_no_limit_means_no_limit():
+    gate = RollingGate(max_swapping=1, timeout_s=300, clock=Clock())
+    gate.began("10.0.0.1", NEW)
+    assert gate.decide("10.0.0.3", [uuid.uuid4().hex], NEW) == SEND_FRESH
+    assert gate.decide("10.0.0.3", [], NEW) == SEND_FRESH
+    assert gate.decide("10.0.0.3", ["*"], NEW) == NOT_MODIFIED
+    unlimited = RollingGate(max_swapping=0, timeout_s=300, clock=Clock())
+    unlimited.began("10.0.0.1", NEW)
+    assert unlimited.decide("10.0.0.2", [OLD], NEW) == SEND
+
+
+def test_retries_of_a_failing_load_do_not_extend_the_timeout():
+    clock = Clock()
+    gate = RollingGate(max_swapping=1, timeout_s=300, clock=clock)
+    gate.began("10.0.0.1", NEW)
+    gate.ended("10.0.0.1", complete=True)
+    for _ in range(4):  # its load fails: it asks with its old model and downloads again
+        clock.now += 60
+        assert gate.decide("10.0.0.1", [OLD], NEW) == SEND
+        gate.began("10.0.0.1", NEW)
+        gate.ended("10.0.0.1", complete=True)
+        assert gate.decide("10.0.0.2", [OLD], NEW) == HELD
+    clock.now += 60
+    assert gate.decide("10.0.0.2", [OLD], NEW) == SEND  # 300 s after its first download
+
+
+def test_a_request_dripping_in_is_cut_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(model_server, "HEAD_TIMEOUT_S", 1.0)
+    server_side, client_side = socket.socketpair()
+    server_side.settimeout(1.0)  # per recv: a byte every 0.1 s never trips it
+    stop = threading.Event()
+
+    def drip():
+        for byte in b"GET /model HTTP/1.1\r\nHost: x\r\n" * 10:
+            if stop.wait(0.1):
+                return
+            client_side.send(bytes([byte]))
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        model_server.read_request(server_side)
+    stop.set()
+    assert time.monotonic() - started < 3
+    server_side.close()
+    client_side.close()
+
+
+def test_two_places_let_two_replicas_swap():
+    gate = RollingGate(max_swapping=2, timeout_s=300, clock=Clock())
+    for address in ("10.0.0.1", "10.0.0.2"):
+        assert gate.decide(address, [OLD], NEW) == SEND
+        gate.began(address, NEW)
+    assert gate.decide("10.0.0.3", [OLD], NEW) == HELD
+
+
+# -- the endpoint, run by `python -m worker` ------------------------------------------------
+
+def test_pull_protocol_round_trip(start_tool, models):
+    tool, port = start_server(start_tool)
+    client = Client(port)
+    status, _, body = client.request()
+    assert status == 404 and b"nothing published" in body
+    assert client.request(path="/readyz")[0] == 503
+    assert client.request(path="/healthz")[0] == 200
+
+    expected = publish(models, "20261126-101010-brave-fox.tar.gz", "m1")
+    status, headers, body = client.request()
+    assert status == 200 and body == expected
+    assert headers["Content-Length"] == str(len(expected))
+    assert headers["filename"] == "latest.tar.gz"
+    etag = headers["ETag"]
+    assert etag == etag_of_bytes(body, models.parent)
+    assert client.request(path="/readyz")[0] == 200
+
+    status, head_headers, head_body = client.request("HEAD")
+    assert status == 200 and head_body == b""
+    assert head_headers["ETag"] == etag and head_headers["Content-Length"] == str(len(expected))
+
+    status, headers, body = client.request(etag=etag)
+    assert (status, body, headers["ETag"]) == (304, b"", etag)
+
+    # Only the mtime changes (as when it is bumped for Rasa's newest-mtime rule): same ETag.
+    earlier = time.time() - 7200
+    os.utime(models / "latest.tar.gz", (earlier, earlier))
+    assert client.request(etag=etag)[0] == 304
+
+    newer = publish(models, "20261126-111111-calm-owl.tar.gz", "m2")
+    status, headers, body = client.request(etag=etag)
+    assert status == 200 and body == newer and headers["ETag"] != etag
+    assert re.search(r'sent latest.tar.gz "rmr-[0-9a-f-]+" to 127.0.0.1: .* in [0-9.]+ s',
+                     tool.output)
+
+    assert client.request("POST")[0] == 405
+    assert client.request(path="/elsewhere")[0] == 404
+
+
+def test_the_etag_survives_a_restart(start_tool, models):
+    tool, port = start_server(start_tool)
+    publish(models, "20261126-101010-brave-fox.tar.gz", "m1")
+    etag = Client(port).request("HEAD")[1]["ETag"]
+    tool.stop()
+    tool, port = start_server(start_tool)
+    assert Client(port).request(etag=etag)[0] == 304
+
+
+def test_token_is_required_and_never_printed(start_tool, models):
+    tool, port = start_server(start_tool, MODEL_SERVER_TOKEN=TOKEN)
+    publish(models, "20261126-101010-brave-fox.tar.gz", "m1")
+    assert Client(port).request()[0] == 401
+    assert Client(port, token="wrong").request()[0] == 401
+    assert Client(port, token=TOKEN[:-1]).request()[0] == 401
+    status, headers, _ = Client(port, token=TOKEN).request()
+    assert status == 200
+    assert Client(port, token=TOKEN).request(etag=headers["ETag"])[0] == 304
+    # The probes need no token: Kubernetes' httpGet cannot read a Secret.
+    assert Client(port).request(path="/readyz")[0] == 200
+    assert Client(port).request(path="/metrics")[0] == 200
+    # A malformed request carrying the token is refused without echoing it anywhere.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(f"GET /model?token={TOKEN} HTTP/1.1 extra\r\n\r\n".encode())
+        answer = raw.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400") and TOKEN.encode() not in answer
+    tool.wait_for_line("missing or wrong token (401)")
+    status_out = subprocess.run([sys.executable, "-m", "worker", "status", "--json"],
+                                env=tool.env, cwd=tool.workdir, capture_output=True,
+                                text=True, timeout=60)
+    tool.stop()
+    assert TOKEN not in tool.output
+    assert TOKEN not in status_out.stdout + status_out.stderr
+
+
+def test_a_publish_during_a_slow_download_still_yields_the_whole_old_archive(start_tool,
+                                                                            models):
+    tool, port = start_server(start_tool, MODEL_SERVER_MAX_SWAPPING="0")
+    old = publish(models, "20261126-101010-brave-fox.tar.gz", "m1", size=24 * 1024 * 1024)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.settimeout(30)
+    slow.connect(("127.0.0.1", port))
+    slow.sendall(b"GET /model HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = slow.recv(64 * 1024)
+    # Now a new model is published over latest.tar.gz while this client has read almost
+    # nothing: the server still holds the old file open and must finish sending it.
+    new = publish(models, "20261126-111111-calm-owl.tar.gz", "m2", size=24 * 1024 * 1024)
+    assert new != old
+    while chunk := slow.recv(1024 * 1024):
+        received += chunk
+    slow.close()
+    head, body = received.split(b"\r\n\r\n", 1)
+    etag = re.search(rb'ETag: ("[^"]+")', head).group(1).decode()
+    assert body == old
+    assert etag == etag_of_bytes(body, models.parent)
+    status, headers, body = Client(port).request(etag=etag)
+    assert status == 200 and body == new and headers["ETag"] == etag_of_bytes(new,
+                                                                              models.parent)
+
+
+def test_many_clients_download_at_once(start_tool, models):
+    tool, port = start_server(start_tool, MODEL_SERVER_MAX_SWAPPING="0")
+    expected = publish(models, "20261126-101010-brave-fox.tar.gz", "m1", size=4 * 1024 * 1024)
+    results: list = []
+
+    def download():
+        results.append(Client(port).request(timeout=120))
+
+    threads = [threading.Thread(target=download) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert len(results) == 32
+    assert all(status == 200 and body == expected for status, _, body in results)
+    assert len({headers["ETag"] for _, headers, _ in results}) == 1
+    metrics = scrape(port)
+    assert metrics["model_server_downloads_total"] == 32
+    assert metrics["model_server_sent_bytes_total"] == 32 * len(expected)
+
+
+def test_replicas_move_to_a_new_model_one_at_a_time(start_tool, models):
+    tool, port = start_server(start_tool, MODEL_SERVER_SWAP_TIMEOUT="3")
+    first, second = Client(port, "127.0.0.1"), Client(port, "127.0.0.2")
+    publish(models, "20261126-101010-brave-fox.tar.gz", "m1")
+    # Both start without a model (Rasa sends a random fingerprint): both get it at once.
+    old = first.request(etag=uuid.uuid4().hex)[1]["ETag"]
+    assert second.request(etag=uuid.uuid4().hex)[1]["ETag"] == old
+    assert first.request(etag=old)[0] == second.request(etag=old)[0] == 304
+
+    newer = publish(models, "20261126-111111-calm-owl.tar.gz", "m2")
+    status, headers, body = first.request(etag=old)
+    assert status == 200 and body == newer
+    new = headers["ETag"]
+    assert second.request(etag=old)[0] == 304  # held back: the first one is loading
+    assert second.request("HEAD", etag=old)[0] == 304
+    # A fresh replica (no model of ours) is not held: it serves nothing yet.
+    assert Client(port, "127.0.0.3").request(etag=uuid.uuid4().hex)[0] == 200
+    assert first.request(etag=new)[0] == 304  # loaded: its place is free
+    status, headers, body = second.request(etag=old)
+    assert status == 200 and headers["ETag"] == new
+    assert second.request(etag=new)[0] == 304
+
+    # A replica that downloads and never asks again holds its place only until the timeout.
+    third = publish(models, "20261126-121212-wild-elk.tar.gz", "m3")
+    assert first.request(etag=new)[0] == 200
+    held_since = time.monotonic()
+    assert second.request(etag=new)[0] == 304
+    status, _, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+        second.request(etag=new)), 30, interval=0.2, message="the place freed by the timeout")
+    assert body == third and time.monotonic() - held_since >= 2
+    assert scrape(port)["model_server_held_back_total"] >= 2
+
+
+def test_a_fifo_at_latest_does_not_block_the_server(start_tool, models):
+    tool, port = start_server(start_tool)
+    os.mkfifo(models / "latest.tar.gz")
+    client = Client(port)
+    status, _, body = client.request(timeout=10)
+    assert status == 404 and b"not a regular file" in body
+    assert client.request(path="/readyz", timeout=10)[0] == 503
+    assert client.request(path="/healthz", timeout=10)[0] == 200
+
+
+def test_a_stuck_client_does_not_hold_up_others(start_tool, models):
+    tool, port = start_server(start_tool, MODEL_SERVER_MAX_SWAPPING="0")
+    expected = publish(models, "20261126-101010-brave-fox.tar.gz", "m1", size=8 * 1024 * 1024)
+    stuck = []
+    for _ in range(5):  # connect and send half a request, or ask and never read
+        half = socket.create_connection(("127.0.0.1", port))
+        half.sendall(b"GET /model HTTP/1.1\r\n")
+        reader = socket.create_connection(("127.0.0.1", port))
+        reader.sendall(b"GET /model HTTP/1.1\r\n\r\n")
+        stuck += [half, reader]
+    status, _, body = Client(port).request(timeout=30)
+    assert status == 200 and body == expected
+    for conn in stuck:
+        conn.close()
+
+
+def test_off_by_default_it_idles_as_sleep_and_supervisorctl_status_stays_0(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    tool.wait_for_line("model server off (MODEL_SERVER_PORT unset)")
+    tool.wait_for_line("success: model-server entered RUNNING")
+    publish(models, "20261126-101010-brave-fox.tar.gz", "m1")
+    time.sleep(3)  # several supervisord ticks: no restart, no shutdown by the guard
+    assert tool.process.poll() is None
+    assert tool.output.count("spawned: 'model-server'") == 1
+    idle = next(pid for pid in _children(tool.process.pid)
+                if _cmdline(pid).strip() == "sleep infinity")
+    pss_kib = int(re.search(r"^Pss:\s+(\d+)", Path(f"/proc/{idle}/smaps_rollup").read_text(),
+                            re.M).group(1))
+    assert pss_kib < 2048, pss_kib  # not a Python interpreter (about 7 MiB)
+    env = dict(tool.env)
+    status = subprocess.run([sys.executable, "-m", "worker", "status"], env=env,
+                            cwd=tool.workdir, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "supervisor.supervisorctl", "-s",
+         f"unix://{env['RUN_DIR']}/supervisor.sock", "status"],
+        capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert re.search(r"model-server\s+RUNNING", listed.stdout)
+
+
+def test_a_port_that_cannot_be_had_is_one_clear_line(start_tool, models):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        tool = start_tool(MODEL_SERVER_PORT=str(port))
+        line = tool.wait_for_line("cannot listen on")
+        assert f"MODEL_SERVER_PORT={port}: cannot listen on 0.0.0.0:{port}" in line
+        assert "Address already in use" in line
+        # It cannot go on: the guard ends supervisord instead of looping forever.
+        tool.process.wait(60)
