@@ -36,7 +36,8 @@ def add_model(folder: Path, name: str, age_s: float = 60.0, model_id: str | None
 
 
 def names(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+    """The folder's names, but the arrival journal (tested on its own)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".latest.tar.gz.arrivals.json")
 
 
 def kinds(outcome) -> list[tuple[str, str]]:
@@ -131,7 +132,8 @@ def test_a_model_written_while_stopped_is_published_after_a_restart(settings, fo
     add_model(folder, "a.tar.gz", age_s=100)
     Reconciler(settings).reconcile()
     later = folder / "b.tar.gz"
-    write_model(later, 10_000)  # mtime now: after the publish began
+    write_model(later, 10_000)
+    set_mtime(later, time.time() - 2)  # written while stopped, unchanged since
     Reconciler(settings).reconcile()
     assert settings.latest_model_path.read_bytes() == later.read_bytes()
 
@@ -175,13 +177,29 @@ def test_pruning_never_touches_what_it_must_not(settings, folder, tmp_path):
 def test_a_whole_model_changed_within_the_throttle_delay_is_not_deleted(settings, folder):
     add_model(folder, "a.tar.gz", age_s=0.2)
     add_model(folder, "b.tar.gz", age_s=0.1)
-    outcome = Reconciler(settings).reconcile()
+    reconciler = Reconciler(settings)
+    reconciler.note_arrival("b.tar.gz", time.time())  # closed: publishable at once
+    outcome = reconciler.reconcile()
     assert ("published", "b.tar.gz") in kinds(outcome)
     assert (folder / "a.tar.gz").exists()
     assert outcome.recheck_at is not None
     time.sleep(max(0.0, outcome.recheck_at - time.time()) + 0.05)
     Reconciler(settings).reconcile()
     assert not (folder / "a.tar.gz").exists()
+
+
+def test_a_file_that_may_still_be_written_is_not_copied(settings, folder):
+    """Observation 10: publishing a file changed within THROTTLE_DELAY (no close seen since)
+    meant a full copy, then a "changed" warning. It waits until it is quiet instead."""
+    add_model(folder, "old.tar.gz", age_s=100)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    add_model(folder, "fresh.tar.gz", age_s=0.1)
+    outcome = reconciler.reconcile()
+    assert outcome.actions == [], "a file that may still be written was copied"
+    assert outcome.recheck_at is not None
+    time.sleep(max(0.0, outcome.recheck_at - time.time()) + 0.05)
+    assert ("published", "fresh.tar.gz") in kinds(reconciler.reconcile())
 
 
 def test_a_second_reconcile_does_nothing(settings, folder):
@@ -222,6 +240,7 @@ def test_latest_published_by_someone_else_is_adopted_with_its_source(settings, f
 def test_a_broken_latest_is_replaced(settings, folder):
     source = add_model(folder, "a.tar.gz", age_s=300)
     settings.latest_model_path.write_bytes(source.read_bytes()[:-50])
+    set_mtime(settings.latest_model_path, time.time() - 60)  # nobody is writing it any more
     Reconciler(settings).reconcile()
     assert settings.latest_model_path.read_bytes() == source.read_bytes()
 
@@ -240,9 +259,10 @@ def test_publish_atomically_makes_a_durable_whole_copy(settings, folder):
 
     source = add_model(folder, "a.tar.gz", age_s=5)
     model = list_models(folder, "*.tar.gz", settings.latest_model_path)[0]
-    record = publish_atomically(model, settings.latest_model_path, arrived_at=time.time())
+    published = publish_atomically(model, settings.latest_model_path)
     assert check_archive(settings.latest_model_path).size == source.stat().st_size
-    assert record.source == "a.tar.gz" and record.model_id == "a.tar.gz"
+    assert published.info.model_id == "a.tar.gz"
+    assert published.latest_stat.st_ino == settings.latest_model_path.stat().st_ino
     assert os.stat(settings.latest_model_path).st_ino != source.stat().st_ino, "not a copy"
 
 
