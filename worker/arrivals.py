@@ -32,6 +32,8 @@ from worker.openfile import open_regular, read_small_file
 # A file's version: (st_ino, st_size, st_mtime_ns). Any write changes it.
 Version = tuple[int, int, int]
 
+# The journal's key for LATEST_MODEL_PATH itself ('/' is in no file name).
+LATEST_KEY = "/latest"
 MAX_ENTRIES = 10_000
 MAX_JOURNAL_BYTES = 8 * 1024 * 1024
 VERSION = 1

@@ -98,14 +98,16 @@ def record_path(latest_model_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(latest_model_path: Path):
-    """One reconcile at a time per published file: the rotator, `once`, a second instance."""
+def folder_lock(latest_model_path: Path, wait: bool = True):
+    """One reconcile at a time per published file: the rotator, `once`, a second instance.
+
+    `wait=False` raises BlockingIOError at once when someone else holds it."""
     path = latest_model_path.with_name(internal_prefix(latest_model_path) + "lock")
     # Opened read-only: closing it raises no close_write event, and flock needs no more.
     # Never blocking: a FIFO put at this path is refused instead of waited on.
     fd = open_regular(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
     finally:
         os.close(fd)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.archive import ArchiveInfo, BrokenArchive, SourceChanged, check_archive
-from worker.arrivals import Arrival, ArrivalJournal, version_of
+from worker.arrivals import LATEST_KEY, Arrival, ArrivalJournal, version_of
 from worker.folder import (
     ModelFile,
     PublishRecord,
@@ -45,8 +45,6 @@ from worker.settings import Settings
 RETRY_AFTER_ERROR_S = 5.0
 # Errors that concern the folder, not one file: trying the next model would fail the same way.
 FOLDER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
-# The journal's key for LATEST_MODEL_PATH itself ('/' is in no file name).
-LATEST_KEY = "/latest"
 
 
 @dataclass(frozen=True)
