@@ -434,10 +434,10 @@ class Reconciler:
 
     def _skip_once(self, outcome: Outcome, identity: tuple, path: Path, detail: str,
                    reason: str) -> None:
-        """Log a skip once per file version, not at every reconcile."""
-        if (identity, detail) in self._reported:
+        """Log a skip once per file version and reason, not at every reconcile."""
+        if (identity, reason) in self._reported:
             return
-        self._reported.add((identity, detail))
+        self._reported.add((identity, reason))
         self._act(outcome, Action("skipped", path, detail, reason), logging.WARNING)
 
     def _fail_once(self, outcome: Outcome, identity: tuple, path: Path, detail: str) -> None:
