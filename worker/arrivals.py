@@ -103,13 +103,14 @@ class ArrivalJournal:
             return entry
         return None
 
-    def note_event(self, name: str, when: float, version: Version) -> Arrival:
-        """An event announced `name` at `when`; it now holds `version`."""
+    def note_event(self, name: str, when: float, version: Version, now: float) -> Arrival:
+        """An event announced `name` at `when`; at `now` it holds `version`."""
         known = self.lookup(name, version)
         if known is not None:
             # The same version again: our own rename onto it, or a close without a write.
             return known
-        return self._add(name, max(when, self.high_water), version, seen=when, event_at=when)
+        # `seen` is now, not `when`: the file may have changed since the event.
+        return self._add(name, max(when, self.high_water), version, seen=now, event_at=when)
 
     def note_unseen(self, name: str, version: Version, now: float) -> Arrival:
         """A version of `name` that no event announced: the file-time rule."""

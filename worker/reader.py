@@ -141,7 +141,7 @@ class Reader:
                     except OSError:
                         continue  # gone again
                     journal.note_event(LATEST_KEY if name == self._latest_name else name,
-                                       when, version_of(st))
+                                       when, version_of(st), time.time())
                 journal.save()
         except BlockingIOError:
             return  # a reconcile runs: its rotator (or `once`) is there; retried shortly

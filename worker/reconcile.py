@@ -151,7 +151,7 @@ class Reconciler:
         for name, when in list(self.pending.items()):
             model = present.get(name)
             if model is not None:
-                journal.note_event(name, when, _version(model))
+                journal.note_event(name, when, _version(model), now)
                 if not dry_run:
                     del self.pending[name]
             elif name != self._latest_name_here() and not dry_run:
@@ -198,7 +198,7 @@ class Reconciler:
         # our record was lost between the rename and its write: look at the file itself.
         version = version_of(st)
         if event is not None:
-            arrival = journal.note_event(LATEST_KEY, event, version)
+            arrival = journal.note_event(LATEST_KEY, event, version, now)
         else:
             arrival = journal.note_unseen(LATEST_KEY, version, now)
         identity = ("<latest>", *version)
