@@ -11,10 +11,11 @@ Rules (README, "Which model is latest"):
 - An arrival seen as an event (close_write / moved_to) is timed by the event, but never
   before anything already in the journal: an event is news, so it sorts after what was known
   (this also keeps the order when this host's clock jumps backwards).
-- A file whose arrival was not seen arrives at its mtime, but never later than now (a file
-  time ahead of this host's clock never beats a model seen arriving later) and never before
-  the last complete look at the folder that did not find it (a file server whose clock is
-  behind cannot make a new file look older than what was already there).
+- A file whose arrival was not seen arrives at its mtime, but never before the last complete
+  look at the folder that did not find it (a file server whose clock is behind cannot make a
+  new file look older than what was already there). An mtime ahead of this host's clock says
+  nothing: such a file arrives at that last look (or now, if there was none), so it never
+  beats a model seen arriving later.
 - Entries are keyed by name AND the file's version (inode, size, mtime): a rewritten file is
   a new arrival. Only present files are kept, at most MAX_ENTRIES.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from worker.names import internal_prefix, temporary_name
@@ -106,10 +107,13 @@ class ArrivalJournal:
     def note_event(self, name: str, when: float, version: Version, now: float) -> Arrival:
         """An event announced `name` at `when`; at `now` it holds `version`."""
         known = self.lookup(name, version)
-        if known is not None:
-            # The same version again: our own rename onto it, or a close without a write.
+        if known is not None and known.event_at is not None:
+            # The same version announced again: a close without a write, or the reader's
+            # event delivered after it was journaled.
             return known
-        # `seen` is now, not `when`: the file may have changed since the event.
+        # New, or known only from a look at the folder (`once` ran before the rotator
+        # took this event in): the event is the better news. `seen` is now, not `when`:
+        # the file may have changed since the event.
         return self._add(name, max(when, self.high_water), version, seen=now, event_at=when)
 
     def note_unseen(self, name: str, version: Version, now: float) -> Arrival:
@@ -117,10 +121,22 @@ class ArrivalJournal:
         known = self.lookup(name, version)
         if known is not None:
             return known
-        at = min(version[2] / 1e9, now)
-        if self.scanned_at is not None:
-            at = max(at, self.scanned_at)
+        mtime = version[2] / 1e9
+        if mtime > now:
+            # A time ahead of this host's clock says nothing: take the earliest this file
+            # can have arrived, so it never beats an arrival seen in the same interval.
+            at = self.scanned_at if self.scanned_at is not None else now
+        else:
+            at = mtime if self.scanned_at is None else max(mtime, self.scanned_at)
         return self._add(name, at, version, seen=now, event_at=None)
+
+    def seen_no_later_than(self, name: str, now: float) -> Arrival:
+        """This host's clock jumped back past when `name` was first seen: how long it has
+        been unchanged is counted from now (else it would wait for the clock to catch up)."""
+        entry = self.entries[name]
+        if entry.seen > now:
+            entry = self.entries[name] = replace(entry, seen=now)
+        return entry
 
     def assign(self, name: str, arrival: Arrival, version: Version) -> None:
         """`name` now holds `version` with the arrival of another file (a publish)."""
@@ -136,7 +152,10 @@ class ArrivalJournal:
             newest = sorted(self.entries.items(), key=lambda item: item[1].key)[-MAX_ENTRIES:]
             self.entries = dict(newest)
             complete = False  # files were dropped: they must not look new next time
-        self.scanned_at = max(now, self.scanned_at or now) if complete else None
+        # The look came after every arrival known so far, whatever the clock says now (it
+        # may have jumped back): a file it did not find arrived after all of them.
+        self.scanned_at = (max(now, self.high_water, self.scanned_at or now) if complete
+                           else None)
 
     def copy(self) -> ArrivalJournal:
         other = ArrivalJournal(self.path, self.latest_name)

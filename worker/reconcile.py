@@ -156,7 +156,9 @@ class Reconciler:
                     del self.pending[name]
             elif name != self._latest_name_here() and not dry_run:
                 del self.pending[name]  # gone again: nothing to order
-        return {m.name: journal.note_unseen(m.name, _version(m), now) for m in models}
+        for model in models:
+            journal.note_unseen(model.name, _version(model), now)
+        return {m.name: journal.seen_no_later_than(m.name, now) for m in models}
 
     def _latest_name_here(self) -> str | None:
         latest = self.settings.latest_model_path
@@ -201,6 +203,7 @@ class Reconciler:
             arrival = journal.note_event(LATEST_KEY, event, version, now)
         else:
             arrival = journal.note_unseen(LATEST_KEY, version, now)
+        arrival = journal.seen_no_later_than(LATEST_KEY, now)
         identity = ("<latest>", *version)
         result = self._check_identity(identity, path)
         if isinstance(result, Unreadable):
