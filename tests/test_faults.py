@@ -154,6 +154,9 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
         steps["restart"] = {"actions": kinds(restarted.reconcile()), **snapshot(folder, contents)}
         filler.unlink()
         reader.close()
+        first.reconcile()  # the rotator that published B writes B's record now
+        steps["retried"] = {"record": read_record(settings.latest_model_path).source}
+        (folder / ".latest.tar.gz.json").unlink()  # and a new process adopts B by content
         steps["freed"] = {"actions": kinds(Reconciler(settings).reconcile()),
                           **snapshot(folder, contents),
                           "record": read_record(settings.latest_model_path).source}
@@ -168,6 +171,7 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
         assert "b.tar.gz" in report[step]["files"], f"latest's source deleted at {step}"
         assert report[step]["latest"] == "b", report[step]
         assert not [n for n in report[step]["files"] if ".tmp-" in n], report[step]
+    assert report["retried"]["record"] == "b.tar.gz", "the record was not written again"
     assert report["freed"]["record"] == "b.tar.gz"
 
 

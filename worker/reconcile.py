@@ -99,6 +99,7 @@ class Reconciler:
         self.record: PublishRecord | None = None
         self._checks: dict[tuple, ArchiveInfo | BrokenArchive] = {}
         self._reported: set[tuple] = set()
+        self._record_unsaved = False  # self.record is right, the file beside latest is not
 
     def note_arrival(self, name: str, when: float) -> None:
         """A close_write or moved_to for `name` was seen at wall-clock time `when`."""
@@ -191,6 +192,8 @@ class Reconciler:
                             "broken")
             return Latest(None)
         if self.record is not None and self.record.describes(st):
+            if self._record_unsaved and not dry_run:
+                self._save_record(self.record, outcome)  # the disk was full: try again
             return Latest(self.record)
         stored = read_record(path)
         if stored is not None and stored.describes(st):
@@ -240,8 +243,10 @@ class Reconciler:
         is reported, and the next reconcile finds latest's source by its content."""
         try:
             write_record(self.settings.latest_model_path, record)
+            self._record_unsaved = False
             self._clear_reported("record")
         except OSError as error:
+            self._record_unsaved = True
             self._fail_once(outcome, ("record", error.errno), self.settings.latest_model_path,
                             f"published, but its record could not be saved: {error}")
 
