@@ -157,7 +157,8 @@ class Reconciler:
                     del self.pending[name]
             elif name != self._latest_name_here() and not dry_run:
                 del self.pending[name]  # gone again: nothing to order
-        for model in models:
+        # Files found in one look are ordered among themselves by their file times.
+        for model in sorted(models, key=lambda m: (m.mtime_ns, m.name)):
             journal.note_unseen(model.name, _version(model), now)
         return {m.name: journal.seen_no_later_than(m.name, now) for m in models}
 
