@@ -4,12 +4,22 @@ in place, from an install folder laid out as the README says (venv in .venv, .en
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 from tests.helpers import PROJECT_ROOT, content_of, wait_for, write_model
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def test_an_existing_supervisord_runs_the_include_file(tmp_path):
@@ -78,6 +88,34 @@ def test_an_existing_supervisord_runs_the_include_file(tmp_path):
             env={**env, "SUPERVISOR_SERVER_URL": f"unix://{tmp_path}/supervisor.sock"})
         assert health.returncode == 0, health.stdout + health.stderr
         assert f"source: {model}" in health.stdout
+
+        # kill -9 of that supervisord: its programs end with it, not orphaned.
+        programs = [int(re.search(rf"rasa-model-rotator:{name}\s+RUNNING\s+pid (\d+)",
+                                  ctl("status").stdout).group(1)) for name in ("reader", "rotator")]
+        supervisord.kill()
+        supervisord.wait(10)
+        wait_for(lambda: not any(alive(pid) for pid in programs), 10,
+                 message=f"programs {programs} ended with their supervisord")
     finally:
-        ctl("shutdown")
-        supervisord.wait(20)
+        if supervisord.poll() is None:
+            ctl("shutdown")
+            supervisord.wait(20)
+
+
+def test_after_kill_9_of_supervisord_no_orphans_and_a_new_start_just_works(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    programs = [tool.program_pid(name) for name in ("reader", "rotator", "guard")]
+    os.kill(tool.process.pid, signal.SIGKILL)  # supervisord runs in `python -m worker`
+    tool.process.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in programs), 10,
+             message=f"programs {programs} ended with their supervisord")
+    # Its sockets, pidfile and key are still in RUN_DIR: the next start must not mind.
+    again = start_tool()
+    again.ready()
+    model = models / "20261126-101010-brave-fox.tar.gz"
+    write_model(model, 50_000)
+    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30,
+             message=f"published after the restart\n{again.output}")
+    assert again.process.poll() is None
+    assert "another rotator is already serving" not in again.output, again.output

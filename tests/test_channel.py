@@ -166,3 +166,33 @@ def test_the_server_does_not_wake_up_when_idle(run_dir):
         assert switches() - before < 3
     finally:
         server.kill()
+
+
+def test_malformed_tells_what_is_wrong_and_never_raises():
+    """Whatever arrives on the queue: a short reason for anything that is not a message the
+    reader sends, "" for those it does send, and no exception."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tests.test_hostile import GARBAGE
+    from worker.channel import malformed
+
+    assert malformed(("arrived", [("m.tar.gz", 1764151815.25), ("n.tar.gz", 0)])) == ""
+    assert malformed(("arrived", [])) == ""
+    assert malformed(("rescan", "inotify queue overflow")) == ""
+    for message in GARBAGE:
+        reason = malformed(message)
+        assert reason and len(reason) < 200, (message, reason)
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(),
+                        st.binary(), st.sampled_from(["arrived", "rescan"]))
+    values = st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.tuples(inner, inner), st.tuples(inner),
+        st.dictionaries(st.text(max_size=3), inner, max_size=3)), max_leaves=12)
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.one_of(values, st.tuples(st.sampled_from(["arrived", "rescan"]), values)))
+    def check(message):
+        assert isinstance(malformed(message), str)
+
+    check()

@@ -328,11 +328,12 @@ def _supervisorctl(tool, *args):
     import subprocess
     import sys
 
-    from tests.helpers import PROJECT_ROOT
 
-    return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
-                           str(PROJECT_ROOT / "conf" / "supervisord.conf"), *args],
-                          env=tool.env, capture_output=True, text=True, timeout=30)
+    # supervisord's control socket has a password (RUN_DIR/supervisor.password): this
+    # command reads it (plain supervisorctl is refused).
+    return subprocess.run([sys.executable, "-m", "worker", "supervisorctl", *args],
+                          cwd=tool.workdir, env=tool.env, capture_output=True, text=True,
+                          timeout=30)
 
 
 @pytest.mark.parametrize("interval", ["1", "0"])

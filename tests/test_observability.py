@@ -1,17 +1,31 @@
 """`python -m worker status`, LOG_FORMAT=json and METRICS_PORT, on a running tool."""
 
 import json
+import os
+import re
+import signal
 import socket
+import stat
 import subprocess
 import sys
+import time
 import urllib.request
 
-from tests.helpers import PROJECT_ROOT, content_of, wait_for, write_model
+from tests.helpers import PROJECT_ROOT, content_of, model_bytes, wait_for, write_model
+from worker.folder import folder_lock
 
 
-def status(tool, *args):
+def status(tool, *args, **env):
     return subprocess.run([sys.executable, "-m", "worker", "status", *args], cwd=tool.workdir,
-                          env=tool.env, capture_output=True, text=True, timeout=30)
+                          env={**tool.env, **env}, capture_output=True, text=True, timeout=30)
+
+
+def context_switches(pid: int) -> int:
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as lines:
+            total += sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+    return total
 
 
 def test_status_tells_what_is_published_and_what_runs(start_tool, models):
@@ -39,9 +53,9 @@ def test_status_tells_what_is_published_and_what_runs(start_tool, models):
 def test_status_is_unhealthy_when_a_program_is_down(start_tool):
     tool = start_tool()
     tool.ready()
-    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c",
-           str(PROJECT_ROOT / "conf" / "supervisord.conf")]
-    subprocess.run([*ctl, "stop", "reader"], env=tool.env, check=True, capture_output=True)
+    ctl = [sys.executable, "-m", "worker", "supervisorctl"]
+    subprocess.run([*ctl, "stop", "reader"], env=tool.env, cwd=tool.workdir, check=True,
+                   capture_output=True)
     result = status(tool)
     assert result.returncode == 1
     assert "UNHEALTHY" in result.stdout and "program reader is STOPPED" in result.stdout
@@ -68,11 +82,11 @@ def test_json_logs_are_one_object_per_line(start_tool, models):
     entry = json.loads(line)
     assert {"time", "level", "program", "event", "message", "path"} <= set(entry)
     assert entry["program"] == "rotator" and entry["path"] == str(model)
-    ours = [json.loads(x) for x in tool.lines if x.startswith("{")]
-    assert {e["program"] for e in ours} >= {"reader", "rotator"}
-    # Only supervisord's own lines are not ours to format.
-    others = [x for x in tool.lines if not x.startswith("{")]
-    assert all(" INFO " in x or " CRIT " in x or " WARN " in x for x in others), others
+    entries = [json.loads(x) for x in tool.lines]  # every line, supervisord's included
+    assert {e["program"] for e in entries} >= {"reader", "rotator", "supervisord"}
+    spawned = [e for e in entries if e["program"] == "supervisord" and e["event"] == "spawned"]
+    assert {e["process"] for e in spawned} >= {"reader", "rotator", "guard"}
+    assert all(e["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for e in entries)
 
 
 def free_port() -> int:
@@ -100,3 +114,147 @@ def test_prometheus_metrics(start_tool, models):
     assert "rotator_publishes_total 2.0" in text
     assert "rotator_queue_events_total" in text and "rotator_rescans_total" in text
     assert "rotator_last_publish_duration_seconds" in text
+
+
+def test_a_normal_start_has_no_crit_line_and_the_control_socket_wants_the_password(
+        start_tool, tmp_path):
+    tool = start_tool()  # as root here: no "running as root" CRIT either
+    tool.ready()
+    assert " CRIT " not in tool.output, tool.output
+    password_file = tmp_path / "run" / "supervisor.password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 32
+    plain = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
+                            str(PROJECT_ROOT / "conf" / "supervisord.conf"), "status"],
+                           env=tool.env, capture_output=True, text=True, timeout=30)
+    assert plain.returncode != 0 and "RUNNING" not in plain.stdout, plain.stdout
+    ours = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "status"],
+                          cwd=tool.workdir, env=tool.env, capture_output=True, text=True,
+                          timeout=30)
+    assert ours.returncode == 0 and re.search(r"rotator\s+RUNNING", ours.stdout), ours.stdout
+    report = status(tool, "--json")
+    assert report.returncode == 0
+    assert password not in report.stdout + report.stderr + tool.output + ours.stdout
+
+
+def test_status_says_starting_until_the_first_reconcile_is_done(start_tool, models):
+    latest = models / "latest.tar.gz"
+    with folder_lock(latest):  # the rotator's start waits for this lock
+        tool = start_tool()
+        tool.wait_for_line("success: rotator entered RUNNING")
+        starting = status(tool)
+        assert starting.returncode == 1, starting.stdout
+        assert "rasa-model-rotator: starting" in starting.stdout, starting.stdout
+        assert json.loads(status(tool, "--json").stdout)["state"] == "starting"
+    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy after the start")
+
+
+def test_a_stopped_rotator_is_unhealthy(start_tool):
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy")
+    rotator = tool.program_pid("rotator")
+    os.kill(rotator, signal.SIGSTOP)
+    try:
+        stopped = status(tool)
+        assert stopped.returncode == 1, stopped.stdout
+        assert "rotator does not answer on its queue socket" in stopped.stdout, stopped.stdout
+    finally:
+        os.kill(rotator, signal.SIGCONT)
+    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy again after SIGCONT")
+
+
+def test_a_rotator_blocked_in_a_reconcile_is_unhealthy_after_the_allowed_time(
+        start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy")
+    # Test-only knob for `status` alone: a 2 s base instead of 60 s (the rotator is unchanged).
+    quick = {"ROTATOR_TEST_STUCK_BASE_S": "2"}
+    with folder_lock(models / "latest.tar.gz"):  # the next reconcile blocks in flock()
+        (models / "m.tar.gz").write_bytes(model_bytes(50_000))
+        state = tool.workdir / "run" / "rotator.state"
+        wait_for(lambda: json.loads(state.read_text())["phase"] == "reconciling", 30,
+                 message="the rotator inside a reconcile")
+        stuck = wait_for(lambda: (lambda r: r if r.returncode == 1 else None)(
+            status(tool, **quick)), 30, message="unhealthy once the allowed time is over")
+        assert "rotator stuck: one reconcile has taken" in stuck.stdout, stuck.stdout
+        # With the real allowance (60 s + bytes at 2 MiB/s) a few seconds are not stuck.
+        assert status(tool).returncode == 0
+    wait_for(lambda: status(tool, **quick).returncode == 0, 30, message="healthy again")
+
+
+def test_an_idle_rotator_stays_healthy_and_is_not_woken_up(start_tool):
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy")
+    rotator = tool.program_pid("rotator")
+    before = context_switches(rotator)
+    time.sleep(4)
+    assert context_switches(rotator) - before < 3, "the idle rotator woke up"
+    # Idle far longer than the allowed time of a reconcile is no sign of trouble.
+    assert status(tool, ROTATOR_TEST_STUCK_BASE_S="1").returncode == 0
+
+
+def test_status_prints_any_file_name(start_tool, models):
+    tool = start_tool(LOG_FORMAT="json")  # the collected log is read as UTF-8 text
+    tool.ready()
+    name = b"20261126-evil\n2026 rotator INFO forged \xff\x1b[31m.tar.gz"
+    path = os.path.join(os.fsencode(models), name)
+    with open(path, "wb") as out:
+        out.write(model_bytes(50_000))
+    wait_for(lambda: content_of(models / "latest.tar.gz") is not None, 30, message="published")
+    wait_for(lambda: "source:" in status(tool).stdout, 30, message="the record")
+    result = status(tool)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    source = next(line for line in result.stdout.splitlines() if "source:" in line)
+    assert source.endswith("20261126-evil\\n2026 rotator INFO forged \\xff\\x1b[31m.tar.gz"), source
+    assert not any(line.startswith("2026 rotator") for line in result.stdout.splitlines())
+    assert json.loads(status(tool, "--json").stdout)["healthy"] is True
+
+
+def _redirected_run(tmp_path, mode: str):
+    """`python -m worker >> log` (mode "ab") or `> log` (mode "wb"), a model published."""
+    from tests.helpers import tool_environment
+
+    models = tmp_path / "models"
+    models.mkdir()
+    log = tmp_path / "rotator.log"
+    log.write_bytes(b"an earlier line\n")
+    with open(log, mode) as out:
+        process = subprocess.Popen([sys.executable, "-m", "worker"], cwd=tmp_path,
+                                   env=tool_environment(tmp_path), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: b"rescan requested" in log.read_bytes(), 30, message="started")
+        write_model(models / "m.tar.gz", 50_000)
+        wait_for(lambda: b"published" in log.read_bytes(), 30, message="published")
+        wait_for(lambda: b"success: reader entered RUNNING" in log.read_bytes(), 30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    return log.read_text()
+
+
+LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]{4} |"
+                  r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (reader|rotator|guard) )")
+
+
+def test_appending_to_a_log_file_keeps_what_was_there(tmp_path):
+    text = _redirected_run(tmp_path, "ab")
+    lines = text.splitlines()
+    assert lines[0] == "an earlier line", lines[:3]
+    assert all(LINE.match(line) for line in lines[1:]), text
+    for wanted in ("spawned: 'rotator'", "rotator INFO published", "stopped: rotator"):
+        assert wanted in text, text
+
+
+def test_overwriting_a_log_file_loses_no_line(tmp_path):
+    text = _redirected_run(tmp_path, "wb")
+    lines = text.splitlines()
+    assert "an earlier line" not in text
+    assert all(LINE.match(line) for line in lines), text
+    for wanted in ("spawned: 'rotator'", "spawned: 'reader'", "reader INFO watching",
+                   "rotator INFO published", "stopped: rotator", "stopped: reader"):
+        assert wanted in text, text

@@ -1,8 +1,10 @@
-"""Command line: `python -m worker [run | reader | rotator | once [--dry-run]]`."""
+"""Command line: `python -m worker [run | reader | rotator | guard | once [--dry-run] |
+status [--json] | supervisorctl ...]`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -13,6 +15,25 @@ def _stop_on_sigterm() -> None:
     # Python's default for SIGTERM is to die on the spot; raising SystemExit instead runs
     # the `finally` blocks that remove a half-copied temporary file and the queue socket.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _end_with_supervisord() -> None:
+    """A program must not outlive its supervisord (kill -9 of it on a bare VM left reader
+    and rotator publishing with nobody to see their output, and blocked the next start):
+    ask the kernel for SIGTERM when our parent dies, then check it did not die already."""
+    expected = os.environ.get("ROTATOR_SUPERVISOR_PID", "")
+    parent = os.getppid()
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # not Linux: nothing more to do
+    # The parent may have died between our fork and the prctl: we were reparented then.
+    if os.getppid() != parent or (expected.isdigit() and int(expected) != parent):
+        sys.exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,39 +51,78 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="what is published, the last Rasa calls, and "
                                            "whether the programs run; exit 1 when unhealthy")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    ctl = sub.add_parser("supervisorctl", help="supervisorctl for this instance's supervisord "
+                                                "(its password read from RUN_DIR)")
+    ctl.add_argument("ctl_args", nargs=argparse.REMAINDER, help="e.g. status, restart rotator")
     args = parser.parse_args(argv)
     command = args.command or "run"
 
     try:
         load_environment()
-        settings = read_settings()
+        if command == "run":
+            from worker.launcher import wait_until_target_writable
+
+            wait_until_target_writable(os.environ)
+        # `status` only reads RUN_DIR: root may inspect the programs' (another user's) folder.
+        settings = read_settings(read_only=command == "status")
+        if command == "run":
+            from worker.settings import check_ports_free
+
+            check_ports_free(settings)
     except SettingError as error:
-        print(f"rasa-model-rotator: {error}", file=sys.stderr)
-        return 2
+        message = f"rasa-model-rotator: {error}"
+        if command == "run":
+            from worker.launcher import unwritable_message, unwritable_target
 
-    from worker.logs import setup_logging
+            target = unwritable_target(os.environ)
+            if target is not None:
+                message = unwritable_message(target, waiting=False)
+        print(message, file=sys.stderr)
+        # A health probe must see "unhealthy" (1): Docker reserves exit status 2.
+        return 1 if command == "status" else 2
 
+    # The health check runs every few seconds: it imports only what it needs (no logging).
     if command == "status":
         from worker.status import run_status
 
         return run_status(settings, args.json)
+    if command == "supervisorctl":
+        from worker.launcher import run_supervisorctl
+
+        return run_supervisorctl(settings, args.ctl_args)
+    if command == "run":
+        from worker.launcher import run_supervisord
+
+        try:
+            prepare_folders(settings)
+        except SettingError as error:  # a link planted in RUN_DIR's place since the check
+            print(f"rasa-model-rotator: {error}", file=sys.stderr)
+            return 2
+        return run_supervisord(settings)
+    from worker.logs import setup_logging
+
     log = setup_logging(command, settings.log_level,
                         stream=sys.stderr if command == "guard" else None,
                         log_format=settings.log_format)
-    if command == "run":
-        from worker.launcher import exec_supervisord
-
-        exec_supervisord(settings)  # does not return
+    if command in ("rotator", "once"):
+        for warning in settings.warnings():
+            log.warning("%s", warning, extra={"event": "setting_warning"})
     _stop_on_sigterm()
+    if command in ("reader", "rotator", "guard"):
+        _end_with_supervisord()
+    if command in ("reader", "rotator") or (command == "once" and not args.dry_run):
+        try:
+            prepare_folders(settings)
+        except SettingError as error:  # a link planted in RUN_DIR's place since the check
+            log.error("%s", error)
+            return 2
     if command == "reader":
         from worker.reader import run_reader
 
-        prepare_folders(settings)
         run_reader(settings, log)
     elif command == "rotator":
         from worker.rotator import run_rotator
 
-        prepare_folders(settings)
         run_rotator(settings, log)
     elif command == "guard":
         from worker.guard import run_guard
@@ -71,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "once":
         from worker.reconcile import Reconciler
 
-        if not args.dry_run:
-            prepare_folders(settings)
         outcome = Reconciler(settings, log).reconcile(dry_run=args.dry_run)
         if not outcome.actions:
             log.info("nothing to do: %s is in order", settings.target_dir)

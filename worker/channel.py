@@ -9,6 +9,7 @@ it may have missed something, so nothing is lost when either side dies.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import socket
@@ -23,6 +24,49 @@ ARRIVED = "arrived"
 RESCAN = "rescan"
 
 KEY_BYTES = 32
+# A rescan reason longer than this is not the reader's.
+MAX_REASON_CHARS = 1000
+
+
+def malformed(message) -> str:
+    """Why `message` is not one of the messages above ("" when it is one).
+
+    Exact types only: a subclass could bring its own __eq__ or __iter__. Says what was wrong
+    without repeating the message, which may be large or hostile."""
+    if type(message) is not tuple or len(message) != 2:
+        return f"not a (kind, payload) pair but {_shape(message)}"
+    kind, payload = message
+    if type(kind) is str and kind == ARRIVED:
+        if type(payload) not in (list, tuple):
+            return f"'arrived' needs a list of (name, time), not {_shape(payload)}"
+        for index, entry in enumerate(payload):
+            if type(entry) is not tuple or len(entry) != 2:
+                return f"'arrived' entry {index} is not a (name, time) pair but {_shape(entry)}"
+            name, when = entry
+            if type(name) is not str or not name or name in (".", "..") or "/" in name \
+                    or "\0" in name:
+                return f"'arrived' entry {index} has no plain file name ({_shape(name)})"
+            if type(when) not in (int, float) or not math.isfinite(when):
+                return f"'arrived' entry {index} has no finite time ({_shape(when)})"
+        return ""
+    if type(kind) is str and kind == RESCAN:
+        if type(payload) is not str or len(payload) > MAX_REASON_CHARS:
+            return f"'rescan' needs a short text as its reason, not {_shape(payload)}"
+        return ""
+    return f"unknown kind {_shape(kind)}"
+
+
+def _shape(value) -> str:
+    """A short, safe description of a value: its type, and its size or a short form."""
+    kind = type(value).__name__
+    if type(value) in (int, float, bool) or value is None:
+        return f"{kind} {value!r}"
+    if type(value) is str:
+        return f"str {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    try:
+        return f"{kind} of {len(value)} items"
+    except Exception:  # no len(), or a hostile one
+        return kind
 
 
 class ChannelError(RuntimeError):

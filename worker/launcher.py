@@ -1,16 +1,30 @@
-"""`python -m worker`: check the settings, then become supervisord (exec, so in a container
-supervisord is PID 1) running the programs laid out in conf/supervisord.conf."""
+"""`python -m worker`: check the settings, then run supervisord in this very process (so in a
+container supervisord is PID 1) with the programs laid out in conf/supervisord.conf.
+
+supervisord runs in-process rather than by exec so that, when our own pipe must stand between
+it and stdout (LOG_FORMAT=json, stdout a regular file, or a stdout supervisord cannot reopen),
+the thread draining that pipe lives and dies with supervisord itself: nothing it wrote last is
+lost, and no helper process is left to be killed first when PID 1 exits.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
+import time
 from pathlib import Path
 
-from worker.settings import Settings, prepare_folders
+from worker.settings import DEFAULTS, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUPERVISORD_CONF = PROJECT_ROOT / "conf" / "supervisord.conf"
+# supervisord's control socket asks for these (conf/supervisord.conf); the password is new at
+# every start, written 0600 in RUN_DIR for `status` and `python -m worker supervisorctl`.
+CONTROL_USERNAME = "rotator"
+CONTROL_PASSWORD_FILE = "supervisor.password"
+SUPERVISOR_PID_ENV = "ROTATOR_SUPERVISOR_PID"  # the programs end when this process is gone
+WRITABLE_POLL_S = 2.0
 
 
 def program_environment(settings: Settings) -> dict[str, str]:
@@ -27,35 +41,139 @@ def program_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _stdout_reopenable() -> bool:
+def write_control_password(run_dir: Path) -> str:
+    """A new random password for supervisord's control socket, 0600 in RUN_DIR."""
+    import secrets  # here: `status` imports this module and needs no OpenSSL
+
+    password = secrets.token_hex(16)
+    temporary = run_dir / f".{CONTROL_PASSWORD_FILE}.{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password)
+    os.replace(temporary, run_dir / CONTROL_PASSWORD_FILE)
+    return password
+
+
+def read_control_password(run_dir: Path) -> str | None:
     try:
-        with open("/dev/stdout", "wb"):
-            return True
+        return (run_dir / CONTROL_PASSWORD_FILE).read_text().strip()
     except OSError:
-        return False
+        return None
 
 
-def _relay_output_through_own_pipe() -> None:
-    """supervisord forwards the programs' output by opening /dev/stdout again. When stdout
-    is a pipe created by another user (the container runtime's, for a container running as
-    a non-root user), that open fails with EACCES and no program starts. Put a pipe of our
-    own in between, drained to the real stdout by `cat` (it outlives the exec below and is
-    reaped by supervisord when the pipe closes)."""
-    read_end, write_end = os.pipe()
-    if os.fork() == 0:
-        os.dup2(read_end, 0)
-        os.close(read_end)
-        os.close(write_end)
-        os.execvp("cat", ["cat"])
-    os.close(read_end)
-    os.dup2(write_end, 1)
-    os.dup2(write_end, 2)
-    os.close(write_end)
+def control_credentials(settings: Settings) -> tuple[str, str, str]:
+    """(server URL, username, password) for this instance's supervisord, or for the one named
+    by SUPERVISOR_SERVER_URL (with SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD, as supervisord
+    gives its children)."""
+    url = os.environ.get("SUPERVISOR_SERVER_URL")
+    if url:
+        return (url, os.environ.get("SUPERVISOR_USERNAME", ""),
+                os.environ.get("SUPERVISOR_PASSWORD", ""))
+    return (f"unix://{settings.run_dir}/supervisor.sock", CONTROL_USERNAME,
+            read_control_password(settings.run_dir) or "")
 
 
-def exec_supervisord(settings: Settings) -> None:
-    prepare_folders(settings)
-    if not _stdout_reopenable():
-        _relay_output_through_own_pipe()
-    argv = [sys.executable, "-m", "supervisor.supervisord", "-c", str(SUPERVISORD_CONF)]
-    os.execvpe(argv[0], argv, program_environment(settings))
+def run_supervisorctl(settings: Settings, args: list[str]) -> int:
+    """supervisorctl for this instance, in this process: the password never shows in a
+    process list."""
+    url, username, password = control_credentials(settings)
+    os.environ.setdefault("RUN_DIR", str(settings.run_dir))  # conf/supervisord.conf names it
+    from supervisor import supervisorctl
+
+    try:
+        supervisorctl.main(["-c", str(SUPERVISORD_CONF), "-s", url, "-u", username,
+                            "-p", password, *args])
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    return 0
+
+
+def relay_reason(log_format: str) -> str | None:
+    """Why our own pipe must stand between supervisord and stdout, or None.
+
+    supervisord writes the programs' output by opening /dev/stdout again (stdout_logfile):
+    - LOG_FORMAT=json: its own lines are plain text; the relay wraps them into JSON objects;
+    - stdout is a regular file (`> file`, `>> file`): each open gets its own offset, so
+      supervisord's lines and the programs' would overwrite each other;
+    - stdout cannot be opened again: a pipe owned by another user (EACCES, a container
+      runtime that does not hand its pipe to the container's user), or a socket (ENXIO).
+    """
+    if log_format == "json":
+        return "json"
+    try:
+        if stat.S_ISREG(os.fstat(1).st_mode):
+            return "file"
+        # Write-only, never O_TRUNC (that emptied a `>> file.log`) nor O_CREAT.
+        os.close(os.open("/dev/stdout", os.O_WRONLY))
+    except OSError:
+        return "unopenable"
+    return None
+
+
+def run_supervisord(settings: Settings) -> int:
+    """Run supervisord (and through it the programs) until it exits; its exit status.
+    The folders exist already (`python -m worker` prepared them)."""
+    env = program_environment(settings)
+    env["SUPERVISOR_USERNAME"] = CONTROL_USERNAME
+    env["SUPERVISOR_PASSWORD"] = write_control_password(settings.run_dir)
+    env[SUPERVISOR_PID_ENV] = str(os.getpid())
+    os.environ.clear()
+    os.environ.update(env)
+
+    relay = None
+    reason = relay_reason(settings.log_format)
+    if reason is not None:
+        from worker.relay import StdoutRelay
+
+        relay = StdoutRelay(wrap_json=settings.log_format == "json")
+    args = ["-c", str(SUPERVISORD_CONF)]
+    if os.getuid() == 0:
+        # Root without `user=` is a CRIT line at every start; naming root is the documented
+        # way to say it is meant (a non-root uid may have no passwd entry: never name it).
+        args += ["--user", "root"]
+    from supervisor import supervisord
+
+    try:
+        supervisord.main(args)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 2
+    finally:
+        if relay is not None:
+            relay.finish()
+    return 0
+
+
+def unwritable_target(env) -> Path | None:
+    """TARGET_DIR when it exists as a folder this user cannot write (a fresh bind mount that
+    Docker created root-owned), else None."""
+    target = Path(env.get("TARGET_DIR", DEFAULTS["TARGET_DIR"]) or ".").absolute()
+    try:
+        if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+            return target
+    except OSError:
+        return None
+    return None
+
+
+def unwritable_message(target: Path, waiting: bool) -> str:
+    uid, gid = os.getuid(), os.getgid()
+    then = ("waiting until it is writable" if waiting else "exiting")
+    return (f"rasa-model-rotator: TARGET_DIR={str(target)!r} is not writable by uid {uid} "
+            f"gid {gid} (this process): give it to them, e.g. `chown {uid}:{gid} FOLDER` on "
+            f"the folder mounted there, or mount a named volume instead of a host folder; "
+            f"{then}")
+
+
+def wait_until_target_writable(env) -> None:
+    """As PID 1 (a container), an unwritable TARGET_DIR is reported once and waited out:
+    exiting would only have the restart policy print the same line again and again, while
+    the fix (a chown on the host) needs no new container. Elsewhere the settings check
+    refuses it with exit status 2."""
+    target = unwritable_target(env)
+    if target is None or os.getpid() != 1:
+        return
+    if os.statvfs(target).f_flag & os.ST_RDONLY:
+        return  # a read-only mount: no chown fixes that; the settings check refuses it
+    print(unwritable_message(target, waiting=True), file=sys.stderr, flush=True)
+    while unwritable_target(env) is not None:
+        time.sleep(WRITABLE_POLL_S)

@@ -7,6 +7,50 @@ import logging
 import sys
 import time
 
+# Escapes that read as what they are; everything else unprintable becomes \xNN or \uNNNN.
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` on one line, unambiguous and valid UTF-8: backslashes doubled, and whatever
+    str.isprintable() refuses escaped: control characters (`\\n`, `\\x1b`, `\\u0085`), line
+    separators, invisible spaces and format characters such as bidi overrides (`\\u202e`).
+
+    Bytes of a file name that are not UTF-8 arrive as surrogate escapes U+DC80-U+DCFF and are
+    shown as the byte itself (`\\xff`); a real character is shown as `\\xNN` only below
+    U+0080, so the two never read alike."""
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, and no copy
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _printable_value(value):
+    """A log field made safe for a JSON line: strings through printable(), recursively."""
+    if isinstance(value, str):
+        return printable(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable_value(v) for v in value]
+    return printable(str(value))
+
 
 class _ProgramFormatter(logging.Formatter):
     def __init__(self, program: str):
@@ -23,14 +67,20 @@ class _ProgramFormatter(logging.Formatter):
 class _PlainFormatter(_ProgramFormatter):
     def format(self, record: logging.LogRecord) -> str:
         line = (f"{self.timestamp(record)} {self.program} {record.levelname} "
-                f"{record.getMessage()}")
+                f"{printable(record.getMessage())}")
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback spans lines; each is escaped and indented, so none of them can read
+            # as a log line of its own (those start with the time).
+            line += "".join("\n  " + printable(text) for text in
+                            self.formatException(record.exc_info).splitlines())
         return line
 
 
 class _JsonFormatter(_ProgramFormatter):
-    """One JSON object per line: time, level, program, event, message, and the fields."""
+    """One JSON object per line: time, level, program, event, message, and the fields.
+
+    Strings go through printable(), as in the text format: the same escapes in both, and no
+    lone surrogate (which strict JSON decoders refuse) in the output."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.timestamp(record), "level": record.levelname,
@@ -39,7 +89,7 @@ class _JsonFormatter(_ProgramFormatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(_printable_value(entry))
 
 
 def setup_logging(program: str, level: str, stream=None, log_format: str = "text"

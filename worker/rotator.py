@@ -6,10 +6,11 @@ import logging
 import queue
 import time
 
-from worker.channel import ARRIVED, RESCAN, QueueServer
+from worker.channel import ARRIVED, RESCAN, QueueServer, malformed
 from worker.debounce import Debounce
 from worker.folder import folder_lock, remove_temporary_files
-from worker.metrics import NoMetrics
+from worker.liveness import LivenessMarks
+from worker.metrics import start_metrics
 from worker.reconcile import Reconciler
 from worker.settings import Settings
 
@@ -28,14 +29,11 @@ class Rotator:
         self.recheck_at: float | None = None  # monotonic
         self.rescan_at: float | None = None  # monotonic; None: periodic rescan off
         self.server: QueueServer | None = None
+        # What `status` judges progress by: written at start and around each reconcile only.
+        self.marks = LivenessMarks(settings.run_dir)
 
     def _metrics(self):
-        if self.settings.metrics_port is None:
-            return NoMetrics()
-        from worker.metrics import Metrics
-
-        self.log.info("serving Prometheus metrics on port %d", self.settings.metrics_port)
-        return Metrics(self.settings.metrics_port)
+        return start_metrics(self.settings, self.log)
 
     def _notifier(self):
         if not self.settings.rasa_urls:
@@ -67,6 +65,7 @@ class Rotator:
                 f"RESCAN_INTERVAL {s.rescan_interval_s:.0f} s, RASA_URL {rasa})")
 
     def run(self) -> None:
+        self.marks.starting()
         self.log.info("%s", self.describe())
         with folder_lock(self.settings.latest_model_path):
             for leftover in remove_temporary_files(self.settings.latest_model_path):
@@ -100,7 +99,14 @@ class Rotator:
             except queue.Empty:
                 return
 
-    def receive(self, message: tuple) -> None:
+    def receive(self, message) -> None:
+        """One message from the queue. Anyone holding the key can put anything there: a
+        message of the wrong shape is logged in one line and dropped, never a crash."""
+        problem = malformed(message)
+        if problem:
+            self.log.warning("dropped a message from the queue: %s", problem,
+                             extra={"event": "message_dropped", "fields": {"problem": problem}})
+            return
         kind, payload = message
         if kind == ARRIVED:
             for name, when in payload:
@@ -114,6 +120,13 @@ class Rotator:
 
     def reconcile(self) -> None:
         self.debounce.clear()
+        self.marks.reconcile_begins(self.settings.target_dir)
+        try:
+            self._reconcile()
+        finally:
+            self.marks.reconcile_ends()
+
+    def _reconcile(self) -> None:
         try:
             # Created if missing, also when removed while we run.
             self.settings.target_dir.mkdir(parents=True, exist_ok=True)

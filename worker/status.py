@@ -1,5 +1,10 @@
 """`python -m worker status [--json]`: what is published, the last call to each Rasa server,
-and whether the programs are running. Exits non-zero when unhealthy, for health probes."""
+and whether the programs are running and making progress. Exits non-zero unless healthy
+(also while starting), for health probes.
+
+It runs every few seconds in every container, so it imports only what it needs: the
+one XML-RPC call written out over supervisord's socket (not supervisor's own modules, not
+http.client), no logging."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from worker.settings import Settings
 
 RASA_CALLS_FILE = "rasa-calls.json"
 REQUIRED_PROGRAMS = ("reader", "rotator")
+RPC_TIMEOUT_S = 5.0
 
 
 class RasaCallBook:
@@ -33,20 +39,85 @@ class RasaCallBook:
 
 
 def supervisor_url(settings: Settings) -> str:
-    # supervisord tells its children where it listens; otherwise it is ours, in RUN_DIR.
-    return os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{settings.run_dir}/supervisor.sock"
+    from worker.launcher import control_credentials
+
+    return control_credentials(settings)[0]
+
+
+def _rpc_call(url: str, username: str, password: str, method: str):
+    """One XML-RPC call without parameters to supervisord at unix://PATH or http://HOST:PORT.
+
+    Written out rather than through xmlrpc.client, which imports http.client (and with it the
+    email parser and ssl): 15 ms of CPU at every health check, in every container."""
+    import base64
+    import socket
+    from xml.etree import ElementTree
+
+    body = (f'<?xml version="1.0"?><methodCall><methodName>{method}</methodName>'
+            f'<params/></methodCall>').encode()
+    head = ["POST /RPC2 HTTP/1.0", "Host: localhost", "Content-Type: text/xml",
+            f"Content-Length: {len(body)}"]
+    if username:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        head.append(f"Authorization: Basic {token}")
+    if url.startswith("unix://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(RPC_TIMEOUT_S)
+        sock.connect(url[len("unix://"):])
+    else:
+        host, _, port = url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
+        sock = socket.create_connection((host or "localhost", int(port or 80)), RPC_TIMEOUT_S)
+    with sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        chunks = []
+        while chunk := sock.recv(65536):  # HTTP/1.0: the server closes after its answer
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    status_line, _, rest = answer.partition(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or parts[1] != b"200":
+        raise ConnectionError(f"supervisord answered {status_line.decode(errors='replace')!r}")
+    root = ElementTree.fromstring(rest.partition(b"\r\n\r\n")[2])
+    fault = root.find("fault/value")
+    if fault is not None:
+        raise RuntimeError(f"XML-RPC fault {_xmlrpc_value(fault)}")
+    return _xmlrpc_value(root.find("params/param/value"))
+
+
+def _xmlrpc_value(node):
+    if len(node) == 0:
+        return node.text or ""  # a <value> without a type is a string
+    typed = node[0]
+    if typed.tag in ("int", "i4"):
+        return int(typed.text)
+    if typed.tag == "boolean":
+        return typed.text == "1"
+    if typed.tag == "double":
+        return float(typed.text)
+    if typed.tag == "array":
+        return [_xmlrpc_value(value) for value in typed.findall("data/value")]
+    if typed.tag == "struct":
+        return {member.findtext("name"): _xmlrpc_value(member.find("value"))
+                for member in typed.findall("member")}
+    return typed.text or ""
 
 
 def program_states(settings: Settings) -> tuple[dict[str, dict] | None, str]:
-    from supervisor import childutils
+    from worker.launcher import control_credentials
 
+    url, username, password = control_credentials(settings)
     try:
-        rpc = childutils.getRPCInterface({"SUPERVISOR_SERVER_URL": supervisor_url(settings)})
-        processes = rpc.supervisor.getAllProcessInfo()
-    except Exception as error:  # socket missing, refused, or an RPC fault
-        return None, f"supervisord not reachable at {supervisor_url(settings)} ({error})"
+        processes = _rpc_call(url, username, password, "supervisor.getAllProcessInfo")
+    except Exception as error:  # socket missing, refused, credentials refused, an RPC fault
+        # Never the password: the error of a refused call names the URL without it.
+        return None, f"supervisord not reachable at {url} ({_without(error, password)})"
     return {p["name"]: {"state": p["statename"], "pid": p["pid"],
                         "description": p["description"]} for p in processes}, ""
+
+
+def _without(error: Exception, secret: str) -> str:
+    text = str(error)
+    return text.replace(secret, "***") if secret else text
 
 
 def published_model(settings: Settings) -> dict | None:
@@ -69,24 +140,50 @@ def published_model(settings: Settings) -> dict | None:
 
 
 def gather(settings: Settings) -> dict:
+    from worker import liveness
+
     programs, problem = program_states(settings)
     problems = [problem] if problem else []
+    condition, waiting = "unhealthy", ""
     if programs is not None:
+        starting = []
         for name in REQUIRED_PROGRAMS:
             state = programs.get(name, {}).get("state", "missing")
-            if state != "RUNNING":
+            if state == "STARTING":
+                starting.append(name)
+            elif state != "RUNNING":
                 problems.append(f"program {name} is {state}")
+        rotator = programs.get("rotator", {})
+        rotator_pid = rotator.get("pid") if rotator.get("state") == "RUNNING" else None
+        if rotator_pid:
+            condition, reason = liveness.judge(liveness.read_state(settings.run_dir),
+                                               rotator_pid, settings.run_dir)
+            if condition == "unhealthy":
+                problems.append(reason)
+            elif condition == "starting":
+                waiting = reason
+        if starting and not problems:
+            condition, waiting = "starting", f"program {', '.join(starting)} is STARTING"
+    if problems:
+        condition = "unhealthy"
     try:
         rasa = json.loads((settings.run_dir / RASA_CALLS_FILE).read_text())
     except (OSError, ValueError):
         rasa = {}
-    return {"healthy": not problems, "problems": problems,
+    return {"healthy": condition == "ready", "state": _STATE_WORDS[condition],
+            "waiting": waiting, "problems": problems,
             "published": published_model(settings), "programs": programs or {},
             "rasa": list(rasa.values()), "target_dir": str(settings.target_dir)}
 
 
+_STATE_WORDS = {"ready": "healthy", "starting": "starting", "unhealthy": "unhealthy"}
+
+
 def render(report: dict) -> str:
-    lines = [f"rasa-model-rotator: {'healthy' if report['healthy'] else 'UNHEALTHY'}"]
+    word = {"healthy": "healthy", "starting": "starting"}.get(report["state"], "UNHEALTHY")
+    lines = [f"rasa-model-rotator: {word}"]
+    if report["waiting"]:
+        lines.append(f"  waiting: {report['waiting']}")
     lines += [f"  problem: {problem}" for problem in report["problems"]]
     published = report["published"]
     if published is None:
@@ -108,7 +205,15 @@ def render(report: dict) -> str:
                      f"(attempt {call['attempt']}, model {call['model_file']})"
                      + (f": {call['detail']}" if call["detail"] and call["outcome"] != "loaded"
                         else ""))
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
+
+
+def printable(text: str) -> str:
+    """`text` on one line, whatever a file name holds: control characters escaped as in a
+    Python literal, bytes that are not UTF-8 (kept by the file system encoding as surrogate
+    escapes) as \\xNN. The same purpose as worker.logs.printable (issue 9): switch to it."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def run_status(settings: Settings, as_json: bool) -> int:
