@@ -228,6 +228,7 @@ FIFO_DRIVER = PRELUDE + textwrap.dedent('''
     base, where = Path(sys.argv[1]), sys.argv[2]
     folder = base / "models"
     settings = settings_for(folder, base / "run")
+    os.mkfifo(folder / where)  # after the start: put there while the rotator runs
     contents = {"a": (folder / "a.tar.gz").read_bytes()}
     outcome = Reconciler(settings).reconcile()
     print(json.dumps({"actions": kinds(outcome), **snapshot(folder, contents)}))
@@ -248,7 +249,6 @@ def test_a_fifo_where_a_file_of_ours_belongs_never_blocks(tmp_path, where):
         Reconciler(read_settings({"TARGET_DIR": str(folder), "RUN_DIR": str(tmp_path / "run"),
                                   "THROTTLE_DELAY": "0"})).reconcile()
         (folder / where).unlink()
-    os.mkfifo(folder / where)
     try:
         result = subprocess.run([sys.executable, "-c", FIFO_DRIVER, str(tmp_path), where],
                                 env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
