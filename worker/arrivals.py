@@ -106,6 +106,7 @@ class ArrivalJournal:
 
     def note_event(self, name: str, when: float, version: Version, now: float) -> Arrival:
         """An event announced `name` at `when`; at `now` it holds `version`."""
+        when = min(when, now)  # the reader runs on this host: a later time is no event's
         known = self.lookup(name, version)
         if known is not None and known.event_at is not None:
             # The same version announced again: a close without a write, or the reader's
