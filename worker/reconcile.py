@@ -248,6 +248,8 @@ class Reconciler:
             self._clear_reported("record")
         except OSError as error:
             self._record_unsaved = True
+            outcome.recheck(self.clock() + max(self.settings.throttle_delay_s,
+                                               RETRY_AFTER_ERROR_S))
             self._fail_once(outcome, ("record", error.errno), self.settings.latest_model_path,
                             f"published, but its record could not be saved: {error}")
 
