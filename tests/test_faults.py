@@ -363,3 +363,37 @@ def test_a_hidden_temp_file_is_never_a_model_even_with_pattern_star(tmp_path):
     other.write_bytes(b"partial")
     outcome = Reconciler(settings).reconcile(dry_run=True)
     assert outcome.actions == [], outcome.actions
+
+
+def test_events_survive_a_journal_that_cannot_be_saved(tmp_path):
+    """Found beyond the list: with the disk full, the arrival journal cannot be written. The
+    events bound in that reconcile must not be forgotten, or once space is back a rollback
+    seen after a newer model would be ordered by its old file time and lose."""
+    report = run_on_tmpfs(tmp_path, "2m", '''
+        disk, run = Path(sys.argv[1]), Path(sys.argv[2])
+        folder = disk / "models"
+        folder.mkdir()
+        settings = settings_for(folder, run)
+        contents = {"a": model(folder / "a.tar.gz", 20_000, "a", age_s=7200)}
+        reconciler = Reconciler(settings)
+        reconciler.reconcile()
+        contents["new"] = model(folder / "new.tar.gz", 20_000, "new", age_s=1)
+        reconciler.note_arrival("new.tar.gz", time.time())
+        contents["rollback"] = model(folder / "rollback.tar.gz", 20_000, "rollback",
+                                     age_s=3600)  # moved back in: its old mtime
+        reconciler.note_arrival("rollback.tar.gz", time.time())
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # every last block
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            os.close(fd)
+        full = kinds(reconciler.reconcile())
+        filler.unlink()
+        reconciler.reconcile()
+        print(json.dumps({"full": full, **snapshot(folder, contents)}))
+    ''')
+    assert any("could not save arrival times" in a[2] for a in report["full"]), report
+    assert report["latest"] == "rollback", report
+    assert "rollback.tar.gz" in report["files"]

@@ -100,6 +100,7 @@ class Reconciler:
         self._checks: dict[tuple, ArchiveInfo | BrokenArchive] = {}
         self._reported: set[tuple] = set()
         self._record_unsaved = False  # self.record is right, the file beside latest is not
+        self._bound: list[tuple[str, float]] = []  # events this reconcile put in the journal
 
     def note_arrival(self, name: str, when: float) -> None:
         """A close_write or moved_to for `name` was seen at wall-clock time `when`."""
@@ -139,6 +140,9 @@ class Reconciler:
             journal.keep_only({m.name for m in models} | {LATEST_KEY}, now, complete=True)
             try:
                 journal.save()
+                for name, when in self._bound:
+                    if self.pending.get(name) == when:
+                        del self.pending[name]
                 self._clear_reported("journal")
             except OSError as error:
                 self._fail_once(outcome, ("journal", error.errno), journal.path,
@@ -149,12 +153,12 @@ class Reconciler:
 
     def _learn_arrivals(self, models, journal, now, dry_run) -> dict[str, Arrival]:
         present = {m.name: m for m in models}
+        self._bound = []
         for name, when in list(self.pending.items()):
             model = present.get(name)
             if model is not None:
                 journal.note_event(name, when, _version(model), now)
-                if not dry_run:
-                    del self.pending[name]
+                self._bound.append((name, when))  # forgotten once the journal has it
             elif name != self._latest_name_here() and not dry_run:
                 del self.pending[name]  # gone again: nothing to order
         # Files found in one look are ordered among themselves by their file times.
