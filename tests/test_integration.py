@@ -395,3 +395,64 @@ def test_a_failing_reconcile_is_retried_not_crashed(start_tool, models, tmp_path
     wait_for(lambda: content_of(public / "latest.tar.gz") == model.read_bytes(), 30,
              message=f"published once the folder can be made again\n{tool.output}")
     assert tool.program_pid("rotator") == rotator, "the rotator was restarted"
+
+
+# -- issue 8: never lose a model, end to end -------------------------------------------------
+
+def test_a_rollback_seen_while_the_rotator_was_down_survives_its_restart(start_tool, models,
+                                                                         tmp_path):
+    """Observation 3: an older model moved back in while the rotator was down (the reader
+    was up and saw moved_to) was deleted by the restarted rotator under the mtime rule."""
+    tool = start_tool()
+    tool.ready()
+    new = models / "new.tar.gz"
+    write_model(new, 50_000, model_id="new")
+    latest_is(models, new.read_bytes())
+    assert _supervisorctl(tool, "stop", "rotator").returncode == 0
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    old = archive / "old.tar.gz"
+    write_model(old, 50_000, model_id="old")
+    set_mtime(old, time.time() - 3600)
+    rolled_back = old.read_bytes()
+    os.rename(old, models / "old.tar.gz")  # mv keeps the old mtime
+    journal = models / ".latest.tar.gz.arrivals.json"
+    wait_for(lambda: '"old.tar.gz"' in (content_of(journal) or b"").decode(),
+             message="the reader to keep the arrival it could not deliver")
+    assert _supervisorctl(tool, "start", "rotator").returncode == 0
+    latest_is(models, rolled_back)
+    only_models(models, "old.tar.gz")
+    assert "deleted" not in "".join(line for line in tool.lines if "old.tar.gz" in line)
+
+
+def test_rasa_writing_latest_itself_is_never_overwritten(start_tool, models):
+    """Observation 5: Rasa's --fixed-model-name latest streams into latest.tar.gz in place;
+    the rotator published an older model over it meanwhile, and Rasa's model was lost."""
+    tool = start_tool(RESCAN_INTERVAL="1", KEEP_PREVIOUS="1")
+    tool.ready()
+    for name in ("a", "b"):
+        write_model(models / f"{name}.tar.gz", 50_000, model_id=name)
+        latest_is(models, (models / f"{name}.tar.gz").read_bytes())
+    mark = tool.line_count()
+    # Rasa's way: open the final path with O_TRUNC, stream for a while, close.
+    write_model(models / "latest.tar.gz", 3_000_000, model_id="rasa", chunks=12,
+                chunk_pause_s=0.15)
+    rasa_model = (models / "latest.tar.gz").read_bytes()
+    tool.wait_for_line("adopted", after=mark)
+    only_models(models, "b.tar.gz")  # a arrived before Rasa's model; b kept (KEEP_PREVIOUS)
+    time.sleep(1.5)  # a rescan (1 s) and a debounce after it: any wrong publish has happened
+    assert content_of(models / "latest.tar.gz") == rasa_model
+    assert " INFO published " not in "\n".join(tool.lines[mark:])
+
+
+def test_a_normal_start_logs_no_warning(start_tool, models):
+    """Issue 11: the reader starts right beside the rotator, which needs a moment to serve
+    its queue; that is no reason for a WARNING."""
+    tool = start_tool()
+    tool.ready()
+    model = models / "m.tar.gz"
+    write_model(model, 50_000)
+    latest_is(models, model.read_bytes())
+    warnings = [line for line in tool.lines
+                if " reader WARNING " in line or " rotator WARNING " in line]
+    assert warnings == []

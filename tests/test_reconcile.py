@@ -36,7 +36,8 @@ def add_model(folder: Path, name: str, age_s: float = 60.0, model_id: str | None
 
 
 def names(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+    """The folder's names, but the arrival journal (tested on its own)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".latest.tar.gz.arrivals.json")
 
 
 def kinds(outcome) -> list[tuple[str, str]]:
@@ -131,7 +132,8 @@ def test_a_model_written_while_stopped_is_published_after_a_restart(settings, fo
     add_model(folder, "a.tar.gz", age_s=100)
     Reconciler(settings).reconcile()
     later = folder / "b.tar.gz"
-    write_model(later, 10_000)  # mtime now: after the publish began
+    write_model(later, 10_000)
+    set_mtime(later, time.time() - 2)  # written while stopped, unchanged since
     Reconciler(settings).reconcile()
     assert settings.latest_model_path.read_bytes() == later.read_bytes()
 
@@ -175,13 +177,29 @@ def test_pruning_never_touches_what_it_must_not(settings, folder, tmp_path):
 def test_a_whole_model_changed_within_the_throttle_delay_is_not_deleted(settings, folder):
     add_model(folder, "a.tar.gz", age_s=0.2)
     add_model(folder, "b.tar.gz", age_s=0.1)
-    outcome = Reconciler(settings).reconcile()
+    reconciler = Reconciler(settings)
+    reconciler.note_arrival("b.tar.gz", time.time())  # closed: publishable at once
+    outcome = reconciler.reconcile()
     assert ("published", "b.tar.gz") in kinds(outcome)
     assert (folder / "a.tar.gz").exists()
     assert outcome.recheck_at is not None
     time.sleep(max(0.0, outcome.recheck_at - time.time()) + 0.05)
     Reconciler(settings).reconcile()
     assert not (folder / "a.tar.gz").exists()
+
+
+def test_a_file_that_may_still_be_written_is_not_copied(settings, folder):
+    """Observation 10: publishing a file changed within THROTTLE_DELAY (no close seen since)
+    meant a full copy, then a "changed" warning. It waits until it is quiet instead."""
+    add_model(folder, "old.tar.gz", age_s=100)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    add_model(folder, "fresh.tar.gz", age_s=0.1)
+    outcome = reconciler.reconcile()
+    assert outcome.actions == [], "a file that may still be written was copied"
+    assert outcome.recheck_at is not None
+    time.sleep(max(0.0, outcome.recheck_at - time.time()) + 0.05)
+    assert ("published", "fresh.tar.gz") in kinds(reconciler.reconcile())
 
 
 def test_a_second_reconcile_does_nothing(settings, folder):
@@ -222,6 +240,7 @@ def test_latest_published_by_someone_else_is_adopted_with_its_source(settings, f
 def test_a_broken_latest_is_replaced(settings, folder):
     source = add_model(folder, "a.tar.gz", age_s=300)
     settings.latest_model_path.write_bytes(source.read_bytes()[:-50])
+    set_mtime(settings.latest_model_path, time.time() - 60)  # nobody is writing it any more
     Reconciler(settings).reconcile()
     assert settings.latest_model_path.read_bytes() == source.read_bytes()
 
@@ -240,9 +259,10 @@ def test_publish_atomically_makes_a_durable_whole_copy(settings, folder):
 
     source = add_model(folder, "a.tar.gz", age_s=5)
     model = list_models(folder, "*.tar.gz", settings.latest_model_path)[0]
-    record = publish_atomically(model, settings.latest_model_path, arrived_at=time.time())
+    published = publish_atomically(model, settings.latest_model_path)
     assert check_archive(settings.latest_model_path).size == source.stat().st_size
-    assert record.source == "a.tar.gz" and record.model_id == "a.tar.gz"
+    assert published.info.model_id == "a.tar.gz"
+    assert published.latest_stat.st_ino == settings.latest_model_path.stat().st_ino
     assert os.stat(settings.latest_model_path).st_ino != source.stat().st_ino, "not a copy"
 
 
@@ -306,3 +326,200 @@ def test_reconciles_of_one_folder_take_turns(settings, folder):
         assert not settings.latest_model_path.exists()
     assert finished.wait(10)
     assert settings.latest_model_path.exists()
+
+
+# -- issue 8: never lose a model ----------------------------------------------------------
+
+DAY = 24 * HOUR
+
+
+def rasa_would_load(folder: Path) -> Path:
+    """Rasa 3.6's `rasa run --model <folder>` (rasa/model.py, get_latest_model)."""
+    import glob
+
+    return Path(max(glob.glob(os.path.join(folder, "*.tar.gz")), key=os.path.getmtime))
+
+
+def run_once(settings, *args) -> str:
+    """`python -m worker once`: a separate process with the same settings."""
+    import subprocess
+    import sys
+
+    from tests.helpers import PROJECT_ROOT
+
+    env = {**os.environ, **{k: v for k, v in settings.as_environment().items()
+                            if k in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY",
+                                     "KEEP_PREVIOUS", "RUN_DIR", "IGNORE_FILE_PATHS",
+                                     "PUBLISH_MODE")},
+           "PYTHONPATH": str(PROJECT_ROOT)}
+    result = subprocess.run([sys.executable, "-m", "worker", "once", *args], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_future_mtime_never_beats_a_model_seen_arriving_later(tmp_path):
+    """Observation 2: a model copied with its mtime a day ahead (cp -p from a host with a
+    fast clock) beat the model that really arrived after it once the rotator restarted, and
+    `once` beside the rotator flipped latest back too."""
+    settings = make_settings(tmp_path, KEEP_PREVIOUS="1", THROTTLE_DELAY="0")
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    future = add_model(folder, "future.tar.gz", age_s=-DAY)  # found by a rescan
+    reconciler.reconcile()
+    assert read_record(settings.latest_model_path).source == "future.tar.gz"
+    real_newest = add_model(folder, "newest.tar.gz", age_s=10)
+    reconciler.note_arrival("newest.tar.gz", time.time())  # its close_write
+    assert ("published", "newest.tar.gz") in kinds(reconciler.reconcile())
+    assert future.exists()  # KEEP_PREVIOUS=1
+    for again in (Reconciler(settings), reconciler):  # a restart, then the running one
+        assert again.reconcile().actions == []
+    assert "published" not in run_once(settings)
+    assert settings.latest_model_path.read_bytes() == real_newest.read_bytes()
+    assert real_newest.exists()
+
+
+def test_clock_skew_of_days_behind_loses_nothing(tmp_path):
+    """A file server whose clock is a day behind: a model it writes later still has an
+    older mtime than the one this host saw arrive. Once the tool has looked at the folder,
+    a file that was not there then arrived after that look."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "seen.tar.gz", age_s=10)
+    reconciler = Reconciler(settings)
+    reconciler.note_arrival("seen.tar.gz", time.time())
+    reconciler.reconcile()
+    behind = add_model(folder, "from-the-server.tar.gz", age_s=DAY)  # no event (NFS)
+    Reconciler(settings).reconcile()
+    assert behind.exists(), "a model written after the published one was deleted"
+    assert settings.latest_model_path.read_bytes() == behind.read_bytes()
+
+
+def test_a_restart_and_once_use_the_same_arrival_times(tmp_path):
+    """What the rotator learned from events survives it: a rollback seen as an event is
+    still the newest arrival for a restarted rotator and for `once`."""
+    settings = make_settings(tmp_path, KEEP_PREVIOUS="5")
+    folder = settings.target_dir
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for index in range(3):
+        add_model(archive if index == 0 else folder, f"m{index}.tar.gz",
+                  age_s=300 - index * 100)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    os.rename(archive / "m0.tar.gz", folder / "m0.tar.gz")  # mv keeps its old mtime
+    reconciler.note_arrival("m0.tar.gz", time.time())  # rolled back: m0 arrived last
+    reconciler.reconcile()
+    assert read_record(settings.latest_model_path).source == "m0.tar.gz"
+    (folder / "m0.tar.gz").unlink()  # not even its source is needed to know the order
+    assert "published" not in run_once(settings)
+    assert Reconciler(settings).reconcile().actions == []
+
+
+@pytest.mark.parametrize("case", ["crashed-training", "future-broken", "move-rollback",
+                                  "copy-future-kept"])
+def test_a_rasa_restart_loads_the_published_model(tmp_path, case):
+    """Observation 6: `rasa run --model models/` loads the newest mtime among *.tar.gz; a
+    training killed mid-write (or any newer-looking file) left Rasa with nothing loaded."""
+    mode = "move" if case.startswith("move") else "copy"
+    settings = make_settings(tmp_path, PUBLISH_MODE=mode, KEEP_PREVIOUS="1",
+                             THROTTLE_DELAY="0")
+    folder = settings.target_dir
+    reconciler = Reconciler(settings)
+    if case == "crashed-training":
+        add_model(folder, "a.tar.gz", age_s=300)
+        reconciler.reconcile()
+        add_model(folder, "killed.tar.gz", age_s=0, data=model_bytes(50_000)[:20_000])
+    elif case == "future-broken":
+        add_model(folder, "a.tar.gz", age_s=300)
+        reconciler.reconcile()
+        add_model(folder, "skewed.tar.gz", age_s=-DAY, data=b"not even gzip")
+    elif case == "move-rollback":
+        add_model(folder, "newer.tar.gz", age_s=100)
+        add_model(folder, "old.tar.gz", age_s=HOUR)
+        reconciler.note_arrival("old.tar.gz", time.time())  # moved back in: a rollback
+    else:
+        add_model(folder, "future.tar.gz", age_s=-DAY)
+        reconciler.reconcile()
+        add_model(folder, "newest.tar.gz", age_s=5)
+        reconciler.note_arrival("newest.tar.gz", time.time())
+    reconciler.reconcile()
+    published = read_record(settings.latest_model_path)
+    assert rasa_would_load(folder) == settings.latest_model_path, (
+        f"Rasa would load {rasa_would_load(folder).name}, published is {published.source}")
+    # The record still describes latest (the model server's ETag rests on its inode).
+    assert published.describes(settings.latest_model_path.stat())
+    again = Reconciler(settings).reconcile()
+    assert not [a for a in again.actions if a.kind in ("published", "deleted")], again
+    assert rasa_would_load(folder) == settings.latest_model_path
+
+
+def test_rasa_fixed_model_name_writing_latest_is_left_alone_then_adopted(tmp_path):
+    """Observation 5: Rasa's --fixed-model-name latest truncates and rewrites latest.tar.gz in
+    place; the rotator published an older model over it mid-write."""
+    settings = make_settings(tmp_path, KEEP_PREVIOUS="0")
+    folder = settings.target_dir
+    older = add_model(folder, "older.tar.gz", age_s=300)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    inode = settings.latest_model_path.stat().st_ino
+    rasa_model = model_bytes(80_000, model_id="rasa-fixed")
+    with open(settings.latest_model_path, "r+b") as latest:  # O_TRUNC on the same inode
+        latest.truncate(0)
+        latest.write(rasa_model[:30_000])
+        latest.flush()
+        outcome = reconciler.reconcile()
+        assert not [a for a in outcome.actions if a.kind in ("published", "deleted")], outcome
+        assert "being written by another program" in str(outcome.actions)
+        latest.write(rasa_model[30_000:])
+    reconciler.note_arrival("latest.tar.gz", time.time())  # its close_write
+    outcome = reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == rasa_model
+    assert settings.latest_model_path.stat().st_ino == inode
+    assert kinds(outcome) == [("deleted", "older.tar.gz")], "the older model outlived it"
+    assert read_record(settings.latest_model_path).model_id == "rasa-fixed"
+    for again in (reconciler, Reconciler(settings)):
+        assert again.reconcile().actions == []
+    assert settings.latest_model_path.read_bytes() == rasa_model
+    # A model that arrives after Rasa's own write is newer: it is published as usual.
+    newer = add_model(folder, "newer.tar.gz", age_s=5)
+    reconciler.note_arrival("newer.tar.gz", time.time())
+    assert ("published", "newer.tar.gz") in kinds(reconciler.reconcile())
+    assert settings.latest_model_path.read_bytes() == newer.read_bytes()
+    assert not older.exists()
+
+
+def test_a_good_model_survives_archives_that_only_look_whole(tmp_path):
+    """Observation 7 at the folder level: each of these was published and the good model
+    deleted."""
+    import gzip
+    import tarfile
+
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    good = add_model(folder, "good.tar.gz", age_s=300)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    raw = gzip.decompress(model_bytes(20_000))
+    first_member_end = 512 + (int(raw[124:136].rstrip(b"\0 "), 8) + 511) // 512 * 512
+    fakes = {
+        "garbage-after-first.tar.gz": raw[:first_member_end] + b"junk" * 300,
+        "no-end-blocks.tar.gz": raw.rstrip(b"\0"),
+    }
+    negative = bytearray(raw)
+    header = bytearray(negative[first_member_end:first_member_end + 512])
+    header[124:136] = b"\xff" * 11 + b"\x00"
+    header[148:156] = b"        "
+    header[148:155] = b"%06o\0" % sum(header)
+    negative[first_member_end:first_member_end + 512] = header
+    assert tarfile.nti(bytes(header[124:136])) < 0
+    fakes["negative-size.tar.gz"] = bytes(negative)
+    for index, (name, data) in enumerate(fakes.items()):
+        add_model(folder, name, age_s=100 - index, data=gzip.compress(data))
+        reconciler.note_arrival(name, time.time())
+    outcome = reconciler.reconcile()
+    assert not [a for a in outcome.actions if a.kind in ("published", "deleted")], outcome
+    assert settings.latest_model_path.read_bytes() == good.read_bytes()
+    assert good.exists()

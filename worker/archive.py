@@ -3,7 +3,13 @@
 A Rasa model is a gzip-compressed tar streamed into its final path, so a half-written or
 killed training leaves a file under the final name. "Whole" here means: every gzip member
 ends with a matching CRC-32 and length, nothing follows the last one, and the tar inside
-walks to its end with valid headers.
+walks to its end: every header valid (tarfile checks each checksum), no member with a
+negative size, the end-of-archive marker (two 512-byte zero blocks) right after the last
+member, and nothing but zero padding after it. Python's tarfile alone stops quietly at a bad
+header after the first member, so the end is checked here.
+
+Memory stays flat in the number and size of members: tarfile keeps every TarInfo it reads in
+`tar.members`; the walk drops them as it goes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import tarfile
 import threading
 import zlib
 from dataclasses import dataclass
+
+from worker.openfile import open_regular
 
 # 64 KiB input chunks keep zlib's output in reused small buffers: about 4x faster than 1 MiB
 # chunks here (no page faults on fresh allocations), and memory stays flat at any size.
@@ -59,6 +67,10 @@ class _GunzipStream:
         self._members_ended = 0
         self._position = 0
         self.compressed_bytes = 0
+        # The last block handed out by read(): tarfile's header reads are one block each,
+        # so this is the block at which it stopped walking (see _check_end_of_archive).
+        self.last_read_at = -1
+        self.last_read = b""
 
     def read(self, size: int = -1) -> bytes:
         parts = []
@@ -70,6 +82,7 @@ class _GunzipStream:
             parts.append(chunk)
             wanted -= len(chunk)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.last_read_at, self.last_read = self._position, data
         self._position += len(data)
         return data
 
@@ -126,13 +139,25 @@ def check_archive_stream(raw) -> ArchiveInfo:
     metadata: dict = {}
     try:
         with tarfile.open(fileobj=gunzip, mode="r:") as tar:
-            for member in tar:
+            while True:
+                member = tar.next()
+                tar.members.clear()  # tarfile would keep every header: memory flat instead
+                if member is None:
+                    break
+                if member.size < 0:
+                    raise BrokenArchive(f"not a valid gzip + tar archive (member "
+                                        f"{member.name!r} has a negative size)")
                 # metadata.json sorts last in Rasa's archives: read it in this same pass.
                 if (member.name == METADATA_NAME and member.isfile()
                         and member.size <= METADATA_MAX_BYTES):
                     extracted = tar.extractfile(member)
                     metadata = _parse_metadata(extracted.read() if extracted else b"")
-    except (tarfile.TarError, zlib.error, EOFError) as error:
+            try:
+                _check_end_of_archive(gunzip, tar.offset)
+            except BrokenArchive:
+                gunzip.finish()  # a gzip stream that ends early says more: still written
+                raise
+    except (tarfile.TarError, zlib.error, EOFError, io.UnsupportedOperation) as error:
         raise BrokenArchive(_describe(error)) from None
     gunzip.finish()
     return ArchiveInfo(
@@ -142,9 +167,42 @@ def check_archive_stream(raw) -> ArchiveInfo:
     )
 
 
-def check_archive(path) -> ArchiveInfo:
-    """Is the file at `path` a whole archive? Raises BrokenArchive (or OSError) if not."""
-    with open(path, "rb", buffering=0) as raw:
+END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+ZERO = b"\0"
+
+
+def _check_end_of_archive(gunzip: _GunzipStream, end: int) -> None:
+    """After the last member (at `end`) come two zero blocks, then only zero padding.
+
+    tarfile stopped because the header block at `end` was zeros, invalid or short; it read
+    that block last. Anything but zeros from there to the end of the stream means a header
+    that is not one (garbage, or a tar cut and glued) or a size that jumped backwards.
+    """
+    if gunzip.last_read_at != end:
+        raise BrokenArchive("not a valid gzip + tar archive (a member size points outside "
+                            "the archive)")
+    zeros = 0
+    chunk = gunzip.last_read
+    while chunk:
+        if chunk.count(0) != len(chunk):
+            at = end + zeros + len(chunk) - len(chunk.lstrip(ZERO))
+            raise BrokenArchive(f"not a valid gzip + tar archive (data at byte {at} of the "
+                                f"tar, where the next member or the end-of-archive should be)")
+        zeros += len(chunk)
+        chunk = gunzip.read(READ_CHUNK)
+    if zeros < END_OF_ARCHIVE:
+        raise BrokenArchive("archive ends early (file truncated or still being written): "
+                            "the tar has no end-of-archive blocks")
+
+
+def check_archive(path, follow: bool = False) -> ArchiveInfo:
+    """Is the file at `path` a whole archive? Raises BrokenArchive (or OSError) if not.
+
+    Never blocks: a FIFO, device or socket at `path` is refused (NotRegularFile), and so is a
+    symbolic link unless `follow`.
+    """
+    fd = open_regular(path, follow=follow)
+    with open(fd, "rb", buffering=0) as raw:
         return check_archive_stream(raw)
 
 

@@ -5,16 +5,24 @@ published, tidy our own leftovers. No processes, no queues, no policy (see recon
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import fnmatch
 import json
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from worker.archive import ArchiveInfo, SourceChanged, check_archive_stream, copy_verified
-from worker.names import internal_prefix, is_model_name
+from worker.arrivals import write_atomically
+from worker.names import internal_prefix, is_model_name, same_folder, temporary_name
+from worker.openfile import NotRegularFile, open_regular, read_small_file
+
+MAX_RECORD_BYTES = 1024 * 1024
+# What `rasa run --model DIR` globs (rasa/model.py, get_latest_model).
+RASA_MODEL_GLOB = "*.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class PublishRecord:
     duration_s: float
     model_id: str | None = None
     trained_at: str | None = None
+    arrival_seq: int = 0  # with arrived_at, the source's place in the arrival order
 
     def describes(self, latest_stat: os.stat_result | None) -> bool:
         return latest_stat is not None and (
@@ -74,46 +83,128 @@ class PublishRecord:
         return (model.name, model.size, model.mtime_ns, model.inode) == (
             self.source, self.source_size, self.source_mtime_ns, self.source_inode)
 
+    @property
+    def arrival_key(self) -> tuple[float, int]:
+        return (self.arrived_at, self.arrival_seq)
+
+    def describing(self, latest_stat: os.stat_result) -> PublishRecord:
+        """This record, updated to describe LATEST_MODEL_PATH as it is now (after utime)."""
+        return replace(self, latest_size=latest_stat.st_size,
+                       latest_mtime_ns=latest_stat.st_mtime_ns, latest_inode=latest_stat.st_ino)
+
 
 def record_path(latest_model_path: Path) -> Path:
     return latest_model_path.with_name(internal_prefix(latest_model_path) + "json")
 
 
 @contextlib.contextmanager
-def folder_lock(latest_model_path: Path):
-    """One reconcile at a time per published file: the rotator, `once`, a second instance."""
+def folder_lock(latest_model_path: Path, wait: bool = True):
+    """One reconcile at a time per published file: the rotator, `once`, a second instance.
+
+    `wait=False` raises BlockingIOError at once when someone else holds it."""
     path = latest_model_path.with_name(internal_prefix(latest_model_path) + "lock")
     # Opened read-only: closing it raises no close_write event, and flock needs no more.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    # Never blocking: a FIFO put at this path is refused instead of waited on.
+    fd = open_regular(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
     finally:
         os.close(fd)
 
 
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of what `path` names (links followed), or None if nothing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def list_models(folder: Path, pattern: str, latest_model_path: Path,
                 ignore_paths: tuple[Path, ...] = ()) -> list[ModelFile]:
-    """Regular files directly in `folder` whose names match; never links, folders, or ignored."""
-    models = []
+    """Regular files directly in `folder` whose names match; never links, folders, hidden
+    names, LATEST_MODEL_PATH or an IGNORE_FILE_PATHS entry.
+
+    LATEST_MODEL_PATH and the ignored paths are recognised as files (st_dev, st_ino), never
+    by their spelling: through a symlinked folder, a `..` or a second mount they are still
+    themselves, so latest is never taken for a model and an ignored file never deleted.
+    """
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return []
-    ignored = set(ignore_paths)
+    excluded = {i for i in (file_id(p) for p in (latest_model_path, *ignore_paths)) if i}
+    latest_here = same_folder(folder, latest_model_path.parent)
+    models = []
     for entry in entries:
         if not is_model_name(entry.name, pattern, latest_model_path, folder):
             continue
-        path = folder / entry.name
-        if path in ignored:
+        if latest_here and entry.name == latest_model_path.name:
             continue
         try:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # deleted since the listing
-        if stat.S_ISREG(st.st_mode):
-            models.append(ModelFile.from_stat(path, st))
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in excluded:
+            models.append(ModelFile.from_stat(folder / entry.name, st))
     return models
+
+
+def rasa_pick(folder: Path) -> Path | None:
+    """The file `rasa run --model <folder>` loads: max(glob(folder/*.tar.gz), key=getmtime)
+    (rasa/model.py, get_latest_model), LATEST_MODEL_PATH and broken files included."""
+    best: tuple[int, str] | None = None
+    for path in _rasa_candidates(folder):
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            continue
+        if best is None or mtime > best[0]:
+            best = (mtime, path)
+    return Path(best[1]) if best else None
+
+
+def _rasa_candidates(folder: Path) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names
+            if not n.startswith(".") and fnmatch.fnmatchcase(n, RASA_MODEL_GLOB)]
+
+
+def keep_latest_newest(folder: Path, latest_model_path: Path,
+                       expected: PublishRecord) -> os.stat_result | None:
+    """Rasa restarted with `--model <folder>` loads the newest mtime among *.tar.gz: make that
+    LATEST_MODEL_PATH. Sets latest's mtime just above every other such file's (a truncated
+    training, a future-dated copy, a rollback's older source), never changing its inode
+    (the model server's ETag rests on it), and only while latest is what `expected`
+    describes. Returns latest's new stat if it was changed."""
+    if not same_folder(folder, latest_model_path.parent):
+        return None  # Rasa pointed at this folder does not see latest at all
+    latest_id = file_id(latest_model_path)
+    newest_other = None
+    for path in _rasa_candidates(folder):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) != latest_id:
+            newest_other = max(newest_other or st.st_mtime_ns, st.st_mtime_ns)
+    fd = open_regular(latest_model_path)
+    try:
+        current = os.fstat(fd)
+        if not expected.describes(current):
+            return None  # rewritten meanwhile (by another program): the next reconcile sees it
+        if newest_other is None or current.st_mtime_ns > newest_other:
+            return None
+        wanted = newest_other + 1_000_000  # 1 ms: above coarse file-system timestamps
+        os.utime(fd, ns=(current.st_atime_ns, wanted))
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def stat_or_none(path: Path) -> os.stat_result | None:
@@ -125,34 +216,40 @@ def stat_or_none(path: Path) -> os.stat_result | None:
 
 def read_record(latest_model_path: Path) -> PublishRecord | None:
     try:
-        data = json.loads(record_path(latest_model_path).read_text())
+        data = json.loads(read_small_file(record_path(latest_model_path), MAX_RECORD_BYTES))
         return PublishRecord(**data)
     except (OSError, ValueError, TypeError):
         return None
 
 
 def write_record(latest_model_path: Path, record: PublishRecord) -> None:
-    target = record_path(latest_model_path)
-    temporary = _temporary_name(latest_model_path)
-    temporary.write_text(json.dumps(asdict(record), indent=1))
-    os.replace(temporary, target)
+    """Atomically; on failure (a full disk) the old record stays and no temp file is left."""
+    write_atomically(record_path(latest_model_path),
+                     json.dumps(asdict(record), indent=1).encode(),
+                     temporary_name(latest_model_path))
 
 
-def _temporary_name(latest_model_path: Path) -> Path:
-    # Same folder (os.replace must not cross file systems); a name that is no model's.
-    return latest_model_path.with_name(
-        f"{internal_prefix(latest_model_path)}tmp-{os.urandom(4).hex()}")
+@dataclass(frozen=True)
+class Published:
+    """A publish that happened: LATEST_MODEL_PATH now holds the source (the rename is done)."""
+
+    info: ArchiveInfo
+    latest_stat: os.stat_result
+    started: float
+    duration_s: float
+    warning: str = ""  # something after the rename failed (the folder's fsync)
 
 
-def publish_atomically(source: ModelFile, latest_model_path: Path, arrived_at: float,
-                       mode: str = "copy") -> PublishRecord:
+def publish_atomically(source: ModelFile, latest_model_path: Path,
+                       mode: str = "copy") -> Published:
     """Publish `source` as LATEST_MODEL_PATH so that a reader only ever sees a whole archive.
 
     copy: copy to a temporary file beside the target while proving the archive whole, fsync,
-    rename over the target, fsync the folder. On any failure (or signal) the temporary file
-    is removed and the old LATEST_MODEL_PATH stays as it was.
-    move: prove the archive whole, then rename the source itself over the target.
-    Raises BrokenArchive or OSError.
+    rename over the target, fsync the folder. On any failure (or signal) before the rename
+    the temporary file is removed, the old LATEST_MODEL_PATH stays as it was, and this
+    raises BrokenArchive or OSError. move: prove the archive whole, then rename the source
+    itself over the target. The rename is the commit: nothing after it raises, so the caller
+    always knows what latest holds.
     """
     started = time.time()
     # Freeing the replaced file's blocks (a TRIM on file systems mounted with `discard`)
@@ -161,39 +258,41 @@ def publish_atomically(source: ModelFile, latest_model_path: Path, arrived_at: f
     replaced = _open_if_exists(latest_model_path)
     try:
         if mode == "move":
-            info = _move_into_place(source, latest_model_path)
+            info, latest = _move_into_place(source, latest_model_path)
         else:
-            info = _copy_into_place(source, latest_model_path)
-        _fsync_folder(latest_model_path.parent)
-        latest = latest_model_path.stat()
-        record = PublishRecord(
-            source=source.name, source_size=source.size, source_mtime_ns=source.mtime_ns,
-            source_inode=source.inode, arrived_at=arrived_at, published_at=started,
-            latest_size=latest.st_size, latest_mtime_ns=latest.st_mtime_ns,
-            latest_inode=latest.st_ino, duration_s=time.time() - started,
-            model_id=info.model_id, trained_at=info.trained_at)
-        write_record(latest_model_path, record)
+            info, latest = _copy_into_place(source, latest_model_path)
+        warning = ""
+        try:
+            _fsync_folder(latest_model_path.parent)
+        except OSError as error:
+            warning = f"the folder could not be synced ({error})"
     finally:
         if replaced is not None:
             os.close(replaced)
-    return record
+    return Published(info=info, latest_stat=latest, started=started,
+                     duration_s=time.time() - started, warning=warning)
 
 
 def _open_if_exists(path: Path) -> int | None:
     try:
-        return os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        return open_regular(path)
+    except (FileNotFoundError, NotRegularFile):
         return None
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EACCES, errno.ENXIO):
+            return None
+        raise
 
 
-def _copy_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
-    temporary = _temporary_name(latest_model_path)
-    source_fd = os.open(source.path, os.O_RDONLY)
+def _copy_into_place(source: ModelFile, latest_model_path: Path
+                     ) -> tuple[ArchiveInfo, os.stat_result]:
+    temporary = temporary_name(latest_model_path)
+    source_fd = open_regular(source.path)
     try:
         before = os.fstat(source_fd)
         if ModelFile.from_stat(source.path, before).identity != source.identity:
             raise SourceChanged("file changed since it was listed")
-        target_fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        target_fd = open_regular(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             # The mode first: copy_verified's fsync then makes it durable with the data.
             os.fchmod(target_fd, stat.S_IMODE(before.st_mode) | 0o444)
@@ -201,6 +300,7 @@ def _copy_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
             after = os.fstat(source_fd)
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 raise SourceChanged("file changed while it was being published")
+            latest = os.fstat(target_fd)  # a rename keeps inode, size and mtime
         finally:
             os.close(target_fd)
         os.replace(temporary, latest_model_path)
@@ -209,13 +309,14 @@ def _copy_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
         raise
     finally:
         os.close(source_fd)
-    return info
+    return info, latest
 
 
-def _move_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
+def _move_into_place(source: ModelFile, latest_model_path: Path
+                     ) -> tuple[ArchiveInfo, os.stat_result]:
     # No second copy on disk; the file itself becomes LATEST_MODEL_PATH (never a hard link:
     # Rasa's --fixed-model-name rewrites the same inode in place).
-    with open(source.path, "rb", buffering=0) as raw:
+    with open(open_regular(source.path), "rb", buffering=0) as raw:
         before = os.fstat(raw.fileno())
         if ModelFile.from_stat(source.path, before).identity != source.identity:
             raise SourceChanged("file changed since it was listed")
@@ -226,28 +327,27 @@ def _move_into_place(source: ModelFile, latest_model_path: Path) -> ArchiveInfo:
     if os.stat(source.path).st_ino != before.st_ino:
         raise SourceChanged("file replaced while it was being checked")
     os.rename(source.path, latest_model_path)
-    return info
+    return info, after
 
 
-def adopt_record(latest_model_path: Path, source: ModelFile | None, info: ArchiveInfo,
-                 latest_stat: os.stat_result) -> PublishRecord:
-    """A record for a LATEST_MODEL_PATH we did not publish (or whose record was lost).
-
-    Its own mtime is when it was written, the best guess of when it was published.
-    """
-    published_at = latest_stat.st_mtime
+def adopt_record(source: ModelFile | None, info: ArchiveInfo, latest_stat: os.stat_result,
+                 arrived_at: float, arrival_seq: int) -> PublishRecord:
+    """A record for a LATEST_MODEL_PATH we did not publish (someone else wrote it, or the
+    record was lost between the rename and its write): `arrived_at` is its source's arrival
+    (or latest's own, when it has no source here)."""
+    published_at = min(latest_stat.st_mtime, time.time())
     return PublishRecord(
         source=source.name if source else "", source_size=source.size if source else -1,
         source_mtime_ns=source.mtime_ns if source else -1,
         source_inode=source.inode if source else -1,
-        arrived_at=published_at, published_at=published_at,
+        arrived_at=arrived_at, published_at=published_at,
         latest_size=latest_stat.st_size, latest_mtime_ns=latest_stat.st_mtime_ns,
         latest_inode=latest_stat.st_ino, duration_s=0.0,
-        model_id=info.model_id, trained_at=info.trained_at)
+        model_id=info.model_id, trained_at=info.trained_at, arrival_seq=arrival_seq)
 
 
 def same_content(first: Path, second: Path, chunk: int = 1024 * 1024) -> bool:
-    with open(first, "rb") as a, open(second, "rb") as b:
+    with open(open_regular(first), "rb") as a, open(open_regular(second), "rb") as b:
         while True:
             left, right = a.read(chunk), b.read(chunk)
             if left != right:

@@ -2,6 +2,11 @@
 
 Idle, it blocks in read() and wakes only every RESCAN_INTERVAL (to check that the path still
 names the folder it watches), or never when RESCAN_INTERVAL is 0.
+
+What it saw is not dropped: arrivals it cannot deliver (the rotator is restarting) are kept
+with their original times, up to MAX_PENDING (beyond that, a rescan is asked for instead),
+written into the arrival journal so that the restarted rotator's first reconcile already
+knows them, and delivered on reconnect.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import time
 
 from inotify_simple import INotify, flags
 
+from worker.arrivals import LATEST_KEY, ArrivalJournal, version_of
 from worker.channel import ARRIVED, RESCAN, ChannelError, QueueClient
-from worker.names import is_model_name
+from worker.folder import folder_lock
+from worker.names import is_model_name, same_folder
 from worker.settings import Settings
 
 # close_write: a writer finished (Rasa streams the archive into its final path).
@@ -27,6 +34,11 @@ WATCH_LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
 REWATCH_RETRY_S = 0.5
 # While a rescan is owed and the rotator is unreachable, try again this often (ms, doubling).
 RETRY_FIRST_MS, RETRY_MAX_MS = 100, 2000
+# The rotator starts beside the reader and needs a moment to serve its queue: until this long
+# after the reader's start, an unreachable rotator is normal and retried quietly.
+QUIET_START_S = 10.0
+# Undelivered arrivals kept in memory; beyond this the rotator gets a rescan request instead.
+MAX_PENDING = 10_000
 
 
 class Reader:
@@ -38,9 +50,16 @@ class Reader:
         self.wd: int | None = None
         self.watched: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched folder
         self.owed_rescan: str | None = "reader started: events may have been missed"
+        self.pending: list[tuple[str, float]] = []  # arrivals not delivered yet, oldest first
+        self._journaled = 0  # how many of `pending` are in the arrival journal already
         self._connected_once = False
         self._retry_ms = RETRY_FIRST_MS
         self._unreachable_reported = False
+        self._started = time.monotonic()
+        latest = settings.latest_model_path
+        # Another program's write to LATEST_MODEL_PATH (Rasa's --fixed-model-name) is news.
+        self._latest_name = (latest.name if same_folder(settings.target_dir, latest.parent)
+                             else None)
 
     def run(self) -> None:
         self.watch()
@@ -49,10 +68,11 @@ class Reader:
             # Idle and delivered: block, waking only with RESCAN_INTERVAL to check that the
             # path still names the watched folder. Owing a rescan to a rotator that is not
             # there yet: wake up now and then to try again.
-            timeout = self._retry_ms if self.owed_rescan else self._identity_check_ms
+            owing = self.owed_rescan or self.pending
+            timeout = self._retry_ms if owing else self._identity_check_ms
             self.handle(self.inotify.read(timeout=timeout))
             self.check_identity()
-            if self.owed_rescan:
+            if self.owed_rescan or self.pending:
                 self._retry_ms = min(self._retry_ms * 2, RETRY_MAX_MS)
 
     def watch(self) -> None:
@@ -85,11 +105,51 @@ class Reader:
                 self.log.warning("watched folder %s is gone (%s): watching it again",
                                  self.settings.target_dir, kinds)
                 self.rewatch()
-            elif event.mask & ARRIVAL and self._is_model(event.name):
+            elif event.mask & ARRIVAL and (self._is_model(event.name)
+                                           or event.name == self._latest_name):
                 arrived.append((event.name, now))
+        self.pending.extend(arrived)
+        if len(self.pending) > MAX_PENDING:
+            self.log.warning("more than %d arrivals could not be delivered: asking for a full "
+                             "rescan instead", MAX_PENDING)
+            self.pending, self._journaled = [], 0
+            self.owed_rescan = "too many undelivered events"
+        self.deliver_pending()
         self.deliver_owed_rescan()
-        if arrived and not self.deliver((ARRIVED, arrived)):
-            self.owed_rescan = "events could not be delivered"
+
+    def deliver_pending(self) -> None:
+        """Send the arrivals not delivered yet, with the times they were seen at. While the
+        rotator is away, put them in the arrival journal, where its restart finds them."""
+        if not self.pending:
+            return
+        if self.deliver((ARRIVED, list(self.pending))):
+            self.pending, self._journaled = [], 0
+            return
+        self.journal_pending()
+
+    def journal_pending(self) -> None:
+        fresh = self.pending[self._journaled:]
+        if not fresh:
+            return
+        latest = self.settings.latest_model_path
+        try:
+            with folder_lock(latest, wait=False):
+                journal = ArrivalJournal.load(latest)
+                for name, when in fresh:
+                    try:
+                        st = os.lstat(self.settings.target_dir / name)
+                    except OSError:
+                        continue  # gone again
+                    journal.note_event(LATEST_KEY if name == self._latest_name else name,
+                                       when, version_of(st), time.time())
+                journal.save()
+        except BlockingIOError:
+            return  # a reconcile runs: its rotator (or `once`) is there; retried shortly
+        except OSError as error:
+            self.log.debug("arrival journal not written (%s); the arrivals stay in memory",
+                           error)
+            return
+        self._journaled = len(self.pending)
 
     @property
     def _identity_check_ms(self) -> int | None:
@@ -132,7 +192,8 @@ class Reader:
         try:
             self.client.connect()
         except (OSError, ChannelError) as error:
-            if not self._unreachable_reported:
+            starting = time.monotonic() - self._started < QUIET_START_S
+            if not self._unreachable_reported and not starting:
                 self.log.warning("rotator not reachable (%s); retrying. It reconciles the "
                                  "whole folder when it starts", error)
                 self._unreachable_reported = True

@@ -1,36 +1,50 @@
 """Bring the folder in line with the rules, once: publish the newest whole model, prune safely.
 
-Which model is latest: the most recent arrival. A file whose close_write / moved_to this
-process saw arrived then; any other file arrived at its mtime (content time: ctime is
-rewritten by chown/chmod, e.g. Kubernetes fsGroup). A model replaces the published one only
-if it arrived after that publish began, so a rollback stays published across restarts.
+The rules, each one method below (README, "Which model is latest", "What is never deleted"):
+- which model is latest: the most recent arrival (worker/arrivals.py says when each arrived);
+- what latest holds: the record when it describes the file, else the file itself, adopted
+  (someone else wrote it, or our record was lost); a file another program is still writing
+  there is left alone;
+- no copy of a file that may still be written: a model is a candidate once unchanged for
+  THROTTLE_DELAY, or once a close_write / moved_to was seen after its last change;
+- nothing newer than what is published is deleted: pruning compares with what latest holds
+  after the publish attempt, never with what we tried to publish;
+- a Rasa restart finds the published model: latest's mtime is kept above every other
+  *.tar.gz in the folder.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.archive import ArchiveInfo, BrokenArchive, SourceChanged, check_archive
+from worker.arrivals import LATEST_KEY, Arrival, ArrivalJournal, version_of
 from worker.folder import (
     ModelFile,
     PublishRecord,
     adopt_record,
     folder_lock,
+    keep_latest_newest,
     list_models,
     publish_atomically,
     read_record,
     same_content,
-    stat_or_none,
     write_record,
 )
 from worker.logs import human_size
+from worker.names import same_folder
 from worker.settings import Settings
 
 # After a failed publish (disk full, permissions) try again this long after, at the latest.
 RETRY_AFTER_ERROR_S = 5.0
+# Errors that concern the folder, not one file: trying the next model would fail the same way.
+FOLDER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 @dataclass(frozen=True)
@@ -59,34 +73,39 @@ class Outcome:
         return any(action.kind == "published" for action in self.actions)
 
 
+class Unreadable(BrokenArchive):
+    """The file could not be read (permissions, not a regular file): no verdict, kept."""
+
+
+@dataclass(frozen=True)
+class Latest:
+    """What LATEST_MODEL_PATH holds now. `record` is None when it holds no whole model;
+    `settled` is False while another program is still writing it (then touch nothing)."""
+
+    record: PublishRecord | None
+    settled: bool = True
+
+
 class Reconciler:
-    """Holds what one rotator process has learned: arrival times and archive checks."""
+    """Holds what one process has learned: events not yet journaled, archive checks."""
 
     def __init__(self, settings: Settings, log: logging.Logger | None = None, clock=time.time):
         self.settings = settings
         self.log = log or logging.getLogger("rotator.reconcile")
         self.clock = clock
-        # name -> (wall time, receipt order): events read in one batch share a time, and
-        # the kernel's order among them says which came last.
-        self.arrivals: dict[str, tuple[float, int]] = {}
-        self._received = 0
+        # name -> wall time of its last close_write / moved_to, in the order received (the
+        # kernel's order says which of one batch came last); bound to files at reconcile.
+        self.pending: dict[str, float] = {}
         self.record: PublishRecord | None = None
         self._checks: dict[tuple, ArchiveInfo | BrokenArchive] = {}
         self._reported: set[tuple] = set()
+        self._record_unsaved = False  # self.record is right, the file beside latest is not
+        self._bound: list[tuple[str, float]] = []  # events this reconcile put in the journal
 
     def note_arrival(self, name: str, when: float) -> None:
         """A close_write or moved_to for `name` was seen at wall-clock time `when`."""
-        self._received += 1
-        self.arrivals[name] = (when, self._received)
-
-    def arrival(self, model: ModelFile) -> float:
-        """When the model arrived: its event's time, else its mtime."""
-        return self.arrivals.get(model.name, (model.mtime, 0))[0]
-
-    def arrival_order(self, model: ModelFile) -> tuple:
-        """Sort key, latest arrival last: time, then receipt order, then name."""
-        when, received = self.arrivals.get(model.name, (model.mtime, 0))
-        return when, received, model.name
+        self.pending.pop(name, None)  # re-inserted last: receipt order is arrival order
+        self.pending[name] = when
 
     def reconcile(self, dry_run: bool = False) -> Outcome:
         if dry_run:
@@ -101,54 +120,164 @@ class Reconciler:
         models = list_models(settings.target_dir, settings.model_pattern,
                              settings.latest_model_path, settings.ignore_paths)
         self._forget_missing(models)
-        record = self._current_record(models, outcome, dry_run)
-        published = self._publish_newest(models, record, outcome, dry_run, now)
-        self._prune(models, published, outcome, dry_run, now)
+        journal = ArrivalJournal.load(settings.latest_model_path)
+        if dry_run:
+            journal = journal.copy()
+        arrivals = self._learn_arrivals(models, journal, now, dry_run)
+        latest = self._what_latest_holds(models, arrivals, journal, outcome, dry_run, now)
+        if latest.settled:
+            attempt = self._publish_newer(models, arrivals, latest, journal, outcome, dry_run,
+                                          now)
+            if isinstance(attempt, ModelFile):  # a dry run: prune as if it were published
+                latest = Latest(_as_if_published(attempt, arrivals[attempt.name]))
+            elif attempt:
+                # Prune against what latest holds after the attempt, not what we tried.
+                latest = self._what_latest_holds(models, arrivals, journal, outcome, dry_run,
+                                                 now)
+        self._prune(models, arrivals, latest, outcome, dry_run, now)
+        if not dry_run:
+            self._keep_rasa_pick(latest, journal, outcome)
+            journal.keep_only({m.name for m in models} | {LATEST_KEY}, now, complete=True)
+            try:
+                journal.save()
+                for name, when in self._bound:
+                    if self.pending.get(name) == when:
+                        del self.pending[name]
+                self._clear_reported("journal")
+            except OSError as error:
+                self._fail_once(outcome, ("journal", error.errno), journal.path,
+                                f"could not save arrival times: {error}")
         return outcome
 
-    # -- what is published now ------------------------------------------------------------
+    # -- when each model arrived ----------------------------------------------------------
 
-    def _current_record(self, models, outcome, dry_run) -> PublishRecord | None:
+    def _learn_arrivals(self, models, journal, now, dry_run) -> dict[str, Arrival]:
+        present = {m.name: m for m in models}
+        self._bound = []
+        for name, when in list(self.pending.items()):
+            model = present.get(name)
+            if model is not None:
+                journal.note_event(name, when, _version(model), now)
+                self._bound.append((name, when))  # forgotten once the journal has it
+            elif name != self._latest_name_here() and not dry_run:
+                del self.pending[name]  # gone again: nothing to order
+        # Files found in one look are ordered among themselves by their file times.
+        for model in sorted(models, key=lambda m: (m.mtime_ns, m.name)):
+            journal.note_unseen(model.name, _version(model), now)
+        return {m.name: journal.seen_no_later_than(m.name, now) for m in models}
+
+    def _latest_name_here(self) -> str | None:
         latest = self.settings.latest_model_path
-        latest_stat = stat_or_none(latest)
-        if latest_stat is None:
+        return latest.name if same_folder(self.settings.target_dir, latest.parent) else None
+
+    def _quiet(self, arrival: Arrival, mtime_ns: int, now: float) -> bool:
+        """No copy of a file that may still be written: unchanged for THROTTLE_DELAY (by its
+        mtime, or since we first saw this version, which also holds for future mtimes), or a
+        close_write / moved_to came after its last change."""
+        return now >= self._quiet_at(arrival, mtime_ns) or (
+            arrival.event_at is not None and mtime_ns / 1e9 <= arrival.event_at)
+
+    def _quiet_at(self, arrival: Arrival, mtime_ns: int) -> float:
+        delay = self.settings.throttle_delay_s
+        return min(mtime_ns / 1e9 + delay, arrival.seen + delay)
+
+    # -- what latest holds now ------------------------------------------------------------
+
+    def _what_latest_holds(self, models, arrivals, journal, outcome, dry_run, now) -> Latest:
+        path = self.settings.latest_model_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
             self.record = None
-            return None
-        if self.record is not None and self.record.describes(latest_stat):
-            return self.record
-        stored = read_record(latest)
-        if stored is not None and stored.describes(latest_stat):
+            return Latest(None)
+        event = self.pending.pop(path.name, None) if self._latest_name_here() else None
+        if not stat.S_ISREG(st.st_mode):
+            identity = ("<latest>", st.st_ino, st.st_mode)
+            self._skip_once(outcome, identity, path, "not a regular file; it will be replaced",
+                            "broken")
+            return Latest(None)
+        if self.record is not None and self.record.describes(st):
+            if self._record_unsaved and not dry_run:
+                self._save_record(self.record, outcome)  # the disk was full: try again
+            return Latest(self.record)
+        stored = read_record(path)
+        if stored is not None and stored.describes(st):
             self.record = stored
-            return stored
-        # Published by someone else (the original tool, a person) or the record was lost
-        # between rename and write: check it once and find its source by content.
-        identity = ("<latest>", latest_stat.st_ino, latest_stat.st_size, latest_stat.st_mtime_ns)
-        result = self._check_identity(identity, latest)
+            return Latest(stored)
+        # Someone else wrote it (Rasa's --fixed-model-name, a person, the original tool), or
+        # our record was lost between the rename and its write: look at the file itself.
+        version = version_of(st)
+        if event is not None:
+            arrival = journal.note_event(LATEST_KEY, event, version, now)
+        else:
+            arrival = journal.note_unseen(LATEST_KEY, version, now)
+        arrival = journal.seen_no_later_than(LATEST_KEY, now)
+        identity = ("<latest>", *version)
+        result = self._check_identity(identity, path)
+        if isinstance(result, Unreadable):
+            self._fail_once(outcome, identity, path, f"{result}; left as it is")
+            outcome.recheck(now + max(self.settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
+            return Latest(None, settled=False)
         if isinstance(result, BrokenArchive):
-            self._skip_once(outcome, identity, latest,
+            if not self._quiet(arrival, st.st_mtime_ns, now):
+                # Another program is writing it in place: never publish over its model.
+                outcome.recheck(self._quiet_at(arrival, st.st_mtime_ns))
+                self._skip_once(outcome, identity, path,
+                                f"{result}; being written by another program, left alone",
+                                "changed")
+                return Latest(None, settled=False)
+            self._skip_once(outcome, identity, path,
                             f"not a whole archive ({result}); it will be replaced", "broken")
-            return None
-        source = next((m for m in models if m.size == latest_stat.st_size
-                       and same_content(m.path, latest)), None)
-        record = adopt_record(latest, source, result, latest_stat)
+            return Latest(None)
+        source = next((m for m in models if m.size == st.st_size
+                       and _same_content(m.path, path)), None)
+        if source is not None:
+            arrival = arrivals[source.name]
+        record = adopt_record(source, result, st, arrival.at, arrival.seq)
         if not dry_run:
-            write_record(latest, record)
+            journal.assign(LATEST_KEY, arrival, version)
+            self._save_record(record, outcome)
+            self.log.info("adopted %s as published (%s)", path,
+                          f"its source is {source.path}" if source else "written by another "
+                          "program", extra={"event": "adopted", "fields": {"path": str(path)}})
             self.record = record
-        return record
+        return Latest(record)
+
+    def _save_record(self, record: PublishRecord, outcome: Outcome) -> None:
+        """The record is a cache of what latest holds: a failure to write it (a full disk)
+        is reported, and the next reconcile finds latest's source by its content."""
+        try:
+            write_record(self.settings.latest_model_path, record)
+            self._record_unsaved = False
+            self._clear_reported("record")
+        except OSError as error:
+            self._record_unsaved = True
+            outcome.recheck(self.clock() + max(self.settings.throttle_delay_s,
+                                               RETRY_AFTER_ERROR_S))
+            self._fail_once(outcome, ("record", error.errno), self.settings.latest_model_path,
+                            f"published, but its record could not be saved: {error}")
 
     # -- publish --------------------------------------------------------------------------
 
-    def _publish_newest(self, models, record, outcome, dry_run, now) -> ModelFile | None:
-        """Publish the newest whole arrival since the last publish; return the source of
-        what is (or, in a dry run, would be) published, if it is in the folder."""
-        floor = record.published_at if record else float("-inf")
-        current = next((m for m in models if record and record.is_source(m)), None)
-        newer = [m for m in models
-                 if self.arrival(m) > floor and not (record and record.is_source(m))]
-        for model in sorted(newer, key=self.arrival_order, reverse=True):
+    def _publish_newer(self, models, arrivals, latest, journal, outcome, dry_run,
+                       now) -> bool | ModelFile:
+        """Publish the newest whole model that arrived after what latest holds. Returns
+        whether anything was attempted (latest may have changed); in a dry run, the model
+        that would be published, if any."""
+        settings = self.settings
+        record = latest.record
+        floor = record.arrival_key if record else None
+        newer = [m for m in models if not (record and record.is_source(m))
+                 and (floor is None or arrivals[m.name].key > floor)]
+        attempted = False
+        for model in sorted(newer, key=lambda m: (arrivals[m.name].key, m.name), reverse=True):
+            arrival = arrivals[model.name]
             known = self._checks.get(model.identity)
-            if isinstance(known, BrokenArchive):
+            if isinstance(known, BrokenArchive) and not isinstance(known, Unreadable):
                 continue
+            if not self._quiet(arrival, model.mtime_ns, now):
+                outcome.recheck(self._quiet_at(arrival, model.mtime_ns))
+                continue  # may still be written: never copied (nor warned about) now
             if dry_run:
                 result = self._check(model)
                 if isinstance(result, BrokenArchive):
@@ -156,16 +285,16 @@ class Reconciler:
                     continue
                 self._act(outcome, Action(
                     "would-publish", model.path,
-                    f"-> {self.settings.latest_model_path} ({human_size(model.size)})"))
+                    f"-> {settings.latest_model_path} ({human_size(model.size)})"))
                 return model
+            attempted = True
             try:
-                published = publish_atomically(model, self.settings.latest_model_path,
-                                               self.arrival(model), self.settings.publish_mode)
+                published = publish_atomically(model, settings.latest_model_path,
+                                               settings.publish_mode)
             except SourceChanged as error:
-                # Being rewritten (e.g. Rasa's --fixed-model-name): its close_write will come.
                 self._skip_once(outcome, model.identity, model.path, f"{error}; not published",
                                 "changed")
-                outcome.recheck(now + self.settings.throttle_delay_s)
+                outcome.recheck(now + settings.throttle_delay_s)
                 continue
             except BrokenArchive as error:
                 self._checks[model.identity] = error
@@ -173,73 +302,125 @@ class Reconciler:
                                 "broken")
                 continue
             except OSError as error:
-                self._act(outcome, Action("failed", model.path, f"could not publish: {error}",
-                                          "io-error"), logging.ERROR)
-                outcome.recheck(now + max(self.settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
-                return current
-            self._checks[model.identity] = ArchiveInfo(size=model.size,
-                                                       model_id=published.model_id,
-                                                       trained_at=published.trained_at)
-            self.record = published
-            model_id = f", model_id {published.model_id}" if published.model_id else ""
-            self._act(outcome, Action(
-                "published", model.path,
-                f"-> {self.settings.latest_model_path} ({human_size(model.size)} "
-                f"{'moved' if self.settings.publish_mode == 'move' else 'copied'} "
-                f"in {published.duration_s * 1000:.0f} ms{model_id})"))
-            return model
-        return current
+                # Nothing changed: latest holds what it held, and this model stays (it is
+                # newer) until a retry succeeds.
+                self._fail_once(outcome, (model.identity, error.errno), model.path,
+                                f"could not publish: {error}; kept, retrying")
+                outcome.recheck(now + max(settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
+                if error.errno in FOLDER_ERRNOS:
+                    break
+                continue
+            self._checks[model.identity] = published.info
+            self._record_publish(model, arrival, published, journal, outcome)
+            return True
+        return attempted
+
+    def _record_publish(self, model, arrival, published, journal, outcome) -> None:
+        settings = self.settings
+        latest = published.latest_stat
+        record = PublishRecord(
+            source=model.name, source_size=model.size, source_mtime_ns=model.mtime_ns,
+            source_inode=model.inode, arrived_at=arrival.at, arrival_seq=arrival.seq,
+            published_at=published.started, latest_size=latest.st_size,
+            latest_mtime_ns=latest.st_mtime_ns, latest_inode=latest.st_ino,
+            duration_s=published.duration_s, model_id=published.info.model_id,
+            trained_at=published.info.trained_at)
+        self.record = record  # known in memory whatever happens to the record file
+        journal.assign(LATEST_KEY, arrival, version_of(latest))
+        self._save_record(record, outcome)
+        model_id = f", model_id {record.model_id}" if record.model_id else ""
+        warning = f"; {published.warning}" if published.warning else ""
+        self._act(outcome, Action(
+            "published", model.path,
+            f"-> {settings.latest_model_path} ({human_size(model.size)} "
+            f"{'moved' if settings.publish_mode == 'move' else 'copied'} "
+            f"in {published.duration_s * 1000:.0f} ms{model_id}){warning}"))
 
     # -- prune ----------------------------------------------------------------------------
 
-    def _prune(self, models, published, outcome, dry_run, now) -> None:
+    def _prune(self, models, arrivals, latest, outcome, dry_run, now) -> None:
+        """Delete only whole models that arrived before the model latest holds now (beyond
+        KEEP_PREVIOUS), and broken files unchanged for BROKEN_GRACE_PERIOD."""
+        if not latest.settled:
+            return  # another program is writing latest: decide nothing against it
         settings = self.settings
-        others = [m for m in models if published is None or m.identity != published.identity]
+        record = latest.record
+        floor = record.arrival_key if record else None
+        others = [m for m in models if not (record and record.is_source(m))]
         kept = 0
-        for model in sorted(others, key=self.arrival_order, reverse=True):
-            age = now - model.mtime
-            if age < settings.throttle_delay_s:
-                # May still be written: a slow training, or a copy in progress.
-                outcome.recheck(model.mtime + settings.throttle_delay_s)
+        for model in sorted(others, key=lambda m: (arrivals[m.name].key, m.name), reverse=True):
+            arrival = arrivals[model.name]
+            if not self._quiet(arrival, model.mtime_ns, now):
+                outcome.recheck(self._quiet_at(arrival, model.mtime_ns))
                 continue
             result = self._check(model)
+            if isinstance(result, Unreadable):
+                self._fail_once(outcome, (model.identity, "unreadable"), model.path,
+                                f"{result}; kept")
+                outcome.recheck(now + max(settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
+                continue
             if isinstance(result, BrokenArchive):
-                if age < settings.broken_grace_s:
-                    outcome.recheck(model.mtime + settings.broken_grace_s)
+                unchanged = _unchanged_for(arrival, model, now)
+                if unchanged < settings.broken_grace_s:
+                    outcome.recheck(now + settings.broken_grace_s - unchanged)
                     self._skip_once(outcome, model.identity, model.path,
                                     f"{result}; kept until unchanged for "
                                     f"{settings.broken_grace_s:.0f} s (BROKEN_GRACE_PERIOD)",
                                     "broken")
                     continue
-                reason = f"broken archive unchanged for {age:.0f} s ({result})"
-                label = "broken-expired"
-            elif kept < settings.keep_previous:
+                self._delete(model, f"broken archive unchanged for {unchanged:.0f} s ({result})",
+                             "broken-expired", outcome, dry_run)
+                continue
+            if floor is None or arrival.key > floor:
+                continue  # arrived after what latest holds (or nothing is published): kept
+            if kept < settings.keep_previous:
                 kept += 1
                 continue
-            else:
-                reason = "older than the published model"
-                label = "older"
-            self._delete(model, reason, label, outcome, dry_run)
+            self._delete(model, "older than the published model", "older", outcome, dry_run)
 
     def _delete(self, model: ModelFile, reason: str, label: str, outcome: Outcome,
                 dry_run: bool) -> None:
         if dry_run:
             self._act(outcome, Action("would-delete", model.path, reason, label))
             return
-        current = stat_or_none(model.path)
-        if current is None or ModelFile.from_stat(model.path, current).identity != model.identity:
+        try:
+            current = os.lstat(model.path)
+        except FileNotFoundError:
+            return
+        if ModelFile.from_stat(model.path, current).identity != model.identity:
             return  # changed since it was checked: the next reconcile decides again
         try:
             model.path.unlink()
         except FileNotFoundError:
             return
         except OSError as error:
-            self._act(outcome, Action("failed", model.path, f"could not delete: {error}",
-                                      "io-error"), logging.ERROR)
+            self._fail_once(outcome, (model.identity, error.errno), model.path,
+                            f"could not delete: {error}")
             return
-        self.arrivals.pop(model.name, None)
         self._checks.pop(model.identity, None)
         self._act(outcome, Action("deleted", model.path, reason, label))
+
+    # -- Rasa's restart pick --------------------------------------------------------------
+
+    def _keep_rasa_pick(self, latest: Latest, journal: ArrivalJournal, outcome) -> None:
+        """`rasa run --model <TARGET_DIR>` loads the newest mtime among *.tar.gz: keep it
+        latest's, with the record still describing latest (same inode, new mtime)."""
+        record = self.record
+        if not latest.settled or record is None:
+            return
+        try:
+            changed = keep_latest_newest(self.settings.target_dir,
+                                         self.settings.latest_model_path, record)
+        except OSError as error:
+            self._fail_once(outcome, ("rasa-pick", error.errno), self.settings.latest_model_path,
+                            f"could not keep it the newest file for a Rasa restart: {error}")
+            return
+        if changed is None:
+            return
+        self.record = record.describing(changed)
+        journal.assign(LATEST_KEY, journal.entries.get(LATEST_KEY) or _arrival_of(record),
+                       version_of(changed))
+        self._save_record(self.record, outcome)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -253,30 +434,76 @@ class Reconciler:
             except BrokenArchive as error:
                 self._checks[identity] = error
             except OSError as error:
-                return BrokenArchive(f"cannot be read: {error.strerror or error}")
+                return Unreadable(f"cannot be read: {error.strerror or error}")
         return self._checks[identity]
 
     def _forget_missing(self, models: list[ModelFile]) -> None:
-        present = {m.name for m in models}
         identities = {m.identity for m in models}
-        for name in [n for n in self.arrivals if n not in present]:
-            del self.arrivals[name]
         for identity in [i for i in self._checks if i[0] != "<latest>" and i not in identities]:
             del self._checks[identity]
-        self._reported = {r for r in self._reported
-                          if r[0] in identities or r[0][0] == "<latest>"}
+        self._reported = {r for r in self._reported if _still_relevant(r[0], identities)}
+
+    def _clear_reported(self, tag: str) -> None:
+        """A folder-wide failure is over: report the next one again."""
+        self._reported = {r for r in self._reported if r[0][:1] != (tag,)}
 
     def _skip_once(self, outcome: Outcome, identity: tuple, path: Path, detail: str,
                    reason: str) -> None:
-        """Log a skip once per file version, not at every reconcile."""
-        action = Action("skipped", path, detail, reason)
+        """Log a skip once per file version and reason, not at every reconcile."""
+        if (identity, reason) in self._reported:
+            return
+        self._reported.add((identity, reason))
+        self._act(outcome, Action("skipped", path, detail, reason), logging.WARNING)
+
+    def _fail_once(self, outcome: Outcome, identity: tuple, path: Path, detail: str) -> None:
+        """An error, logged once per file version and cause (a retry every few seconds
+        would flood the log); it is retried all the same."""
         if (identity, detail) in self._reported:
             return
         self._reported.add((identity, detail))
-        self._act(outcome, action, logging.WARNING)
+        self._act(outcome, Action("failed", path, detail, "io-error"), logging.ERROR)
 
     def _act(self, outcome: Outcome, action: Action, level: int = logging.INFO) -> None:
         outcome.actions.append(action)
         self.log.log(level, "%s", action, extra={"event": action.kind, "fields": {
             "path": str(action.path), "detail": action.detail, "reason": action.reason}})
 
+
+def _version(model: ModelFile) -> tuple[int, int, int]:
+    return (model.inode, model.size, model.mtime_ns)
+
+
+def _as_if_published(model: ModelFile, arrival: Arrival) -> PublishRecord:
+    return PublishRecord(
+        source=model.name, source_size=model.size, source_mtime_ns=model.mtime_ns,
+        source_inode=model.inode, arrived_at=arrival.at, arrival_seq=arrival.seq,
+        published_at=arrival.seen, latest_size=-1, latest_mtime_ns=-1, latest_inode=-1,
+        duration_s=0.0)
+
+
+def _arrival_of(record: PublishRecord) -> Arrival:
+    return Arrival(at=record.arrived_at, seq=record.arrival_seq, seen=record.published_at,
+                   ino=record.latest_inode, size=record.latest_size,
+                   mtime_ns=record.latest_mtime_ns)
+
+
+def _same_content(first: Path, second: Path) -> bool:
+    try:
+        return same_content(first, second)
+    except OSError:
+        return False
+
+
+def _unchanged_for(arrival: Arrival, model: ModelFile, now: float) -> float:
+    """How long this version has been unchanged: by its mtime, or (for an mtime ahead of
+    this host's clock) since we first saw it."""
+    by_mtime = now - model.mtime if model.mtime <= now else 0.0
+    return max(by_mtime, now - arrival.seen)
+
+
+def _still_relevant(key: tuple, identities: set) -> bool:
+    """A reported (key, detail) is kept while the file version it is about is there."""
+    model_identity = key[0] if key and isinstance(key[0], tuple) else key
+    if len(model_identity) == 4 and model_identity[0] != "<latest>":
+        return model_identity in identities
+    return True
