@@ -397,3 +397,19 @@ def test_events_survive_a_journal_that_cannot_be_saved(tmp_path):
     assert any("could not save arrival times" in a[2] for a in report["full"]), report
     assert report["latest"] == "rollback", report
     assert "rollback.tar.gz" in report["files"]
+
+
+def test_once_with_a_fifo_at_the_lock_says_so_in_one_line(tmp_path):
+    """`python -m worker once` cannot take the folder lock when a FIFO stands in its place:
+    one error line and exit 1, never a hang or a traceback."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.mkfifo(folder / ".latest.tar.gz.lock")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TARGET_DIR": str(folder),
+           "RUN_DIR": str(tmp_path / "run")}
+    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    assert len(output.strip().splitlines()) == 1 and "not a regular file" in output, output

@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "once":
         from worker.reconcile import Reconciler
 
-        outcome = Reconciler(settings, log).reconcile(dry_run=args.dry_run)
+        try:
+            outcome = Reconciler(settings, log).reconcile(dry_run=args.dry_run)
+        except OSError as error:  # e.g. a FIFO planted at our lock: one line, not a traceback
+            log.error("reconcile failed: %s", error)
+            return 1
         if not outcome.actions:
             log.info("nothing to do: %s is in order", settings.target_dir)
     return 0
