@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import _children, _cmdline, content_of, model_bytes, wait_for, write_model
+from tests.helpers import (
+    _children,
+    _cmdline,
+    content_of,
+    model_bytes,
+    tool_environment,
+    wait_for,
+    write_model,
+)
 from worker import model_server
 from worker.published import NotPublished, download_name, is_our_etag, open_published
 from worker.rolling import HELD, NOT_MODIFIED, SEND, SEND_FRESH, RollingGate
@@ -446,22 +454,30 @@ def test_off_by_default_it_idles_as_sleep_and_supervisorctl_status_stays_0(start
     status = subprocess.run([sys.executable, "-m", "worker", "status"], env=env,
                             cwd=tool.workdir, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
-    listed = subprocess.run(
-        [sys.executable, "-m", "supervisor.supervisorctl", "-s",
-         f"unix://{env['RUN_DIR']}/supervisor.sock", "status"],
-        capture_output=True, text=True, timeout=60)
+    listed = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "status"],
+                            env=env, cwd=tool.workdir, capture_output=True, text=True,
+                            timeout=60)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert re.search(r"model-server\s+RUNNING", listed.stdout)
 
 
-def test_a_port_that_cannot_be_had_is_one_clear_line(start_tool, models):
+def test_a_port_that_cannot_be_had_is_one_clear_line(start_tool, models, tmp_path):
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
+        # At start, `python -m worker` refuses it in one line, before supervisord runs.
         tool = start_tool(MODEL_SERVER_PORT=str(port))
-        line = tool.wait_for_line("cannot listen on")
+        assert tool.process.wait(60) == 2, tool.output
+        tool.stop()
+        assert tool.output.count("\n") == 0 and f"MODEL_SERVER_PORT='{port}'" in tool.output
+        # Taken after that check (a race): the program itself says so in one line, exit 2,
+        # and the guard then ends supervisord instead of looping forever.
+        env = tool_environment(tmp_path, MODEL_SERVER_PORT=str(port))
+        program = subprocess.run([sys.executable, "-m", "worker", "model-server"], env=env,
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert program.returncode == 2, program.stdout + program.stderr
+        line = (program.stdout + program.stderr).strip()
+        assert "\n" not in line
         assert f"MODEL_SERVER_PORT={port}: cannot listen on 0.0.0.0:{port}" in line
         assert "Address already in use" in line
-        # It cannot go on: the guard ends supervisord instead of looping forever.
-        tool.process.wait(60)

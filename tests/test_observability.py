@@ -238,7 +238,7 @@ def _redirected_run(tmp_path, mode: str):
 
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]{4} |"
-                  r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (reader|rotator|guard) )")
+                  r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (reader|rotator|guard|model-server) )")
 
 
 def test_appending_to_a_log_file_keeps_what_was_there(tmp_path):
