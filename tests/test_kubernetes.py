@@ -72,6 +72,10 @@ def test_the_rotator_container_is_locked_down_and_probed(path):
     volume = next(v for v in pod["volumes"] if v["name"] == tmp_mount["name"])
     assert "emptyDir" in volume
     assert container["livenessProbe"]["exec"]["command"] == image_healthcheck()
+    # "starting" (exit 1) lasts until the first reconcile: liveness must not count it.
+    assert container["startupProbe"]["exec"]["command"] == image_healthcheck()
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     assert {"requests", "limits"} <= set(container["resources"])
     models = next(m for m in container["volumeMounts"] if m["mountPath"] == "/app/models")
     assert models
