@@ -7,6 +7,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import RunningTool, tool_environment  # noqa: E402
 
+# The suites against the real peers (Docker, Rasa) run after the unit and integration tests:
+# a fault in the core shows up first, and the slow peers come last.
+PEER_SUITES = ("test_docker.py", "test_real_rasa.py", "test_real_rasa_pull.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name in PEER_SUITES)  # stable: order kept within
+
 
 @pytest.fixture
 def start_tool(tmp_path):
