@@ -262,6 +262,17 @@ def test_rasa_loading_another_model_than_published_is_reported_once(stubs, syncs
     assert "serves model_id Z, not the published B" in syncs.state(stub.url).last_error
 
 
+def test_a_replica_that_restarts_right_after_our_load_is_brought_back(stubs, syncs):
+    """Rasa answered 204, then /status shows another file than RASA_MODEL_PATH: the replica
+    restarted with its own --model meanwhile (seen against real Rasa). That is no verdict on
+    RASA_MODEL_PATH: the next check swaps it again instead of waiting for the next publish."""
+    stub = stubs(script=[204], model_id="old", models={MODEL_PATH: "B"})  # 204, no load
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 2
+
+
 def test_a_model_without_model_id_gets_one_put_per_publish_and_none_at_start(stubs, syncs):
     stub = stubs(model_id="A", models={MODEL_PATH: "A"})
     sync = syncs.make([stub.url], interval=0.1)

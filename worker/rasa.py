@@ -115,6 +115,9 @@ class ReplicaSync(threading.Thread):
         self.client = client
         self.url = client.shown_url
         self.model_file = model_file
+        # What Rasa's /status calls the file once our PUT loaded it (the path's last name).
+        self._put_file_name = model_file.rstrip("/").rsplit("/", 1)[-1]
+        self._served_file: str | None = None
         self.desired = desired  # callable -> Desired | None
         self.slots = slots
         self.log = log
@@ -247,7 +250,7 @@ class ReplicaSync(threading.Thread):
             shown = answer.status if answer.status is not None else "no answer"
             self._error(f"GET /status: {shown} {answer.reason}".rstrip(), None, state="down")
             return None
-        served, jobs = parsed
+        served, jobs, self._served_file = parsed
         if served is not None:
             served = _printable(self.client.secrets.scrub(served))
         in_sync = desired.model_id is not None and served == desired.model_id
@@ -349,6 +352,14 @@ class ReplicaSync(threading.Thread):
             if isinstance(answer, tuple) and answer[0] == desired.model_id:
                 self._converged(desired)
                 return "done"
+            if isinstance(answer, tuple) and self._served_file != self._put_file_name:
+                # Rasa serves a file other than the one we sent: it restarted (with its own
+                # --model) or someone loaded another model right after our 204. That says
+                # nothing about RASA_MODEL_PATH: the next check swaps it again.
+                self._error(f"serves model_id {answer[0]} from another file right after our "
+                            "load (restarted meanwhile?); trying again at the next check",
+                            logging.WARNING, state="out-of-sync")
+                return "done"
             if isinstance(answer, tuple) or time.monotonic() > deadline:
                 served = answer[0] if isinstance(answer, tuple) else None
                 self._refused = desired
@@ -428,17 +439,19 @@ def _printable(text: str, limit: int = 200) -> str:
     return printable(text[:limit]) + ("..." if len(text) > limit else "")
 
 
-def _parse_status(answer: Answer) -> tuple[str | None, int] | None:
-    """Rasa's /status body -> (model_id, training jobs); None when it is not that."""
+def _parse_status(answer: Answer) -> tuple[str | None, int, str | None] | None:
+    """Rasa's /status body -> (model_id, training jobs, model file name); None when it is not
+    that."""
     if answer.status != 200 or not isinstance(answer.data, dict):
         return None
     model_id = answer.data.get("model_id")
     jobs = answer.data.get("num_active_training_jobs", 0)
+    model_file = answer.data.get("model_file")
     if model_id is not None and not isinstance(model_id, str):
         return None
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 0:
         return None
-    return model_id, jobs
+    return model_id, jobs, model_file if isinstance(model_file, str) else None
 
 
 class RasaSync:
