@@ -88,24 +88,21 @@ def content_of(path: Path) -> bytes | None:
         return None
 
 
-class RunningTool:
-    """`python -m worker` (supervisord with reader and rotator), as a user starts it."""
+class CollectedOutput:
+    """Collects a child process's merged stdout/stderr, line by line, in a thread."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = (),
-                 prefix: tuple[str, ...] = ()):
-        self.workdir = workdir
-        self.env = env
-        self.lines: list[str] = []
+    lines: list[str]
+    _lock: threading.Lock
+
+    def _collect_output_of(self, process: subprocess.Popen) -> threading.Thread:
+        self.lines = []
         self._lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "worker", *args], cwd=workdir, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, start_new_session=True)
-        self._pump = threading.Thread(target=self._collect, daemon=True)
-        self._pump.start()
+        pump = threading.Thread(target=self._collect, args=(process,), daemon=True)
+        pump.start()
+        return pump
 
-    def _collect(self) -> None:
-        for line in self.process.stdout:
+    def _collect(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
             with self._lock:
                 self.lines.append(line.rstrip("\n"))
 
@@ -113,6 +110,20 @@ class RunningTool:
     def output(self) -> str:
         with self._lock:
             return "\n".join(self.lines)
+
+
+class RunningTool(CollectedOutput):
+    """`python -m worker` (supervisord with reader and rotator), as a user starts it."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = (),
+                 prefix: tuple[str, ...] = ()):
+        self.workdir = workdir
+        self.env = env
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "worker", *args], cwd=workdir, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, start_new_session=True)
+        self._pump = self._collect_output_of(self.process)
 
     def wait_for_line(self, text: str, timeout: float = 30.0, after: int = 0) -> str:
         def found():

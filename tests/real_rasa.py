@@ -27,6 +27,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from tests.helpers import CollectedOutput
+
 RASA_VERSION = "3.6.21"
 DEFAULT_VENV = Path("/var/tmp/rasa-model-rotator-ci") / f"rasa-{RASA_VERSION}"
 
@@ -168,7 +170,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class RasaServer:
+class RasaServer(CollectedOutput):
     """`rasa run --enable-api` in `workdir` (its `models/` is where API trainings land).
 
     `model`: what `--model` says (a file or a folder; None: Rasa's default `models`).
@@ -187,7 +189,7 @@ class RasaServer:
         self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen | None = None
         self.lines: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # replaced at start(); `output` works before that too
 
     @property
     def url(self) -> str:
@@ -208,18 +210,8 @@ class RasaServer:
             args, cwd=self.workdir, env=rasa_environment(), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
             start_new_session=True)
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._collect_output_of(self.process)
         return self
-
-    def _collect(self) -> None:
-        for line in self.process.stdout:
-            with self._lock:
-                self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
 
     def wait_ready(self, timeout: float = 180.0) -> RasaServer:
         """Until the server answers `GET /` (with or without a model loaded)."""
