@@ -152,20 +152,6 @@ def list_models(folder: Path, pattern: str, latest_model_path: Path,
     return models
 
 
-def rasa_pick(folder: Path) -> Path | None:
-    """The file `rasa run --model <folder>` loads: max(glob(folder/*.tar.gz), key=getmtime)
-    (rasa/model.py, get_latest_model), LATEST_MODEL_PATH and broken files included."""
-    best: tuple[int, str] | None = None
-    for path in _rasa_candidates(folder):
-        try:
-            mtime = os.stat(path).st_mtime_ns
-        except OSError:
-            continue
-        if best is None or mtime > best[0]:
-            best = (mtime, path)
-    return Path(best[1]) if best else None
-
-
 def _rasa_candidates(folder: Path) -> list[str]:
     try:
         names = os.listdir(folder)

@@ -20,12 +20,6 @@ REQUIRED_PROGRAMS = ("reader", "rotator")
 RPC_TIMEOUT_S = 5.0
 
 
-def supervisor_url(settings: Settings) -> str:
-    from worker.launcher import control_credentials
-
-    return control_credentials(settings)[0]
-
-
 def _rpc_call(url: str, username: str, password: str, method: str):
     """One XML-RPC call without parameters to supervisord at unix://PATH or http://HOST:PORT.
 
