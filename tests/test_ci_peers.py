@@ -74,3 +74,32 @@ def test_a_folder_that_is_not_a_venv_is_never_removed(tmp_path):
     assert done.returncode != 0
     assert "not touching it" in done.stderr
     assert (precious / "notes.txt").read_text() == "mine"
+
+
+def _fake_rasa_venv(folder: Path, version: str, extra_lines: int = 0) -> Path:
+    """A venv whose `bin/rasa --version` answers like Rasa 3.6 (warnings first, then a table)."""
+    (folder / "bin").mkdir(parents=True)
+    (folder / "pyvenv.cfg").write_text("home = /nowhere\n")
+    rasa = folder / "bin" / "rasa"
+    rasa.write_text(
+        "#!/bin/sh\n"
+        "echo 'tracker_store.py:1044: MovedIn20Warning: Deprecated API features detected!' >&2\n"
+        f"echo 'Rasa Version      :         {version}'\n"
+        "echo 'Minimum Compatible Version: 3.6.21'\n"
+        f"i=0; while [ $i -lt {extra_lines} ]; do echo 'Python Path       :         /x'; "
+        "i=$((i+1)); done\n")
+    rasa.chmod(0o755)
+    return folder
+
+
+def test_a_cached_rasa_venv_is_reused_only_when_rasa_says_3_6_21(tmp_path):
+    right = _fake_rasa_venv(tmp_path / "right", "3.6.21")
+    # Much output after the version line: a check that stops reading early (grep -q in a pipe
+    # under pipefail) takes the broken pipe for a wrong version and rebuilds for nothing.
+    chatty = _fake_rasa_venv(tmp_path / "chatty", "3.6.21", extra_lines=20000)
+    older = _fake_rasa_venv(tmp_path / "older", "3.6.20")
+    broken = tmp_path / "broken"
+    (broken / "bin").mkdir(parents=True)
+    for venv, ready in ((right, True), (chatty, True), (older, False), (broken, False)):
+        done = _run_peers(tmp_path, "rasa-venv-ready", RASA_VENV=str(venv))
+        assert (done.returncode == 0) == ready, (venv.name, done.returncode, done.stderr)
