@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import RunningTool, tool_environment  # noqa: E402
+from tests.helpers import RunningTool, settings_names, tool_environment  # noqa: E402
 
 # The suites against the real peers (Docker, Rasa) run after the unit and integration tests:
 # a fault in the core shows up first, and the slow peers come last.
@@ -42,8 +42,6 @@ def models(tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_env_leak(monkeypatch):
-    for name in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY", "KEEP_PREVIOUS",
-                 "MODEL_PATTERN", "RUN_DIR", "IGNORE_FILE_PATHS", "LOG_LEVEL", "ENV_FILE",
-                 "BROKEN_GRACE_PERIOD", "RESCAN_INTERVAL"):
+    for name in settings_names():
         monkeypatch.delenv(name, raising=False)
     yield

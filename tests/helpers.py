@@ -16,6 +16,20 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def settings_names() -> tuple[str, ...]:
+    """Every variable the tool reads as a setting: a caller's exported one (LOG_FORMAT=json,
+    RASA_URL, ...) must never reach a test's tool unless the test sets it."""
+    from worker.settings import DECLARED
+
+    return tuple(declared.name for declared in DECLARED)
+
+
+def environment_without_settings() -> dict[str, str]:
+    """The caller's environment less every setting of the tool."""
+    names = set(settings_names())
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
 def model_bytes(payload_size: int = 64 * 1024, model_id: str = "m1", seed: int | None = None,
                 compresslevel: int = 1) -> bytes:
     """A Rasa-like archive: components/ then metadata.json, gzip-compressed tar."""
@@ -179,10 +193,7 @@ def _cmdline(pid: int) -> str:
 
 def tool_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
     """A clean environment for one instance: its own models folder and RUN_DIR."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY", "KEEP_PREVIOUS",
-                        "MODEL_PATTERN", "RUN_DIR", "IGNORE_FILE_PATHS", "LOG_LEVEL",
-                        "ENV_FILE", "BROKEN_GRACE_PERIOD", "RESCAN_INTERVAL")}
+    env = environment_without_settings()
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     env["RUN_DIR"] = str(tmp_path / "run")
     env["THROTTLE_DELAY"] = "300"

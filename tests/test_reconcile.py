@@ -345,9 +345,9 @@ def run_once(settings, *args) -> str:
     import subprocess
     import sys
 
-    from tests.helpers import PROJECT_ROOT
+    from tests.helpers import PROJECT_ROOT, environment_without_settings
 
-    env = {**os.environ, **{k: v for k, v in settings.as_environment().items()
+    env = {**environment_without_settings(), **{k: v for k, v in settings.as_environment().items()
                             if k in ("TARGET_DIR", "LATEST_MODEL_PATH", "THROTTLE_DELAY",
                                      "KEEP_PREVIOUS", "RUN_DIR", "IGNORE_FILE_PATHS",
                                      "PUBLISH_MODE")},
