@@ -80,7 +80,9 @@ def test_gradual_rasa_writes_never_show_a_partial_latest(start_tool, models):
     assert watcher.partial == []
     # The second model was written and published while latest.tar.gz existed throughout.
     assert watcher.reads - reads_of_first > 20, "the watcher barely read latest.tar.gz"
-    assert f"published {first}" in tool.output and f"deleted {first}" in tool.output
+    # The log arrives through a pipe: wait for the lines rather than race the reader thread.
+    tool.wait_for_line(f"published {first}")
+    tool.wait_for_line(f"deleted {first}")
 
 
 def test_a_model_renamed_in_is_published(start_tool, models):
@@ -214,7 +216,7 @@ def test_kill_9_rotator_in_the_middle_of_a_publish(start_tool, models, tmp_path)
     assert content_of(models / "latest.tar.gz") == small.read_bytes(), "latest changed half-way"
     latest_is(models, big.read_bytes(), timeout=60)
     wait_for(lambda: not temporary_files(models), message="the leftover temporary file removed")
-    assert "temporary file of an interrupted publish" in tool.output
+    tool.wait_for_line("temporary file of an interrupted publish")
     only_models(models, "big.tar.gz")
 
 
@@ -360,7 +362,7 @@ def test_move_mode_end_to_end(start_tool, models):
         latest_is(models, content)
         assert not model.exists(), "the source should have been moved"
     assert model_files(models) == ["latest.tar.gz"]
-    assert "moved in" in tool.output
+    tool.wait_for_line("moved in")
 
 
 @pytest.mark.parametrize("env_file", [".env", "custom.env"])
