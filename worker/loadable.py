@@ -19,6 +19,7 @@ never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -158,10 +159,8 @@ class LoadableBook:
         except ValueError as error:
             book.refused, book.loaded = {}, None
             book.problem = f"not valid ({error}); set aside as {book.path.name}.bad"
-            try:
+            with contextlib.suppress(OSError):
                 os.replace(book.path, book.path.with_name(book.path.name + ".bad"))
-            except OSError:
-                pass
         return book
 
     def save(self) -> None:
