@@ -135,17 +135,24 @@ class LoadableBook:
     changed: bool = False
 
     @classmethod
-    def load(cls, latest_model_path: Path) -> LoadableBook:
+    def load(cls, latest_model_path: Path, set_aside: bool = True) -> LoadableBook:
+        """The book beside LATEST_MODEL_PATH; empty when missing or bad (a bad file is set
+        aside unless `set_aside` is False: `status` only reads). Never raises."""
         book = cls(book_path(latest_model_path))
         try:
-            raw = read_small_file(book.path, MAX_BOOK_BYTES)
+            raw = read_small_file(book.path, MAX_BOOK_BYTES + 1)
         except FileNotFoundError:
             return book
         except OSError as error:
             book.problem = f"cannot be read ({error.strerror or error}); ignored"
             return book
         try:
-            data = json.loads(raw)
+            if len(raw) > MAX_BOOK_BYTES:
+                raise ValueError(f"larger than {MAX_BOOK_BYTES} bytes")
+            try:
+                data = json.loads(raw)
+            except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+                raise ValueError("nested too deeply") from None
             if not isinstance(data, dict) or data.get("version") != BOOK_VERSION:
                 raise ValueError("not a loadable book of version 1")
             entries = data.get("refused")
@@ -159,6 +166,8 @@ class LoadableBook:
         except ValueError as error:
             book.refused, book.loaded = {}, None
             book.problem = f"not valid ({error}); set aside as {book.path.name}.bad"
+            if not set_aside:
+                return book
             with contextlib.suppress(OSError):
                 os.replace(book.path, book.path.with_name(book.path.name + ".bad"))
         return book
