@@ -292,7 +292,7 @@ class ReplicaSync(threading.Thread):
         if not in_sync:
             self._in_sync_with = None
         state = self.state.state
-        if in_sync or state not in ("swapping", "waiting-for-training"):
+        if in_sync or state not in ("swapping", "waiting-for-training", "model-refused"):
             state = "in-sync" if in_sync else "out-of-sync"
         self._update(model_id=served, training_jobs=jobs, checked_at=now, state=state,
                      published_model_id=desired.model_id, in_sync=in_sync)
