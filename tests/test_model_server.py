@@ -535,3 +535,32 @@ def test_a_port_that_cannot_be_had_is_one_clear_line(start_tool, models, tmp_pat
         assert "\n" not in line
         assert f"MODEL_SERVER_PORT={port}: cannot listen on 0.0.0.0:{port}" in line
         assert "Address already in use" in line
+
+
+def test_a_replica_that_cannot_load_a_pulled_model_stops_the_rollout(start_tool, models,
+                                                                     tmp_path):
+    """Issue 17: Rasa keeps its old fingerprint when a pulled model fails to load. The
+    replica that asks again with it stopped the rollout: nobody else is sent that model,
+    latest returns to the model the replicas loaded, the refused file stays, status says so."""
+    tool, port = start_server(start_tool)
+    first, second = Client(port, "127.0.0.1"), Client(port, "127.0.0.2")
+    good = publish(models, "20261126-101010-brave-fox.tar.gz", "good")
+    good_etag = first.request(etag=uuid.uuid4().hex)[1]["ETag"]
+    assert second.request(etag=uuid.uuid4().hex)[1]["ETag"] == good_etag
+    assert first.request(etag=good_etag)[0] == 304  # both loaded it
+    assert second.request(etag=good_etag)[0] == 304
+
+    publish(models, "20261126-111111-calm-owl.tar.gz", "bad")
+    assert first.request(etag=good_etag)[0] == 200  # the canary downloads it ...
+    assert first.request(etag=good_etag)[0] == 304  # ... and asks again with its old ETag
+    tool.wait_for_line("refused by 127.0.0.1")
+    wait_for(lambda: content_of(models / "latest.tar.gz") == good, 30,
+             message="latest back to the good model")
+    for _ in range(3):
+        assert second.request(etag=good_etag)[0] == 304
+        assert first.request(etag=good_etag)[0] == 304
+    assert (models / "20261126-111111-calm-owl.tar.gz").exists()
+    status = subprocess.run([sys.executable, "-m", "worker", "status"], cwd=tmp_path,
+                            env=tool.env, capture_output=True, text=True, timeout=30)
+    assert "not published (refused)" in status.stdout
+    assert "calm-owl" in status.stdout
