@@ -148,7 +148,10 @@ def test_a_model_below_the_servers_minimum_reaches_no_replica(fleet, trained):
     watchers = [Availability(replica) for replica in fleet.replicas]
     try:
         arrive(trained["old"], fleet.models, "20261202-020202-old.tar.gz")
-        line = fleet.tool.wait_for_line("trained by Rasa 3.5.0", 60)
+        wait_for(lambda: "trained by Rasa 3.5.0" in fleet.tool.output
+                 or model_id_of(fleet.latest) == old_id, 60)
+        assert model_id_of(fleet.latest) == fleet.good_id, "the refused model was published"
+        line = fleet.tool.wait_for_line("trained by Rasa 3.5.0", 5)
         assert "3.6.21" in line and "GET /version" in line
         time.sleep(3 * SYNC_INTERVAL_S + 1)
     finally:
@@ -173,7 +176,10 @@ def test_a_model_rasa_cannot_load_reaches_one_replica_and_latest_returns(fleet, 
     try:
         arrive(trained["broken"], fleet.models, "20261202-030303-broken.tar.gz")
         fleet.tool.wait_for_line(f"published is {broken_id}: swapping", 60)
-        fleet.tool.wait_for_line("refused by", 60)
+        wait_for(lambda: "refused by" in fleet.tool.output
+                 or swaps_to(fleet.tool.output, broken_id) > 1, 60)
+        assert swaps_to(fleet.tool.output, broken_id) == 1, "sent to a second replica"
+        fleet.tool.wait_for_line("refused by", 5)
         refused_at = time.monotonic()
         wait_for(lambda: model_id_of(fleet.latest) == fleet.good_id, 60, interval=0.02)
         back_after = time.monotonic() - refused_at
@@ -230,8 +236,13 @@ def test_a_replica_that_cannot_load_a_pulled_model_stops_the_rollout(start_tool,
         time.sleep(3)
         watchers = [Availability(replica) for replica in replicas]
         try:
-            arrive(trained["broken"], models, "20261202-030303-broken.tar.gz")
-            tool.wait_for_line("refused by 127.0.0.", 90)
+            broken = arrive(trained["broken"], models, "20261202-030303-broken.tar.gz")
+            with open_published(broken) as opened:
+                broken_etag = opened.etag  # the ETag names the content: latest's, published
+            wait_for(lambda: "refused by 127.0.0." in tool.output
+                     or len(sent_to(tool.output, broken_etag)) > 1, 90)
+            assert len(sent_to(tool.output, broken_etag)) == 1, "sent again after its failed load"
+            tool.wait_for_line("refused by 127.0.0.", 5)
             refused_at = time.monotonic()
             wait_for(lambda: model_id_of(models / "latest.tar.gz") == good_id, 60,
                      interval=0.02)
@@ -240,8 +251,6 @@ def test_a_replica_that_cannot_load_a_pulled_model_stops_the_rollout(start_tool,
         finally:
             for watcher in watchers:
                 watcher.stop()
-        with open_published(models / "20261202-030303-broken.tar.gz") as broken:
-            broken_etag = broken.etag  # the ETag names the content: latest's, when published
         assert len(sent_to(tool.output, broken_etag)) == 1, tool.output[-4000:]
         assert all(replica.model_id(5) == good_id for replica in replicas)
         down = [seconds_down(w) for w in watchers]
