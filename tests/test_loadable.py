@@ -156,6 +156,9 @@ def test_latest_returns_to_the_last_loaded_model_after_a_refusal(settings):
     outcome = reconciler.reconcile()
     assert published_id(settings) == "G"
     assert ("published", "good.tar.gz") in [(a.kind, a.path.name) for a in outcome.actions]
+    # Reported (log line, and the metric's reason label) when latest leaves it.
+    assert [(a.kind, a.path.name, a.reason) for a in outcome.actions if a.kind == "skipped"] \
+        == [("skipped", "bad.tar.gz", "refused")]
     assert (folder / "bad.tar.gz").exists(), "a refused model is never deleted for it"
     # Not published again while its file is the same, also by a new rotator (a restart).
     for fresh in (reconciler, Reconciler(settings)):
@@ -189,3 +192,13 @@ def test_a_refused_model_is_tried_again_once_its_file_changes(settings):
 @pytest.fixture
 def settings(tmp_path):
     return make_settings(tmp_path)
+
+
+def test_a_bad_minimum_version_is_one_clear_line(tmp_path):
+    from worker.settings import SettingError
+
+    for bad in ("soon", "3.x", " 3.6.21"):
+        with pytest.raises(SettingError) as refused:
+            make_settings(tmp_path, RASA_MIN_MODEL_VERSION=bad)
+        assert str(refused.value).startswith("RASA_MIN_MODEL_VERSION=")
+        assert "a Rasa version such as 3.6.21" in str(refused.value)

@@ -282,7 +282,7 @@ class Reconciler:
         floor = record.arrival_key if record else None
         newer = [m for m in models if not (record and record.is_source(m))
                  and (floor is None or arrivals[m.name].key > floor)]
-        last_loaded = self._return_to_last_loaded(models, record, book)
+        last_loaded = self._return_to_last_loaded(models, record, book, outcome)
         if last_loaded is not None and last_loaded not in newer:
             newer.append(last_loaded)
         attempted = False
@@ -361,12 +361,20 @@ class Reconciler:
             book.clear(model.name)  # the minimum moved: no longer below it
         return False
 
-    def _return_to_last_loaded(self, models, record, book: LoadableBook) -> ModelFile | None:
+    def _return_to_last_loaded(self, models, record, book: LoadableBook,
+                               outcome: Outcome) -> ModelFile | None:
         """Latest holds a model a replica refused: the last model a replica loaded (kept for
         this) is a candidate again, so a Rasa restart finds a model it can load."""
-        if record is None or book.loaded is None or book.refusal(
-                record.source, record.source_inode, record.source_size,
-                record.source_mtime_ns) is None:
+        refusal = None if record is None else book.refusal(
+            record.source, record.source_inode, record.source_size, record.source_mtime_ns)
+        if refusal is None or refusal.reason == VERSION:
+            return None
+        source = next((m for m in models if record.is_source(m)), None)
+        if source is not None:
+            self._skip_once(outcome, source.identity, source.path,
+                            f"a replica could not load it ({refusal.by}: {refusal.detail}); "
+                            "kept, not published again until the file changes", "refused")
+        if book.loaded is None:
             return None
         return next((m for m in models
                      if book.is_loaded(m.name, m.inode, m.size, m.mtime_ns)), None)
