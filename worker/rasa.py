@@ -377,7 +377,7 @@ class ReplicaSync(threading.Thread):
                 self._blind_done = desired
                 self._call(put, took, "loaded", "", logging.INFO)
                 return self._confirm(desired)
-            if put.status is not None and (400 <= put.status < 500 or put.status == 500) \
+            if put.status is not None and 400 <= put.status <= 500 \
                     and put.status not in (401, 403):
                 # Rasa could not load it (400 "could not be loaded", 500 LoadingError) and
                 # keeps its old model: the rollout of this model stops here.

@@ -204,7 +204,6 @@ class Rotator:
         else:
             self.recheck_at = time.monotonic() + max(0.0, outcome.recheck_at - time.time())
 
-
     def _gate_minimum(self) -> None:
         """The version gate: the higher of RASA_MIN_MODEL_VERSION and the replicas' own
         minimum (GET /version); with neither, no gate (a refusal is then caught by the
