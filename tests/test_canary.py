@@ -131,6 +131,14 @@ def test_a_failed_smoke_parse_counts_as_a_refusal(stubs, captured_log):
         assert "/model/parse" in verdicts.refused[0][2]
         assert [r["body"] for r in first.calls("POST") + second.calls("POST")] == [
             {"text": "hello"}]
+        # The canary serves the refused model: once latest is back on A, it is swapped back.
+        canary = first if first.calls() else second
+        assert canary.model_id == "B"
+        for stub in (first, second):
+            stub.models[MODEL_PATH], stub.parse_status = "A", None
+        sync.want("A", published=True)
+        wait_for(lambda: syncs.in_sync(canary.url, "A"), 10)
+        assert puts(first, second) == 2
     finally:
         sync.stop()
 
