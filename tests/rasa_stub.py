@@ -5,6 +5,10 @@
   or `models[path]`) and answers 204. While "loading" (`load_s`) it answers NOTHING else, like
   Rasa's event loop blocked in `agent.load_model`.
 - `GET /`: Rasa's hello text.
+- `GET /version` (with `version`): {version, minimum_compatible_version}; 404 without.
+- `POST /model/parse`: 200 with an intent while a model is loaded, or `parse_status`.
+- `refuse_load` (a status): every PUT answers it and keeps the old model, like a Rasa that
+  cannot load the model.
 Scripts make it misbehave: `script` answers the next PUTs, `status_script` the next GET
 /status; each entry is a status, ("hang", seconds), or ("raw", status, reason, body).
 Every request is recorded.
@@ -33,7 +37,9 @@ def model_id_in(path: str) -> str | None:
 class RasaStub:
     def __init__(self, script: list | None = None, model_id: str | None = None,
                  models: dict | None = None, load_s: float = 0.0, training_jobs: int = 0,
-                 status_script: list | None = None):
+                 status_script: list | None = None, version: str | None = None,
+                 minimum_version: str = "3.6.21", refuse_load: int | None = None,
+                 parse_status: int | None = None):
         self.script = list(script or [])
         self.status_script = list(status_script or [])
         self.model_id = model_id
@@ -41,6 +47,10 @@ class RasaStub:
         self.models = dict(models or {})
         self.load_s = load_s
         self.training_jobs = training_jobs
+        self.version = version
+        self.minimum_version = minimum_version
+        self.refuse_load = refuse_load
+        self.parse_status = parse_status
         self.requests: list[dict] = []
         self.loads: list[tuple[float, float]] = []  # (start, end) of each load, monotonic
         self.lock = threading.Lock()
@@ -108,7 +118,26 @@ class RasaStub:
                     return self._answer(200, json.dumps(
                         {"model_id": model_id, "model_file": model_file,
                          "num_active_training_jobs": jobs}).encode())
+                if self.path.split("?")[0] == "/version":
+                    if stub.version is None:
+                        return self._answer(404, b"")
+                    return self._answer(200, json.dumps(
+                        {"version": stub.version,
+                         "minimum_compatible_version": stub.minimum_version}).encode())
                 self._answer(200, b"Hello from Rasa: 3.6.21", content_type="text/plain")
+
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"null")
+                self._record(body)
+                with stub.event_loop:
+                    pass
+                if stub.parse_status is not None:
+                    return self._answer(stub.parse_status, b'{"message": "parse failed"}')
+                if stub.model_id is None:
+                    return self._answer(409, b'{"message": "No agent loaded."}')
+                self._answer(200, json.dumps({"text": (body or {}).get("text"),
+                                              "intent": {"name": "greet"}}).encode())
 
             def do_PUT(self):  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length", 0))
@@ -120,6 +149,11 @@ class RasaStub:
                 if entry is not None and self._scripted(entry):
                     return
                 path = (body or {}).get("model_file", "")
+                if stub.refuse_load is not None:
+                    with stub.event_loop:
+                        time.sleep(stub.load_s)
+                    return self._answer(stub.refuse_load, json.dumps(
+                        {"message": f"Agent with name '{path}' could not be loaded."}).encode())
                 with stub.event_loop:
                     started = time.monotonic()
                     time.sleep(stub.load_s)

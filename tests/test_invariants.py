@@ -2,13 +2,16 @@
 as events or found by a rescan, whole or broken, with file times in the past, now or a day
 ahead), rollbacks (an old file moved back in), deletions by a person, publishes that fail
 (ENOSPC at the copy), restarts (a new Reconciler that gets the reader's undelivered events),
-`once`-style second instances, and clock jumps. After every reconcile:
+`once`-style second instances, clock jumps, and models Rasa refuses (issue 17): some trained
+by a Rasa below the minimum version, and a replica that loads or refuses what latest holds.
+After every reconcile:
 
 - nothing newer than what is published is deleted (newer = arrived later, in the history);
 - the published file is whole, and its record describes it (same file, same model);
 - no temp file is left;
-and once the folder is quiet: latest holds the newest whole model there is, and Rasa's
-restart pick (newest mtime among *.tar.gz) is the published file.
+and once the folder is quiet: latest holds the newest loadable whole model there is (after a
+refusal: the last loaded model, or newer), and Rasa's restart pick (newest mtime among
+*.tar.gz) is the published file.
 
 Real files in a temporary folder; the only seam is the copy, made to fail with ENOSPC.
 """
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
+import json
 import os
 import shutil
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +44,28 @@ from tests.helpers import model_bytes
 from worker import archive
 from worker.archive import BrokenArchive, check_archive
 from worker.folder import read_record
+from worker.loadable import record_loaded, record_refusal
 from worker.reconcile import Reconciler
 from worker.settings import read_settings
 
 THROTTLE_S = 1.0
 DAY = 86_400.0
 WHOLE = model_bytes(3000, model_id="template")
+MINIMUM = "3.6.21"
+
+
+def versioned_model(model_id: str, rasa_version: str) -> bytes:
+    """A small Rasa-like archive whose metadata.json names the Rasa that trained it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        for name, data in (("components/part.bin", os.urandom(1500)),
+                           ("metadata.json", json.dumps(
+                               {"model_id": model_id,
+                                "rasa_open_source_version": rasa_version}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 class FolderRules(RuleBasedStateMachine):
@@ -60,6 +82,8 @@ class FolderRules(RuleBasedStateMachine):
         self.undelivered: list[tuple[str, float]] = []  # the reader's buffer
         self.failing = False
         self.reconciler: Reconciler | None = None
+        self.refused: set[str] = set()  # names a replica could not load
+        self.loaded: str | None = None  # the last name a replica loaded
 
     def now(self) -> float:
         value = time.time() + self.offset
@@ -71,7 +95,8 @@ class FolderRules(RuleBasedStateMachine):
         self.settings = read_settings({
             "TARGET_DIR": str(self.folder), "RUN_DIR": str(self.base / "run"),
             "THROTTLE_DELAY": str(int(THROTTLE_S * 1000)), "PUBLISH_MODE": mode,
-            "KEEP_PREVIOUS": str(keep), "BROKEN_GRACE_PERIOD": "3600"})
+            "KEEP_PREVIOUS": str(keep), "BROKEN_GRACE_PERIOD": "3600",
+            "RASA_MIN_MODEL_VERSION": MINIMUM})
         self.latest = self.settings.latest_model_path
         self.reconciler = Reconciler(self.settings, clock=self.now)
         self.reconciler.reconcile()  # the rotator's first act: a look at the folder
@@ -92,16 +117,16 @@ class FolderRules(RuleBasedStateMachine):
 
     # -- what happens to the folder -----------------------------------------------------
 
-    def _put(self, whole: bool, mtime: float) -> str:
+    def _put(self, whole: bool, mtime: float, old: bool = False) -> str:
         self.order += 1
         name = f"m{self.order:03d}.tar.gz"
-        data = model_bytes(2000, model_id=name)
+        data = versioned_model(name, "3.5.0" if old else MINIMUM)
         if not whole:
             data = data[: len(data) // 2]
         path = self.folder / name
         path.write_bytes(data)
         os.utime(path, (mtime, mtime))
-        self.arrived[name] = {"data": data, "order": self.order, "whole": whole}
+        self.arrived[name] = {"data": data, "order": self.order, "whole": whole, "old": old}
         self.present.add(name)
         return name
 
@@ -113,6 +138,36 @@ class FolderRules(RuleBasedStateMachine):
         name = self._put(whole, now - age)
         self.reconciler.note_arrival(name, now)
         self.undelivered.append((name, now))
+
+    @rule()
+    def arrive_too_old(self):
+        """A whole model trained by a Rasa below the minimum: never published, and never
+        deleted for it."""
+        now = self.now()
+        name = self._put(True, now, old=True)
+        self.reconciler.note_arrival(name, now)
+        self.undelivered.append((name, now))
+
+    def _published_record(self):
+        record = read_record(self.latest)
+        if record is None or not self.latest.exists() or not record.describes(
+                self.latest.stat()) or not (self.folder / record.source).exists():
+            return None
+        return record
+
+    @rule()
+    def replica_loads_latest(self):
+        record = self._published_record()
+        if record is not None:
+            record_loaded(self.latest, record, "replica")
+            self.loaded = record.source
+
+    @rule()
+    def replica_refuses_latest(self):
+        record = self._published_record()
+        if record is not None:
+            record_refusal(self.latest, record, "replica", "PUT /model answered 400")
+            self.refused.add(record.source)
 
     @rule(whole=st.booleans(), ahead=st.booleans())
     def arrive_unseen(self, whole, ahead):
@@ -174,14 +229,19 @@ class FolderRules(RuleBasedStateMachine):
         for _ in range(2):
             self._reconcile(self.reconciler)
         self.undelivered.clear()
-        around = [n for n in self.present if self.arrived[n]["whole"]]
+        loadable = [n for n in self.present if self.arrived[n]["whole"]
+                    and not self.arrived[n]["old"] and n not in self.refused]
         held = self._held()
-        if held is not None:
-            around.append(held)
+        around = list(loadable)
+        if held is not None and not (held in self.refused and self.loaded in loadable) \
+                and not self.arrived.get(held, {}).get("old"):
+            around.append(held)  # a refused latest stays only with nothing to return to
         if not around:
             return
         newest = max(around, key=lambda n: self.arrived[n]["order"])
-        assert held == newest, f"latest holds {held}, the newest whole model is {newest}"
+        assert held == newest, (f"latest holds {held}, the newest loadable whole model is "
+                                f"{newest} (refused {sorted(self.refused)}, last loaded "
+                                f"{self.loaded})")
         pick = max(glob.glob(os.path.join(self.folder, "*.tar.gz")), key=os.path.getmtime)
         assert Path(pick) == self.latest, f"a Rasa restart would load {pick}"
 
@@ -205,6 +265,7 @@ class FolderRules(RuleBasedStateMachine):
             model = self.arrived[name]
             if not model["whole"] or name == held:
                 continue  # a broken file after its grace; a source moved into latest
+            assert name != self.loaded, f"{name}, the last model a replica loaded, deleted"
             assert held_order is not None and model["order"] < held_order, (
                 f"{name} (arrival {model['order']}) deleted; latest holds {held}")
         self._check_latest()

@@ -52,6 +52,7 @@ class ArchiveInfo:
     size: int
     model_id: str | None = None
     trained_at: str | None = None
+    rasa_version: str | None = None  # metadata.json's rasa_open_source_version
 
 
 class _GunzipStream:
@@ -164,6 +165,7 @@ def check_archive_stream(raw) -> ArchiveInfo:
         size=gunzip.compressed_bytes,
         model_id=_text(metadata.get("model_id")),
         trained_at=_text(metadata.get("trained_at")),
+        rasa_version=_text(metadata.get("rasa_open_source_version")),
     )
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from worker.logs import human_size
 from worker.published import NotPublished, download_name, open_published
-from worker.rolling import HELD, NOT_MODIFIED, SEND, SEND_FRESH, RollingGate
+from worker.rolling import FAILED, HELD, NOT_MODIFIED, SEND, SEND_FRESH, RollingGate
 from worker.settings import Settings
 
 MODEL_PATH = "/model"
@@ -133,6 +133,7 @@ class ModelServer:
         self._token = settings.model_server_token.encode()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._metrics_registry = None
+        self._loaded_etag: str | None = None  # the last ETag a replica confirmed it loaded
         family = socket.AF_INET6 if ":" in settings.model_server_bind else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -224,10 +225,18 @@ class ModelServer:
             self._reply(conn, 404, body=f"no model: {why}\n", head_only=head_only)
             return
         with published:
-            decision = self.gate.decide(address, request.if_none_match(), published.etag)
+            # Decided and counted in one step: two replicas never both take the last place.
+            decision = self.gate.decide(address, request.if_none_match(), published.etag,
+                                        begin=not head_only)
             if decision == NOT_MODIFIED:
                 self.counters.add(not_modified=1)
                 self._reply(conn, 304, {"ETag": published.etag})
+                self._note_loaded(published, address)
+                return
+            if decision == FAILED:
+                self.counters.add(held_back=1)
+                self._reply(conn, 304)
+                self._note_refused(published, address)
                 return
             if decision == HELD:
                 self.counters.add(held_back=1)
@@ -242,8 +251,6 @@ class ModelServer:
                 self._reply(conn, 200, headers, length=published.size, head_only=True)
                 return
             counted = decision == SEND and self.gate.max_swapping > 0
-            if counted:
-                self.gate.began(address, published.etag)
             complete = False
             started = time.monotonic()
             sent = 0
@@ -266,6 +273,56 @@ class ModelServer:
                     self.log.warning("download of %s by %s cut after %d of %d bytes "
                                      "(%.2f s)", published.etag, address, sent,
                                      published.size, took)
+
+    # -- loadable, not just whole (worker/loadable.py) --------------------------------------
+
+    def _source_of(self, published):
+        """The publish record of the open file, when it describes it (else None)."""
+        from worker.folder import read_record
+
+        record = read_record(self.latest)
+        return record if record is not None and record.describes(os.fstat(published.fd)) \
+            else None
+
+    def _note_loaded(self, published, address: str) -> None:
+        """A replica asks with the current ETag: it loaded it. Remember its source as the
+        model latest returns to after a refusal (once per ETag)."""
+        if self._loaded_etag == published.etag:
+            return
+        from worker.loadable import record_loaded
+
+        record = self._source_of(published)
+        try:
+            if record is not None:
+                record_loaded(self.latest, record, address)
+            self._loaded_etag = published.etag
+        except OSError as error:
+            self.log.error("could not record the model %s loaded: %s", address, error)
+
+    def _note_refused(self, published, address: str) -> None:
+        """A replica downloaded the current model and asks again with its old ETag: it could
+        not load it. Nobody else gets it; the rotator remembers the refusal and publishes
+        the last model a replica loaded."""
+        from worker.channel import RESCAN, QueueClient
+        from worker.loadable import record_refusal
+
+        record = self._source_of(published)
+        name = record.source if record is not None else str(self.latest)
+        self.log.error("model %s (%s) refused by %s: it downloaded it and asks again with its "
+                       "old ETag (a failed load); not sent to any other replica, latest "
+                       "returns to the last model a replica loaded", name, published.etag,
+                       address, extra={"event": "model_refused", "fields": {
+                           "source": name, "etag": published.etag, "address": address}})
+        if record is None:
+            return
+        try:
+            record_refusal(self.latest, record, address, "a pulled model failed to load "
+                           "(the replica asks again with its old ETag)")
+            client = QueueClient(self.settings.run_dir)
+            client.connect()
+            client.send((RESCAN, f"a replica could not load {name} (model server)"))
+        except Exception as error:  # noqa: BLE001 - the rotator's rescan timer catches up
+            self.log.error("could not record the refusal of %s: %s", name, error)
 
     def _send_file(self, conn: socket.socket, published) -> int:
         """Send exactly the open file, from the page cache to the socket (sendfile).

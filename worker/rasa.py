@@ -11,6 +11,10 @@ before its PUT and gives it back once its `/status` shows the new model, or once
 replica that is down never takes one (its status check fails first). Training-aware: a replica
 that reports active training jobs is not swapped until they end (at most RASA_TRAINING_WAIT),
 because the load would cut the training's response.
+
+Canary (worker/canary.py): the first replica to swap a new model tries it alone; if it
+cannot load it, no other replica is sent that model. Each replica also reports its
+`GET /version` minimum, the version gate's minimum (worker/loadable.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
 
+from worker.canary import CANARY, REFUSED, WAIT, Canary
+from worker.loadable import highest_version
 from worker.rasa_client import Answer, RasaClient, display_url
 from worker.text import printable
 
@@ -43,6 +49,7 @@ class Desired:
 
     model_id: str | None
     generation: int
+    source: object = field(default=None, compare=False)  # its publish record, if known
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,8 @@ class ReplicaState:
 
     url: str
     state: str = "unknown"  # in-sync | out-of-sync | swapping | waiting-for-training | down |
-    #                         refused | no-model-id | nothing-published | unknown
+    #                         refused | model-refused (another replica could not load it) |
+    #                         no-model-id | nothing-published | unknown
     model_id: str | None = None  # what it serves (None: nothing, or not known)
     published_model_id: str | None = None
     in_sync: bool = False
@@ -110,7 +118,8 @@ class ReplicaSync(threading.Thread):
 
     def __init__(self, client: RasaClient, model_file: str, desired, slots: threading.Semaphore,
                  log: logging.Logger, report, retry_for_s: float, sync_interval_s: float,
-                 training_wait_s: float, timing: Timing = Timing()):
+                 training_wait_s: float, timing: Timing = Timing(),
+                 canary: Canary | None = None, smoke_text: str = ""):
         super().__init__(name=f"rasa {client.shown_url}", daemon=True)
         self.client = client
         self.url = client.shown_url
@@ -127,6 +136,10 @@ class ReplicaSync(threading.Thread):
         self.training_wait_s = training_wait_s
         self.timing = timing
         self.state = ReplicaState(url=self.url)
+        self.canary = canary or Canary()
+        self.smoke_text = smoke_text
+        # Its GET /version `minimum_compatible_version` (None: not known).
+        self.minimum_version: str | None = None
         self._news = threading.Condition()
         self._check_requested = False
         self._stopped = False
@@ -134,6 +147,8 @@ class ReplicaSync(threading.Thread):
         # RASA_MODEL_PATH): not tried again until the next publish, or every check would cost
         # the replica an outage for nothing.
         self._refused: Desired | None = None
+        # The publish another replica could not load (reported once).
+        self._not_sent: Desired | None = None
         # A published model without model_id cannot be compared: one PUT per publish.
         self._blind_done: Desired | None = None
         # The model_id it was last seen serving in sync (None: out of sync since).
@@ -188,6 +203,7 @@ class ReplicaSync(threading.Thread):
             if desired is None:
                 self._update(state="nothing-published", published_model_id=None, in_sync=False)
                 return
+            self.refresh_version()
             try:
                 self._converge(desired)
                 return
@@ -196,7 +212,23 @@ class ReplicaSync(threading.Thread):
                               self.url, desired.model_id or "(no model_id)",
                               extra={"event": "rasa_superseded", "fields": {"url": self.url}})
 
+    def refresh_version(self) -> None:
+        """GET /version: keep its minimum_compatible_version (an old Rasa without one, or
+        no answer, leaves what was known)."""
+        answer = self.client.version()
+        if answer.ok and isinstance(answer.data, dict):
+            minimum = answer.data.get("minimum_compatible_version")
+            if isinstance(minimum, str) and len(minimum) < 64:
+                self.minimum_version = minimum
+
     def _converge(self, desired: Desired) -> None:
+        try:
+            self._converge_once(desired)
+        finally:
+            # Ended without a verdict (down, gave up, superseded): another replica may try.
+            self.canary.release(desired, self.url)
+
+    def _converge_once(self, desired: Desired) -> None:
         retry = _Backoff(self.timing, self.retry_for_s)
         while True:
             answer = self._look(desired)
@@ -214,6 +246,9 @@ class ReplicaSync(threading.Thread):
             if jobs and not self._training_done(desired):
                 continue  # the replica changed meanwhile (down, or swapped): look again
             outcome = self._swap(desired, despite_training=bool(jobs))
+            if outcome == "wait":  # the canary is trying this model: ask again soon
+                self._sleep(self.timing.poll_s, desired)
+                continue
             if outcome == "retry" and not self._wait_to_retry(retry, desired):
                 return
             if outcome == "done":
@@ -257,7 +292,7 @@ class ReplicaSync(threading.Thread):
         if not in_sync:
             self._in_sync_with = None
         state = self.state.state
-        if in_sync or state not in ("swapping", "waiting-for-training"):
+        if in_sync or state not in ("swapping", "waiting-for-training", "model-refused"):
             state = "in-sync" if in_sync else "out-of-sync"
         self._update(model_id=served, training_jobs=jobs, checked_at=now, state=state,
                      published_model_id=desired.model_id, in_sync=in_sync)
@@ -272,6 +307,9 @@ class ReplicaSync(threading.Thread):
             return True
         if self._refused == desired:
             return False  # already reported; a new publish tries again
+        if self.canary.verdict(desired) == REFUSED:
+            self._refused_elsewhere(desired)
+            return False
         self._update(state="out-of-sync", in_sync=False)
         return True
 
@@ -320,9 +358,17 @@ class ReplicaSync(threading.Thread):
                 return "again"  # a training started: wait for it outside the slot
             if self._newer_than(desired):
                 raise _Superseded
-            self.log.info("rasa %s: serves %s, published is %s: swapping (PUT /model)",
+            role = self.canary.claim(desired, self.url)
+            if role == WAIT:
+                return "wait"
+            if role == REFUSED:
+                self._refused_elsewhere(desired)
+                return "done"
+            self.log.info("rasa %s: serves %s, published is %s: swapping (PUT /model%s)",
                           self.url, served or "no model", desired.model_id or "(no model_id)",
-                          extra={"event": "rasa_swap", "fields": {"url": self.url}})
+                          ", the canary" if role == CANARY else "",
+                          extra={"event": "rasa_swap", "fields": {"url": self.url,
+                                                                   "canary": role == CANARY}})
             self._update(state="swapping")
             started = time.monotonic()
             put = self.client.put_model(self.model_file)
@@ -331,6 +377,18 @@ class ReplicaSync(threading.Thread):
                 self._blind_done = desired
                 self._call(put, took, "loaded", "", logging.INFO)
                 return self._confirm(desired)
+            if put.status is not None and 400 <= put.status <= 500 \
+                    and put.status not in (401, 403):
+                # Rasa could not load it (400 "could not be loaded", 500 LoadingError) and
+                # keeps its old model: the rollout of this model stops here.
+                self._refused = self._blind_done = desired
+                self._call(put, took, "refused", f"{put.reason}; the model is not sent to "
+                           "any other replica and not published again until its file "
+                           "changes (if every model is refused, check RASA_MODEL_PATH: the "
+                           "published file as Rasa sees it)", logging.ERROR)
+                self.canary.refused(desired, self.url, f"PUT /model answered {put.status} "
+                                    f"{put.reason}".rstrip())
+                return "done"
             if put.status is not None and 400 <= put.status < 500:
                 hint = ("check RASA_TOKEN (Rasa's --auth-token)" if put.status in (401, 403)
                         else "check RASA_MODEL_PATH (the path where Rasa runs) and RASA_URL")
@@ -345,11 +403,14 @@ class ReplicaSync(threading.Thread):
         """After a 204: /status must show the published model_id before the slot is free."""
         if desired.model_id is None:
             self._update(state="no-model-id", in_sync=False, converged_at=time.time())
+            self.canary.loaded(desired, self.url)
             return "done"
         deadline = time.monotonic() + max(self.client.timeout_s, self.timing.poll_s)
         while True:
             answer = self._look(desired)
             if isinstance(answer, tuple) and answer[0] == desired.model_id:
+                if not self._smoke_test(desired):
+                    return "done"
                 self._converged(desired)
                 return "done"
             if isinstance(answer, tuple) and self._served_file != self._put_file_name:
@@ -367,10 +428,38 @@ class ReplicaSync(threading.Thread):
                             f"published {desired.model_id}: check that RASA_MODEL_PATH is the "
                             "published file as Rasa sees it; not retried until the next "
                             "publish", logging.ERROR, state="out-of-sync")
+                if isinstance(answer, tuple):
+                    self.canary.refused(desired, self.url, f"after the 204, /status shows "
+                                        f"model_id {served}, not {desired.model_id}")
                 return "done"
             time.sleep(self.timing.poll_s)
 
+    def _smoke_test(self, desired: Desired) -> bool:
+        """With RASA_SMOKE_TEXT: `POST /model/parse` must answer with a parse result, or the
+        model counts as refused (the replica is swapped back once latest returns)."""
+        if not self.smoke_text:
+            return True
+        answer = self.client.parse(self.smoke_text)
+        if answer.ok and isinstance(answer.data, dict) and "intent" in answer.data:
+            return True
+        shown = answer.status if answer.status is not None else "no answer"
+        detail = f"POST /model/parse (RASA_SMOKE_TEXT) answered {shown} {answer.reason}"
+        self._refused = desired
+        self._error(f"loaded model {desired.model_id} but {detail.rstrip()}; the model is not "
+                    "sent to any other replica", logging.ERROR, state="refused")
+        self.canary.refused(desired, self.url, detail.rstrip())
+        return False
+
+    def _refused_elsewhere(self, desired: Desired) -> None:
+        if self._not_sent != desired:
+            self._not_sent = desired
+            self.log.warning("rasa %s: model %s was refused by another replica (the canary): "
+                             "not sent here", self.url, desired.model_id or "(no model_id)",
+                             extra={"event": "rasa_not_sent", "fields": {"url": self.url}})
+        self._update(state="model-refused", in_sync=False, published_model_id=desired.model_id)
+
     def _converged(self, desired: Desired) -> None:
+        self.canary.loaded(desired, self.url)
         newly = self._in_sync_with != desired.model_id
         self._in_sync_with = desired.model_id
         self._update(state="in-sync", in_sync=True, published_model_id=desired.model_id,
@@ -464,8 +553,10 @@ class RasaSync:
     def __init__(self, urls, model_file: str, token: str, retry_for_s: float, timeout_s: float,
                  log: logging.Logger, report, sync_interval_s: float = 60.0,
                  max_swapping: int = 1, training_wait_s: float = 600.0,
-                 timing: Timing = Timing()):
+                 timing: Timing = Timing(), canary: Canary | None = None,
+                 smoke_text: str = ""):
         self.log = log
+        self.canary = canary or Canary()
         self._lock = threading.Lock()
         self._desired: Desired | None = None
         self._generation = 0  # grows at every change, never reused
@@ -473,8 +564,24 @@ class RasaSync:
         slots = threading.BoundedSemaphore(max_swapping)
         self.replicas = [
             ReplicaSync(RasaClient(url, token, timeout_s), model_file, self.desired, slots,
-                        log, report, retry_for_s, sync_interval_s, training_wait_s, timing)
+                        log, report, retry_for_s, sync_interval_s, training_wait_s, timing,
+                        self.canary, smoke_text)
             for url in urls]
+
+    def minimum_version(self) -> str | None:
+        """The highest `minimum_compatible_version` among the replicas that answered."""
+        return highest_version(r.minimum_version for r in self.replicas)
+
+    def probe_versions(self, wait_s: float = 5.0) -> None:
+        """Ask every replica's GET /version at once, waiting at most `wait_s` (at start,
+        before the first publish: a replica that does not answer is left out)."""
+        threads = [threading.Thread(target=r.refresh_version, daemon=True)
+                   for r in self.replicas]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + wait_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         for replica in self.replicas:
@@ -484,7 +591,8 @@ class RasaSync:
         with self._lock:
             return self._desired
 
-    def want(self, model_id: str | None, published: bool, exists: bool = True) -> None:
+    def want(self, model_id: str | None, published: bool, exists: bool = True,
+             source=None) -> None:
         """The published model after a reconcile; starts the threads the first time."""
         with self._lock:
             previous = self._desired
@@ -494,7 +602,7 @@ class RasaSync:
                 # Generation 0 is only the model found published at start: no blind PUT.
                 if published or self._started:
                     self._generation += 1
-                self._desired = Desired(model_id, self._generation)
+                self._desired = Desired(model_id, self._generation, source)
             changed = self._desired != previous
             first = not self._started
             self._started = True

@@ -122,6 +122,14 @@ class RasaClient:
         """PUT /model {"model_file": ...}: 204 once loaded (Rasa answers nothing meanwhile)."""
         return self._call("PUT", "/model", json.dumps({"model_file": model_file}).encode())
 
+    def version(self) -> Answer:
+        """GET /version: 200 with {version, minimum_compatible_version}."""
+        return self._call("GET", "/version", None)
+
+    def parse(self, text: str) -> Answer:
+        """POST /model/parse {"text": ...}: 200 with {intent, entities, ...} from the model."""
+        return self._call("POST", "/model/parse", json.dumps({"text": text}).encode())
+
     def _call(self, method: str, path: str, body: bytes | None) -> Answer:
         try:
             endpoint = self._base.rstrip("/") + path

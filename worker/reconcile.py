@@ -10,7 +10,10 @@ The rules, each one method below (README, "Which model is latest", "What is neve
 - nothing newer than what is published is deleted: pruning compares with what latest holds
   after the publish attempt, never with what we tried to publish;
 - a Rasa restart finds the published model: latest's mtime is kept above every other
-  *.tar.gz in the folder.
+  *.tar.gz in the folder;
+- loadable, not just whole (worker/loadable.py): a model a replica refused, or one below the
+  minimum Rasa version, is not published (kept, reported once); the last model a replica
+  loaded is kept, and published again when latest holds a refused model.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from worker.folder import (
     same_content,
     write_record,
 )
+from worker.loadable import VERSION, FileMark, LoadableBook, below_minimum
 from worker.logs import human_size
 from worker.names import same_folder
 from worker.settings import Settings
@@ -101,6 +105,9 @@ class Reconciler:
         self._reported: set[tuple] = set()
         self._record_unsaved = False  # self.record is right, the file beside latest is not
         self._bound: list[tuple[str, float]] = []  # events this reconcile put in the journal
+        # The lowest Rasa version the servers load (None: no version gate), and who says so.
+        self.minimum_version: str | None = settings.rasa_min_model_version or None
+        self.minimum_source = "RASA_MIN_MODEL_VERSION"
 
     def note_arrival(self, name: str, when: float) -> None:
         """A close_write or moved_to for `name` was seen at wall-clock time `when`."""
@@ -124,18 +131,23 @@ class Reconciler:
         if dry_run:
             journal = journal.copy()
         arrivals = self._learn_arrivals(models, journal, now, dry_run)
+        book = LoadableBook.load(settings.latest_model_path)
+        if book.problem:
+            self._fail_once(outcome, ("loadable", book.problem), book.path,
+                            f"the refusal memory is {book.problem}")
         latest = self._what_latest_holds(models, arrivals, journal, outcome, dry_run, now)
         if latest.settled:
             attempt = self._publish_newer(models, arrivals, latest, journal, outcome, dry_run,
-                                          now)
+                                          now, book)
             if isinstance(attempt, ModelFile):  # a dry run: prune as if it were published
                 latest = Latest(_as_if_published(attempt, arrivals[attempt.name]))
             elif attempt:
                 # Prune against what latest holds after the attempt, not what we tried.
                 latest = self._what_latest_holds(models, arrivals, journal, outcome, dry_run,
                                                  now)
-        self._prune(models, arrivals, latest, outcome, dry_run, now)
+        self._prune(models, arrivals, latest, outcome, dry_run, now, book)
         if not dry_run:
+            self._save_book(book, models, outcome)
             self._keep_rasa_pick(latest, journal, outcome)
             journal.keep_only({m.name for m in models} | {LATEST_KEY}, now, complete=True)
             try:
@@ -260,8 +272,9 @@ class Reconciler:
     # -- publish --------------------------------------------------------------------------
 
     def _publish_newer(self, models, arrivals, latest, journal, outcome, dry_run,
-                       now) -> bool | ModelFile:
-        """Publish the newest whole model that arrived after what latest holds. Returns
+                       now, book: LoadableBook) -> bool | ModelFile:
+        """Publish the newest whole, loadable model that arrived after what latest holds
+        (or the last model a replica loaded, when latest holds a refused one). Returns
         whether anything was attempted (latest may have changed); in a dry run, the model
         that would be published, if any."""
         settings = self.settings
@@ -269,6 +282,9 @@ class Reconciler:
         floor = record.arrival_key if record else None
         newer = [m for m in models if not (record and record.is_source(m))
                  and (floor is None or arrivals[m.name].key > floor)]
+        last_loaded = self._return_to_last_loaded(models, record, book, outcome)
+        if last_loaded is not None and last_loaded not in newer:
+            newer.append(last_loaded)
         attempted = False
         for model in sorted(newer, key=lambda m: (arrivals[m.name].key, m.name), reverse=True):
             arrival = arrivals[model.name]
@@ -278,6 +294,8 @@ class Reconciler:
             if not self._quiet(arrival, model.mtime_ns, now):
                 outcome.recheck(self._quiet_at(arrival, model.mtime_ns))
                 continue  # may still be written: never copied (nor warned about) now
+            if self._not_loadable(model, book, outcome, dry_run):
+                continue
             if dry_run:
                 result = self._check(model)
                 if isinstance(result, BrokenArchive):
@@ -315,6 +333,62 @@ class Reconciler:
             return True
         return attempted
 
+    # -- loadable, not just whole ----------------------------------------------------------
+
+    def _not_loadable(self, model: ModelFile, book: LoadableBook, outcome: Outcome,
+                      dry_run: bool) -> bool:
+        """A model a replica failed to load (this very file version), or one trained by a
+        Rasa below the minimum the servers accept, is not published: kept, reported once."""
+        refusal = book.refusal(model.name, model.inode, model.size, model.mtime_ns)
+        if refusal is not None and refusal.reason != VERSION:
+            self._skip_once(outcome, model.identity, model.path,
+                            f"a replica could not load it ({refusal.by}: {refusal.detail}); "
+                            "kept, not published again until the file changes", "refused")
+            return True
+        result = self._check(model) if self.minimum_version else None
+        if isinstance(result, ArchiveInfo) and below_minimum(result.rasa_version,
+                                                             self.minimum_version):
+            detail = (f"trained by Rasa {result.rasa_version or '(no version)'}, below the "
+                      f"minimum {self.minimum_version} ({self.minimum_source}); kept, not "
+                      "published")
+            self._skip_once(outcome, model.identity, model.path, detail, VERSION)
+            if refusal is None and not dry_run:
+                book.refuse(FileMark(model.name, model.inode, model.size, model.mtime_ns,
+                                     at=self.clock(), model_id=result.model_id,
+                                     reason=VERSION, detail=detail, by=self.minimum_source))
+            return True
+        if refusal is not None and not dry_run:
+            book.clear(model.name)  # the minimum moved: no longer below it
+        return False
+
+    def _return_to_last_loaded(self, models, record, book: LoadableBook,
+                               outcome: Outcome) -> ModelFile | None:
+        """Latest holds a model a replica refused: the last model a replica loaded (kept for
+        this) is a candidate again, so a Rasa restart finds a model it can load."""
+        refusal = None if record is None else book.refusal(
+            record.source, record.source_inode, record.source_size, record.source_mtime_ns)
+        if refusal is None or refusal.reason == VERSION:
+            return None
+        source = next((m for m in models if record.is_source(m)), None)
+        if source is not None:
+            self._skip_once(outcome, source.identity, source.path,
+                            f"a replica could not load it ({refusal.by}: {refusal.detail}); "
+                            "kept, not published again until the file changes", "refused")
+        if book.loaded is None:
+            return None
+        return next((m for m in models
+                     if book.is_loaded(m.name, m.inode, m.size, m.mtime_ns)), None)
+
+    def _save_book(self, book: LoadableBook, models, outcome: Outcome) -> None:
+        book.keep_only({m.name: (m.inode, m.size, m.mtime_ns) for m in models})
+        if not book.changed:
+            return
+        try:
+            book.save()
+        except OSError as error:
+            self._fail_once(outcome, ("loadable", error.errno), book.path,
+                            f"could not save the refusal memory: {error}")
+
     def _record_publish(self, model, arrival, published, journal, outcome) -> None:
         settings = self.settings
         latest = published.latest_stat
@@ -338,9 +412,11 @@ class Reconciler:
 
     # -- prune ----------------------------------------------------------------------------
 
-    def _prune(self, models, arrivals, latest, outcome, dry_run, now) -> None:
+    def _prune(self, models, arrivals, latest, outcome, dry_run, now,
+               book: LoadableBook | None = None) -> None:
         """Delete only whole models that arrived before the model latest holds now (beyond
-        KEEP_PREVIOUS), and broken files unchanged for BROKEN_GRACE_PERIOD."""
+        KEEP_PREVIOUS, and never the last model a replica loaded), and broken files
+        unchanged for BROKEN_GRACE_PERIOD."""
         if not latest.settled:
             return  # another program is writing latest: decide nothing against it
         settings = self.settings
@@ -373,6 +449,9 @@ class Reconciler:
                 continue
             if floor is None or arrival.key > floor:
                 continue  # arrived after what latest holds (or nothing is published): kept
+            if book is not None and book.is_loaded(model.name, model.inode, model.size,
+                                                   model.mtime_ns):
+                continue  # the last model a replica loaded: latest returns to it if refused
             if kept < settings.keep_previous:
                 kept += 1
                 continue

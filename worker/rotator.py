@@ -51,11 +51,49 @@ class Rotator:
             self.metrics.rasa_replica(update)
             book.record(update)
 
+        from worker.canary import Canary
+
         return RasaSync(s.rasa_urls, s.rasa_model_path, s.rasa_token, s.rasa_retry_for_s,
                         s.rasa_timeout_s, self.log, report,
                         sync_interval_s=s.rasa_sync_interval_s,
                         max_swapping=s.rasa_max_swapping,
-                        training_wait_s=s.rasa_training_wait_s)
+                        training_wait_s=s.rasa_training_wait_s,
+                        canary=Canary(self._replica_loaded, self._replica_refused),
+                        smoke_text=s.rasa_smoke_text)
+
+    # -- called from the replicas' threads --------------------------------------------------
+
+    def _replica_loaded(self, desired, url: str) -> None:
+        """A replica serves the published model: it is the one latest returns to, if ever."""
+        from worker.loadable import record_loaded
+
+        if desired.source is not None:
+            try:
+                record_loaded(self.settings.latest_model_path, desired.source, url)
+            except OSError as error:
+                self.log.error("could not record the model %s loaded: %s", url, error)
+
+    def _replica_refused(self, desired, url: str, detail: str) -> None:
+        """The canary could not load the published model: remember it (not published again
+        until its file changes), and reconcile now, which publishes the last loaded model."""
+        from worker.loadable import record_refusal
+
+        source = desired.source
+        name = source.source if source is not None else "(unknown source)"
+        self.log.error("model %s (model_id %s) refused by %s: %s; rollout stopped, latest "
+                       "returns to the last model a replica loaded", name,
+                       desired.model_id or "(none)", url, detail,
+                       extra={"event": "model_refused", "fields": {
+                           "source": name, "model_id": desired.model_id, "url": url,
+                           "detail": detail}})
+        if source is None:
+            return
+        try:
+            record_refusal(self.settings.latest_model_path, source, url, detail)
+        except OSError as error:
+            self.log.error("could not record the refusal of %s: %s", name, error)
+        if self.server is not None:
+            self.server.queue.put((RESCAN, f"a replica refused {name}"))
 
     def describe(self) -> str:
         """The effective settings, one line, for the start-up log (never the token)."""
@@ -78,6 +116,9 @@ class Rotator:
                 self.log.info("removed %s: temporary file of an interrupted publish", leftover)
         self.server = QueueServer(self.settings.run_dir)
         try:
+            if self.notifier is not None:
+                # The version gate's minimum before the first publish, not after it.
+                self.notifier.probe_versions()
             # Whatever happened while nobody watched: converge now, not after an event.
             self.reconcile()
             while True:
@@ -137,6 +178,7 @@ class Rotator:
             # Created if missing, also when removed while we run.
             self.settings.target_dir.mkdir(parents=True, exist_ok=True)
             self.settings.latest_model_path.parent.mkdir(parents=True, exist_ok=True)
+            self._gate_minimum()
             outcome = self.reconciler.reconcile()
         except OSError as error:
             # Crashing would only restart us into the same error until supervisord gives up
@@ -152,7 +194,7 @@ class Rotator:
             # start too); a publish makes them look at once.
             record = self.reconciler.record
             self.notifier.want(record.model_id if record else None, outcome.published,
-                               exists=record is not None)
+                               exists=record is not None, source=record)
         # inotify sees nothing written from another host on a network file system, nor
         # under a file system mounted over the folder: look again now and then.
         interval = self.settings.rescan_interval_s
@@ -161,6 +203,19 @@ class Rotator:
             self.recheck_at = None
         else:
             self.recheck_at = time.monotonic() + max(0.0, outcome.recheck_at - time.time())
+
+    def _gate_minimum(self) -> None:
+        """The version gate: the higher of RASA_MIN_MODEL_VERSION and the replicas' own
+        minimum (GET /version); with neither, no gate (a refusal is then caught by the
+        canary)."""
+        from worker.loadable import highest_version
+
+        configured = self.settings.rasa_min_model_version or None
+        fleet = self.notifier.minimum_version() if self.notifier is not None else None
+        minimum = highest_version([v for v in (configured, fleet) if v])
+        self.reconciler.minimum_version = minimum
+        self.reconciler.minimum_source = ("the Rasa servers' GET /version" if fleet and minimum
+                                          == fleet else "RASA_MIN_MODEL_VERSION")
 
 
 def run_rotator(settings: Settings, log: logging.Logger) -> None:

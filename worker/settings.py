@@ -144,6 +144,14 @@ DECLARED: tuple[Declared, ...] = (
     Declared("ENV_FILE", "", "the path of a readable UTF-8 .env file that python-dotenv parses "
              "without error", "a `.env` file to read settings from",
              shown_default="`./.env` if present"),
+    Declared("RASA_MIN_MODEL_VERSION", "", "a Rasa version such as 3.6.21, or empty for off",
+             "models trained by an older Rasa are not published (kept, reported); with "
+             "RASA_URL the replicas' own `GET /version` minimum counts too (the higher wins)",
+             shown_default="(off)"),
+    Declared("RASA_SMOKE_TEXT", "", "any text without control characters or surrounding "
+             "spaces", "with RASA_URL: after a replica loads a new model, `POST /model/parse` "
+             "with this text must answer, or the model counts as refused",
+             shown_default="(none)"),
 )
 DECLARED_BY_NAME = {declared.name: declared for declared in DECLARED}
 DEFAULTS = {declared.name: declared.default for declared in DECLARED
@@ -206,6 +214,9 @@ class Settings:
     model_server_token: str = field(default="", repr=False)  # never printed
     model_server_max_swapping: int = 1
     model_server_swap_timeout_s: float = 300.0
+    # Loadable, not just whole: the version gate's minimum, the canary's smoke text.
+    rasa_min_model_version: str = ""
+    rasa_smoke_text: str = ""
 
     @property
     def debounce_cap_s(self) -> float:
@@ -242,6 +253,8 @@ class Settings:
             "MODEL_SERVER_TOKEN": self.model_server_token,
             "MODEL_SERVER_MAX_SWAPPING": str(self.model_server_max_swapping),
             "MODEL_SERVER_SWAP_TIMEOUT": str(round(self.model_server_swap_timeout_s)),
+            "RASA_MIN_MODEL_VERSION": self.rasa_min_model_version,
+            "RASA_SMOKE_TEXT": self.rasa_smoke_text,
         }
 
     def shown(self) -> dict[str, str]:
@@ -319,6 +332,15 @@ def _text(env, name: str, raw: str | None = None) -> str:
 
 def _secret(env, name: str) -> str:
     return _text(env, name)
+
+
+def _rasa_version(env, name: str) -> str:
+    from worker.loadable import parse_version
+
+    raw = _text(env, name)
+    if raw and parse_version(raw) is None:
+        raise _refuse(name, raw)
+    return raw
 
 
 def _optional_port(env, name: str) -> int | None:
@@ -642,6 +664,8 @@ def read_settings(env=None, read_only: bool = False) -> Settings:
         model_server_token=_secret(env, "MODEL_SERVER_TOKEN"),
         model_server_max_swapping=_whole_number(env, "MODEL_SERVER_MAX_SWAPPING"),
         model_server_swap_timeout_s=float(_whole_number(env, "MODEL_SERVER_SWAP_TIMEOUT")),
+        rasa_min_model_version=_rasa_version(env, "RASA_MIN_MODEL_VERSION"),
+        rasa_smoke_text=_text(env, "RASA_SMOKE_TEXT", env.get("RASA_SMOKE_TEXT", "")),
     )
 
 

@@ -115,6 +115,20 @@ def published_model(settings: Settings) -> dict | None:
     return info
 
 
+def not_published(settings: Settings) -> list[dict]:
+    """Whole models kept but not published: refused by a replica, or below the minimum Rasa
+    version (worker/loadable.py)."""
+    from worker.loadable import LoadableBook
+
+    book = LoadableBook.load(settings.latest_model_path, set_aside=False)
+    entries = [{"path": str(settings.target_dir / mark.name), "model_id": mark.model_id,
+                "reason": mark.reason, "detail": mark.detail, "by": mark.by,
+                "at": _iso(mark.at)} for mark in book.refused.values()]
+    if book.problem:
+        entries.append({"path": str(book.path), "reason": "unreadable", "detail": book.problem})
+    return entries
+
+
 def gather(settings: Settings) -> dict:
     from worker import liveness
 
@@ -148,7 +162,8 @@ def gather(settings: Settings) -> dict:
     return {"healthy": condition == "ready", "state": _STATE_WORDS[condition],
             "waiting": waiting, "problems": problems,
             "published": published_model(settings), "programs": programs or {},
-            "rasa": rasa, "target_dir": str(settings.target_dir)}
+            "rasa": rasa, "target_dir": str(settings.target_dir),
+            "not_published": not_published(settings)}
 
 
 _STATE_WORDS = {"ready": "healthy", "starting": "starting", "unhealthy": "unhealthy"}
@@ -170,6 +185,8 @@ def render(report: dict) -> str:
                     "publish_duration_s"):
             if published.get(key) is not None:
                 lines.append(f"  {key}: {published[key]}")
+    for entry in report.get("not_published", []):
+        lines.append(f"not published ({entry['reason']}): {entry['path']}: {entry['detail']}")
     for name, program in sorted(report["programs"].items()):
         lines.append(f"program {name}: {program['state']} ({program['description']})")
     lines += render_rasa(report["rasa"])
