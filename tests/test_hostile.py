@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -20,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import content_of, model_bytes, set_mtime, tool_environment, wait_for
+from tests.helpers import (
+    PROJECT_ROOT,
+    content_of,
+    model_bytes,
+    set_mtime,
+    tool_environment,
+    wait_for,
+)
 from worker.channel import QueueClient
 from worker.logs import printable
 from worker.settings import SettingError, default_run_dir, prepare_folders, read_settings
@@ -397,3 +405,64 @@ def test_printable_is_one_line_utf8_and_reversible():
         assert _unescape(shown) == text
 
     check()
+
+
+# -- issue 18: a flood of connections under a process limit ---------------------------------
+
+DEBIAN_PYTHON = "/usr/bin/python3.11"
+FLOOD_UID = 1818  # a uid of its own: RLIMIT_NPROC counts every process and thread of a uid
+PROCESS_LIMIT = 200  # supervisord needs 200 (minprocs); the tool runs about 20; a thread per
+#                     connection needs 300 more
+
+
+def test_a_flood_of_connections_under_a_process_limit_never_stops_publishing(start_tool):
+    """Item 1: with RLIMIT_NPROC for the tool's uid, waves of idle connections to
+    MODEL_SERVER_PORT made `can't start new thread` escape the model server's accept loop;
+    after five crashes the guard shut supervisord down and nothing was published any more.
+    /healthz must answer while every connection place is held."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root to run the tool as a uid of its own (setpriv), as CI has")
+    home = Path(tempfile.mkdtemp(prefix="rmr-flood-", dir="/tmp"))
+    try:
+        models = home / "models"
+        models.mkdir()
+        for folder in (home, models):
+            os.chown(folder, FLOOD_UID, FLOOD_UID)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not os.path.exists(DEBIAN_PYTHON):
+            pytest.fail(f"needs {DEBIAN_PYTHON}, a Python 3.11 that uid {FLOOD_UID} can run")
+        # Our venv's interpreter may sit in a folder only root can enter; its pure-Python
+        # packages (supervisor, inotify_simple) are read through PYTHONPATH.
+        packages = sysconfig.get_paths()["purelib"]
+        tool = start_tool(
+            workdir=home, RUN_DIR=str(home / "run"), MODEL_SERVER_PORT=str(port),
+            MODEL_SERVER_BIND="127.0.0.1", python=DEBIAN_PYTHON,
+            PYTHONPATH=os.pathsep.join((str(PROJECT_ROOT), packages)),
+            prefix=("prlimit", f"--nproc={PROCESS_LIMIT}", "setpriv", f"--reuid={FLOOD_UID}",
+                    f"--regid={FLOOD_UID}", "--clear-groups"))
+        tool.ready(60)
+        tool.wait_for_line("model-server INFO serving", 60)
+        for wave in range(5):
+            idle = []
+            try:
+                for _ in range(300):  # more than the server's 256 places
+                    idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+                time.sleep(1)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
+                                            timeout=30) as answer:
+                    assert answer.status == 200, f"wave {wave}"
+            finally:
+                for sock in idle:
+                    sock.close()
+        time.sleep(2)  # the guard's verdict on any crash comes within supervisord's tick
+        assert tool.process.poll() is None, tool.output
+        data = model_bytes(model_id="after-the-flood")
+        (models / "20261202-030000-after.tar.gz").write_bytes(data)
+        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
+                 message=f"published after the flood\n{tool.output}")
+        assert "can't start new thread" not in tool.output
+        assert "shutting down supervisord" not in tool.output
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
