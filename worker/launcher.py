@@ -53,10 +53,16 @@ def write_control_password(run_dir: Path) -> str:
 
 
 def read_control_password(run_dir: Path) -> str | None:
+    """The control password, or None. Read as anything in RUN_DIR is (worker/runfiles.py):
+    root running `status` or `supervisorctl` on the image user's RUN_DIR never sends the
+    content of a file that user linked there."""
+    from worker.runfiles import Untrusted, read_run_file
+
     try:
-        return (run_dir / CONTROL_PASSWORD_FILE).read_text().strip()
-    except OSError:
+        password = read_run_file(run_dir, CONTROL_PASSWORD_FILE, 256).decode("ascii").strip()
+    except (OSError, Untrusted, UnicodeDecodeError):
         return None
+    return password if password.isalnum() else None
 
 
 def control_credentials(settings: Settings) -> tuple[str, str, str]:
