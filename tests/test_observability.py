@@ -336,3 +336,32 @@ def test_a_stdout_that_fails_never_stops_publishing(tmp_path, models, stdout):
         publishes_on(tmp_path, models, fd)
     finally:
         os.close(fd)
+
+
+def test_a_log_reader_that_dies_mid_run_ends_nothing(tmp_path, models):
+    """Item 6: after the reader of stdout died, an operator's `supervisorctl restart
+    model-server` ended supervisord at its next own line (text mode)."""
+    read_end, write_end = os.pipe()
+    tool = ToolOnStdout(tmp_path, write_end)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as reader:
+            seen = b""
+            while b"success: rotator entered RUNNING" not in seen:
+                chunk = reader.read1(65536)
+                assert chunk, seen.decode(errors="replace")
+                seen += chunk
+        # The reader is gone now: every write to stdout fails with EPIPE.
+        restart = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "restart",
+                                  "model-server"], cwd=tmp_path, env=tool.env,
+                                 capture_output=True, text=True, timeout=60)
+        assert "started" in restart.stdout, restart.stdout + restart.stderr
+        time.sleep(2)
+        assert tool.process.poll() is None, tool.process.returncode
+        data = model_bytes(model_id="after-the-reader")
+        (models / "20261202-101010-after.tar.gz").write_bytes(data)
+        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
+                 message="published after the log reader died")
+        assert tool.process.poll() is None, tool.process.returncode
+    finally:
+        tool.stop()
