@@ -609,3 +609,22 @@ def test_status_over_garbage_in_its_own_run_dir(start_tool, tmp_path):
             if args:
                 json.loads(result.stdout)
         path.unlink()
+
+
+def test_status_over_a_publish_record_with_fields_of_the_wrong_type(tmp_path, models):
+    """Item 5, the same for the record beside latest.tar.gz: it describes the file (inode,
+    size, mtime) but its other fields are not what they should be. No traceback; the
+    record's fields are not shown."""
+    latest = models / "latest.tar.gz"
+    latest.write_bytes(model_bytes(model_id="m"))
+    st = latest.stat()
+    record = {"source": 7, "source_size": 1, "source_mtime_ns": "soon", "source_inode": 1,
+              "arrived_at": 1.0, "published_at": 1e300, "latest_size": st.st_size,
+              "latest_mtime_ns": st.st_mtime_ns, "latest_inode": st.st_ino,
+              "duration_s": "slow", "model_id": ["m"], "trained_at": None}
+    (models / ".latest.tar.gz.json").write_text(json.dumps(record))
+    for args in ((), ("--json",)):
+        result = run_worker(tmp_path, "status", *args)
+        assert result.returncode == 1, result.stderr
+        assert b"Traceback" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["published"]["size"] == st.st_size

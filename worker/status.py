@@ -138,7 +138,11 @@ def published_model(settings: Settings) -> dict | None:
     info = {"path": str(latest), "size": latest_stat.st_size,
             "mtime": _iso(latest_stat.st_mtime)}
     record = read_record(latest)
-    if record is not None and record.describes(latest_stat):
+    try:
+        described = record is not None and record.describes(latest_stat)
+    except (TypeError, ValueError):  # a record whose fields have the wrong types
+        described = False
+    if described and _record_fields_shown(record):
         info.update({
             "source": str(settings.target_dir / record.source) if record.source else None,
             "source_mtime": _iso(record.source_mtime_ns / 1e9) if record.source_size >= 0
@@ -147,6 +151,19 @@ def published_model(settings: Settings) -> dict | None:
             "published_at": _iso(record.published_at),
             "publish_duration_s": round(record.duration_s, 3)})
     return info
+
+
+def _record_fields_shown(record) -> bool:
+    """The publish record's fields have the types `status` prints (it can be written by
+    anyone who can write TARGET_DIR)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return (all(isinstance(getattr(record, name, None), (str, type(None)))
+                for name in ("source", "model_id", "trained_at"))
+            and all(number(getattr(record, name, None))
+                    for name in ("source_mtime_ns", "source_size", "published_at",
+                                 "duration_s")))
 
 
 def gather(settings: Settings) -> dict:
