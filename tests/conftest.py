@@ -22,9 +22,10 @@ def start_tool(tmp_path):
     """Start `python -m worker` in tmp_path (models in tmp_path/models); stopped at teardown."""
     started: list[RunningTool] = []
 
-    def start(args=(), workdir=None, prefix=(), **settings) -> RunningTool:
+    def start(args=(), workdir=None, prefix=(), python=sys.executable,
+              **settings) -> RunningTool:
         env = tool_environment(tmp_path, **settings)
-        tool = RunningTool(workdir or tmp_path, env, tuple(args), tuple(prefix))
+        tool = RunningTool(workdir or tmp_path, env, tuple(args), tuple(prefix), python)
         started.append(tool)
         return tool
 

@@ -130,11 +130,11 @@ class RunningTool(CollectedOutput):
     """`python -m worker` (supervisord with reader and rotator), as a user starts it."""
 
     def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = (),
-                 prefix: tuple[str, ...] = ()):
+                 prefix: tuple[str, ...] = (), python: str = sys.executable):
         self.workdir = workdir
         self.env = env
         self.process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "worker", *args], cwd=workdir, env=env,
+            [*prefix, python, "-m", "worker", *args], cwd=workdir, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, start_new_session=True)
         self._pump = self._collect_output_of(self.process)

@@ -1,4 +1,4 @@
-from worker.guard import CrashCounter, verdict
+from worker.guard import ESSENTIAL_PROGRAMS, CrashCounter, verdict
 
 
 def test_fatal_stops_supervisord_at_once():
@@ -28,7 +28,17 @@ def test_programs_are_counted_apart_and_expected_exits_ignored():
         fields = {"processname": name, "expected": expected}
         return verdict("PROCESS_STATE_EXITED", fields, counter, now)
 
-    assert exited("a", "0", 1) is None
-    assert exited("b", "0", 2) is None
-    assert exited("a", "1", 3) is None
-    assert exited("a", "0", 4)
+    assert exited("reader", "0", 1) is None
+    assert exited("rotator", "0", 2) is None
+    assert exited("reader", "1", 3) is None
+    assert exited("reader", "0", 4)
+
+
+def test_a_model_server_that_cannot_stay_up_never_ends_the_container():
+    """Issue 18, item 1: a flood of clients made the model server crash five times and the
+    guard then shut supervisord down: nothing was published any more."""
+    counter = CrashCounter(limit=5, window_s=60)
+    fields = {"processname": "model-server", "expected": "0"}
+    assert all(verdict("PROCESS_STATE_EXITED", fields, counter, t) is None for t in range(10))
+    assert verdict("PROCESS_STATE_FATAL", fields, counter, 10.0) is None
+    assert ESSENTIAL_PROGRAMS == ("reader", "rotator")

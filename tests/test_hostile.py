@@ -7,12 +7,14 @@ Everything runs for real: `python -m worker` and its programs, another user (uid
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -20,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import content_of, model_bytes, set_mtime, tool_environment, wait_for
+from tests.helpers import (
+    PROJECT_ROOT,
+    content_of,
+    model_bytes,
+    set_mtime,
+    tool_environment,
+    wait_for,
+)
 from worker.channel import QueueClient
 from worker.logs import printable
 from worker.settings import SettingError, default_run_dir, prepare_folders, read_settings
@@ -397,3 +406,225 @@ def test_printable_is_one_line_utf8_and_reversible():
         assert _unescape(shown) == text
 
     check()
+
+
+# -- issue 18: a flood of connections under a process limit ---------------------------------
+
+DEBIAN_PYTHON = "/usr/bin/python3.11"
+FLOOD_UID = 1818  # a uid of its own: RLIMIT_NPROC counts every process and thread of a uid
+PROCESS_LIMIT = 200  # supervisord needs 200 (minprocs); the tool runs about 20; a thread per
+#                     connection needs 300 more
+
+
+def test_a_flood_of_connections_under_a_process_limit_never_stops_publishing(start_tool):
+    """Item 1: with RLIMIT_NPROC for the tool's uid, waves of idle connections to
+    MODEL_SERVER_PORT made `can't start new thread` escape the model server's accept loop;
+    after five crashes the guard shut supervisord down and nothing was published any more.
+    /healthz must answer while every connection place is held."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root to run the tool as a uid of its own (setpriv), as CI has")
+    home = Path(tempfile.mkdtemp(prefix="rmr-flood-", dir="/tmp"))
+    try:
+        models = home / "models"
+        models.mkdir()
+        for folder in (home, models):
+            os.chown(folder, FLOOD_UID, FLOOD_UID)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not os.path.exists(DEBIAN_PYTHON):
+            pytest.fail(f"needs {DEBIAN_PYTHON}, a Python 3.11 that uid {FLOOD_UID} can run")
+        # Our venv's interpreter may sit in a folder only root can enter; its pure-Python
+        # packages (supervisor, inotify_simple) are read through PYTHONPATH.
+        packages = sysconfig.get_paths()["purelib"]
+        tool = start_tool(
+            workdir=home, RUN_DIR=str(home / "run"), MODEL_SERVER_PORT=str(port),
+            MODEL_SERVER_BIND="127.0.0.1", python=DEBIAN_PYTHON,
+            PYTHONPATH=os.pathsep.join((str(PROJECT_ROOT), packages)),
+            prefix=("prlimit", f"--nproc={PROCESS_LIMIT}", "setpriv", f"--reuid={FLOOD_UID}",
+                    f"--regid={FLOOD_UID}", "--clear-groups"))
+        tool.ready(60)
+        tool.wait_for_line("model-server INFO serving", 60)
+        for wave in range(5):
+            idle = []
+            try:
+                for _ in range(300):  # more than the server's 256 places
+                    idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+                time.sleep(1)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
+                                            timeout=30) as answer:
+                    assert answer.status == 200, f"wave {wave}"
+            finally:
+                for sock in idle:
+                    sock.close()
+        time.sleep(2)  # the guard's verdict on any crash comes within supervisord's tick
+        assert tool.process.poll() is None, tool.output
+        data = model_bytes(model_id="after-the-flood")
+        (models / "20261202-030000-after.tar.gz").write_bytes(data)
+        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
+                 message=f"published after the flood\n{tool.output}")
+        assert "can't start new thread" not in tool.output
+        assert "shutting down supervisord" not in tool.output
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# -- issue 18, items 4 and 5: `status` over a RUN_DIR it cannot trust -------------------------
+
+FAKE_SUPERVISORD = r'''
+import os, socket, sys
+path, log = sys.argv[1], sys.argv[2]
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(5)
+member = "<member><name>{}</name><value><{}>{}</{}></value></member>"
+def process(name):
+    return ("<value><struct>" + member.format("name", "string", name, "string")
+            + member.format("statename", "string", "RUNNING", "string")
+            + member.format("pid", "int", os.getpid(), "int")
+            + member.format("description", "string", "fake", "string") + "</struct></value>")
+body = ('<?xml version="1.0"?><methodResponse><params><param><value><array><data>'
+        + process("reader") + process("rotator") + "</data></array></value></param></params>"
+        "</methodResponse>").encode()
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    data = b""
+    try:
+        while b"</methodCall>" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    with open(log, "ab") as out:
+        out.write(data + b"\n----\n")
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n" + body)
+    conn.close()
+'''
+
+
+def test_root_s_status_trusts_nothing_the_run_dir_s_owner_planted(tmp_path, shared_tmp):
+    """Item 4: uid 1000 linked `supervisor.password` to a root-only file and served
+    `supervisor.sock` itself: root's `status` sent that file as the Basic password. It also
+    printed a root-only file behind a linked `rasa-replicas.json` and hung on a FIFO at
+    `rotator.state`."""
+    if os.geteuid() != 0 or not os.path.exists(DEBIAN_PYTHON):
+        pytest.fail(f"needs root and {DEBIAN_PYTHON} (for uid {OTHER_UID}), as CI has")
+    run_dir = shared_tmp / "run"
+    run_dir.mkdir(mode=0o700)
+    secret = tmp_path / "root-only"
+    secret.write_text("RootOnlySecret42")
+    secret.chmod(0o600)
+    listing = tmp_path / "root-only.json"
+    listing.write_text(json.dumps([{"url": "http://root-only-host:5005", "state": "in-sync"}]))
+    listing.chmod(0o600)
+    (run_dir / "supervisor.password").symlink_to(secret)
+    (run_dir / "rasa-replicas.json").symlink_to(listing)
+    os.mkfifo(run_dir / "rotator.state")
+    for name in ("supervisor.password", "rasa-replicas.json", "rotator.state", ""):
+        os.lchown(run_dir / name, OTHER_UID, OTHER_UID)
+    log = run_dir / "requests.log"
+    server = subprocess.Popen(
+        ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
+         DEBIAN_PYTHON, "-c", FAKE_SUPERVISORD, str(run_dir / "supervisor.sock"), str(log)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        env = tool_environment(tmp_path, RUN_DIR=str(run_dir))
+
+        def root_status():
+            shown = [run_worker(tmp_path, "status", *args, env=env) for args in (("--json",), ())]
+            for result in shown:
+                assert result.returncode == 1, result.stdout + result.stderr
+                assert b"Traceback" not in result.stderr, result.stderr
+            return b"".join(r.stdout + r.stderr for r in shown).decode()
+
+        output = root_status()
+        assert b"RootOnlySecret42" not in (log.read_bytes() if log.exists() else b"")
+        assert "RootOnlySecret42" not in output and "root-only-host" not in output
+        assert "supervisor.password in RUN_DIR is not trusted: a symbolic link" in output
+        # Now a password uid 1000 wrote itself (it knows it): sent, and the FIFO is survived.
+        (run_dir / "supervisor.password").unlink()
+        (run_dir / "supervisor.password").write_text("0123456789abcdef")
+        os.chown(run_dir / "supervisor.password", OTHER_UID, OTHER_UID)
+        output += root_status()
+        sent = log.read_bytes() if log.exists() else b""
+        assert b"0123456789abcdef" in base64.b64decode(
+            sent.split(b"Authorization: Basic ")[1].split(b"\r\n")[0]), sent
+    finally:
+        server.kill()
+        server.wait(10)
+    assert b"RootOnlySecret42" not in sent
+    assert all(base64.b64encode(f"rotator:{text}".encode()) not in sent
+               for text in ("RootOnlySecret42", "RootOnlySecret42\n"))
+    assert "RootOnlySecret42" not in output
+    assert "root-only-host" not in output
+    assert "rasa-replicas.json in RUN_DIR is not trusted: a symbolic link" in output
+
+
+def test_status_over_garbage_in_its_own_run_dir(start_tool, tmp_path):
+    """Item 5: nested `[`, `"bytes": 1e999`, a text `converged_at`, `last_error_at: 1e300`
+    made tracebacks, a FIFO made `status` hang. Each is survived, and said."""
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: run_worker(tmp_path, "status", env=tool.env).returncode == 0, 60,
+             message="healthy first")
+    rotator = tool.program_pid("rotator")
+    run_dir = Path(tool.env["RUN_DIR"])
+    nested = "[" * 100_000
+    cases = [
+        ("rotator.state", nested),
+        ("rotator.state", json.dumps({"pid": rotator, "phase": "reconciling", "since": 1.0,
+                                      "reconciles": 1}).replace("}", ', "bytes": 1e999}')),
+        ("rotator.state", json.dumps({"pid": rotator, "phase": "idle", "since": "soon",
+                                      "reconciles": 1, "bytes": -1})),
+        ("rotator.state", "fifo"),
+        ("rotator.state", "x" * 100_000),
+        ("rasa-replicas.json", nested),
+        ("rasa-replicas.json", json.dumps([{
+            "url": "http://rasa:5005", "state": "in-sync", "converged_at": "yesterday",
+            "checked_at": 1e300, "last_error": "boom\nINFO forged", "last_swap": {
+                "status": "x", "outcome": 7, "duration_s": "slow", "at": 1.7e9}}]
+            ).replace('"checked_at": 1e+300', '"checked_at": 1e300, "last_error_at": 1e300')),
+        ("rasa-replicas.json", json.dumps([{"url": 5}, "x", None, {"url": "http://ok:1",
+                                           "training_jobs": 1e999}]).replace("Infinity", "1e999")),
+        ("rasa-replicas.json", "fifo"),
+    ]
+    for name, content in cases:
+        path = run_dir / name
+        path.unlink(missing_ok=True)
+        if content == "fifo":
+            os.mkfifo(path)
+        else:
+            path.write_text(content)
+        for args in ((), ("--json",)):
+            result = run_worker(tmp_path, "status", *args, env=tool.env)
+            shown = (result.stdout + result.stderr).decode()
+            assert "Traceback" not in shown, (name, content[:80], shown)
+            assert result.returncode in (0, 1), shown
+            assert "\nINFO forged" not in shown
+            if args:
+                json.loads(result.stdout)
+        path.unlink()
+
+
+def test_status_over_a_publish_record_with_fields_of_the_wrong_type(tmp_path, models):
+    """Item 5, the same for the record beside latest.tar.gz: it describes the file (inode,
+    size, mtime) but its other fields are not what they should be. No traceback; the
+    record's fields are not shown."""
+    latest = models / "latest.tar.gz"
+    latest.write_bytes(model_bytes(model_id="m"))
+    st = latest.stat()
+    record = {"source": 7, "source_size": 1, "source_mtime_ns": "soon", "source_inode": 1,
+              "arrived_at": 1.0, "published_at": 1e300, "latest_size": st.st_size,
+              "latest_mtime_ns": st.st_mtime_ns, "latest_inode": st.st_ino,
+              "duration_s": "slow", "model_id": ["m"], "trained_at": None}
+    (models / ".latest.tar.gz.json").write_text(json.dumps(record))
+    for args in ((), ("--json",)):
+        result = run_worker(tmp_path, "status", *args)
+        assert result.returncode == 1, result.stderr
+        assert b"Traceback" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["published"]["size"] == st.st_size

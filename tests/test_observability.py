@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from tests.helpers import PROJECT_ROOT, content_of, model_bytes, wait_for, write_model
 from worker.folder import folder_lock
 
@@ -258,3 +260,108 @@ def test_overwriting_a_log_file_loses_no_line(tmp_path):
     for wanted in ("spawned: 'rotator'", "spawned: 'reader'", "reader INFO watching",
                    "rotator INFO published", "stopped: rotator", "stopped: reader"):
         assert wanted in text, text
+
+
+# -- issue 18, item 6: publishing never depends on anyone reading our output -----------------
+
+class ToolOnStdout:
+    """`python -m worker` with stdout and stderr on `fd` (a pipe nobody reads, /dev/full)."""
+
+    def __init__(self, tmp_path, fd: int, **settings):
+        self.env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TARGET_DIR": "models",
+                    "RUN_DIR": str(tmp_path / "run"), "THROTTLE_DELAY": "300",
+                    "RESCAN_INTERVAL": "0", **settings}
+        self.process = subprocess.Popen([sys.executable, "-m", "worker"], cwd=tmp_path,
+                                        env=self.env, stdout=fd, stderr=fd,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def a_full_pipe() -> tuple[int, int]:
+    """(read end, write end) of a pipe filled to the brim, the write end blocking again."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+def publishes_on(tmp_path, models, fd: int, chatter: int = 0, **settings) -> None:
+    """The tool started on stdout `fd` publishes a model; `chatter` broken files first make
+    one WARNING line each (more than the pipes between the programs and stdout hold)."""
+    for index in range(chatter):
+        (models / f"20261126-0000{index:04d}-broken.tar.gz").write_bytes(b"not an archive")
+    tool = ToolOnStdout(tmp_path, fd, **settings)
+    try:
+        time.sleep(3)
+        data = model_bytes(model_id="read-or-not")
+        (models / "20261202-101010-new.tar.gz").write_bytes(data)
+        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
+                 message="published while nobody reads stdout")
+        assert tool.process.poll() is None, tool.process.returncode
+    finally:
+        tool.stop()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_stdout_nobody_reads_never_stops_publishing(tmp_path, models, log_format):
+    read_end, write_end = a_full_pipe()
+    try:
+        publishes_on(tmp_path, models, write_end, chatter=1500, LOG_FORMAT=log_format)
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+@pytest.mark.parametrize("stdout", ["/dev/full", "broken pipe"])
+def test_a_stdout_that_fails_never_stops_publishing(tmp_path, models, stdout):
+    if stdout == "/dev/full":
+        fd = os.open("/dev/full", os.O_WRONLY)
+    else:
+        read_end, fd = os.pipe()
+        os.close(read_end)
+    try:
+        publishes_on(tmp_path, models, fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_log_reader_that_dies_mid_run_ends_nothing(tmp_path, models):
+    """Item 6: after the reader of stdout died, an operator's `supervisorctl restart
+    model-server` ended supervisord at its next own line (text mode)."""
+    read_end, write_end = os.pipe()
+    tool = ToolOnStdout(tmp_path, write_end)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as reader:
+            seen = b""
+            while b"success: rotator entered RUNNING" not in seen:
+                chunk = reader.read1(65536)
+                assert chunk, seen.decode(errors="replace")
+                seen += chunk
+        # The reader is gone now: every write to stdout fails with EPIPE.
+        restart = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "restart",
+                                  "model-server"], cwd=tmp_path, env=tool.env,
+                                 capture_output=True, text=True, timeout=60)
+        assert "started" in restart.stdout, restart.stdout + restart.stderr
+        time.sleep(2)
+        assert tool.process.poll() is None, tool.process.returncode
+        data = model_bytes(model_id="after-the-reader")
+        (models / "20261202-101010-after.tar.gz").write_bytes(data)
+        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
+                 message="published after the log reader died")
+        assert tool.process.poll() is None, tool.process.returncode
+    finally:
+        tool.stop()

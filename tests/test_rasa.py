@@ -3,6 +3,7 @@ like Rasa 3.6 (tests/rasa_stub.py), and the tool end to end with them."""
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import logging
@@ -571,3 +572,110 @@ def test_the_token_is_not_in_a_settings_error(tmp_path):
                             capture_output=True, text=True, timeout=10)
     assert result.returncode == 2
     assert "RASA_URL" in result.stderr and TOKEN not in result.stderr
+
+
+# -- issue 18: what a hostile or unlucky peer sends back -------------------------------------
+
+def test_a_short_token_inside_the_model_id_is_compared_raw(stubs, syncs, captured_log):
+    """Item 3: RASA_TOKEN=abc123 and a model_id holding abc123. The replica already serving
+    that model gets no PUT (an outage for nothing) and is in sync; only output is scrubbed."""
+    model_id = "20261126-abc123-model"
+    stub = stubs(model_id=model_id, models={MODEL_PATH: model_id})
+    sync = syncs.make([stub.url], token="abc123")
+    sync.want(model_id, published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).in_sync, 10)
+    time.sleep(0.3)
+    assert stub.calls() == []
+    assert syncs.state(stub.url).state == "in-sync"
+    assert syncs.state(stub.url).model_id == "20261126-***-model"
+    assert "abc123" not in captured_log[1].getvalue()
+
+
+class RawServer:
+    """A real TCP server on 127.0.0.1 that answers every connection with `answer` (bytes),
+    `pause_s` between its bytes (0: all at once)."""
+
+    def __init__(self, answer: bytes, pause_s: float = 0.0):
+        self.answer, self.pause_s = answer, pause_s
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                if not self.pause_s:
+                    conn.sendall(self.answer)
+                    return
+                for byte in self.answer:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.pause_s)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+SPACED_TOKEN = "Zq9 Wv  Öx&ä7Kp"
+HEX_TOKEN = "9f2c4e1a7b3d5f60" * 4  # what `openssl rand -hex 32` gives
+
+
+def echo_forms(token: str) -> dict[str, tuple[bytes, bytes]]:
+    """(reason phrase, body) of error answers echoing the token as servers do."""
+    json_message = json.dumps({"message": f"bad token {token}"})  # \u00d6 escapes
+    return {
+        "raw-utf8-reason": (f"Denied {token}".encode(), b""),
+        "text-runs-of-spaces": (b"Forbidden", f"bad token {token} refused".encode()),
+        "json-escape": (b"Forbidden", json_message.encode()),
+        "json-escape-upper": (b"Forbidden", json_message.replace("\\u00d6", "\\u00D6").encode()),
+        "html-entities": (b"Forbidden", html.escape(f"<p>{token}</p>").encode()),
+        "html-numeric": (b"Forbidden", "".join(f"&#{ord(c)};" for c in token).encode()),
+        "percent-plus": (b"Forbidden", urllib.parse.quote_plus(token).encode()),
+        "late-in-a-long-body": (b"Forbidden", (" " * 189 + "x" + token).encode()),
+        "at-190-hex": (b"Forbidden", ("y" * 190 + HEX_TOKEN).encode()),
+    }
+
+
+@pytest.mark.parametrize("form", list(echo_forms(SPACED_TOKEN)))
+def test_no_part_of_the_token_survives_any_echo(form):
+    """Item 2: scrubbed before any cut, in every decoded form; only a short excerpt kept."""
+    token = HEX_TOKEN if form == "at-190-hex" else SPACED_TOKEN
+    reason, body = echo_forms(SPACED_TOKEN)[form]
+    answer = (b"HTTP/1.1 403 " + reason + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    server = RawServer(answer)
+    try:
+        result = RasaClient(server.url, token, 5.0).put_model(MODEL_PATH)
+    finally:
+        server.close()
+    assert result.status == 403, result
+    assert "***" in result.reason, result.reason
+    pieces = {" ".join(token[i:i + 6].split()) for i in range(0, len(token) - 5)}
+    folded = " ".join(result.reason.split())
+    assert not [p for p in pieces if p in folded], result.reason
+    assert len(result.reason) <= 303
+
+
+def test_one_deadline_per_call_from_connect_to_the_last_byte():
+    """Item 7: an answer sent one byte at a time never stretches a call beyond RASA_TIMEOUT
+    (urllib's timeout is per read: each byte restarted it)."""
+    answer = b"HTTP/1.0 204 No Content\r\nServer: drip\r\n\r\n"
+    server = RawServer(answer, pause_s=0.5)  # about 20 s in all
+    try:
+        result = RasaClient(server.url, "", 2.0).put_model(MODEL_PATH)
+    finally:
+        server.close()
+    assert result.status is None, result
+    assert "RASA_TIMEOUT" in result.reason, result

@@ -523,3 +523,24 @@ def test_a_good_model_survives_archives_that_only_look_whole(tmp_path):
     assert not [a for a in outcome.actions if a.kind in ("published", "deleted")], outcome
     assert settings.latest_model_path.read_bytes() == good.read_bytes()
     assert good.exists()
+
+
+@pytest.mark.parametrize("blocked", ["record", "journal"])
+def test_a_folder_at_the_record_or_journal_is_one_error_not_one_per_retry(settings, folder,
+                                                                          blocked):
+    """Issue 18, item 9: the error names the random temporary file it could not rename; a
+    retry with another temporary name is the same cause, logged once."""
+    add_model(folder, "a.tar.gz", model_id="a")
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    path = (record_path(settings.latest_model_path) if blocked == "record"
+            else folder / ".latest.tar.gz.arrivals.json")
+    path.unlink()
+    path.mkdir()
+    add_model(folder, "b.tar.gz", model_id="b")
+    failures = []
+    for _ in range(4):
+        add_model(folder, f"c{_}.tar.gz", model_id=f"c{_}")  # something to record each time
+        failures += [a for a in reconciler.reconcile().actions if a.kind == "failed"]
+    assert len(failures) == 1, [a.detail for a in failures]
+    assert "tmp-" in failures[0].detail

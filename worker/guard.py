@@ -1,4 +1,5 @@
-"""An event listener that shuts supervisord down when a program cannot stay up.
+"""An event listener that shuts supervisord down when a program publishing depends on cannot
+stay up (the reader or the rotator).
 
 Without it a program that exhausts its retries goes FATAL while supervisord keeps running:
 the container looks alive and does nothing. And a program that dies a moment after each
@@ -21,6 +22,11 @@ from supervisor import childutils
 CRASH_LIMIT = 5  # unexpected exits of one program ...
 CRASH_WINDOW_S = 60.0  # ... within this many seconds: a crash loop
 GUARDED_EVENTS = ("PROCESS_STATE_FATAL", "PROCESS_STATE_EXITED")
+# Only the programs publishing depends on may end the container. The model server is a
+# convenience for Rasa's pull: whatever makes it fail (a flood of clients, a port taken),
+# ending the container for it would stop publishing too. Its FATAL state is logged and
+# shown by `status`; supervisord keeps restarting it while it crashes.
+ESSENTIAL_PROGRAMS = ("reader", "rotator")
 
 
 class CrashCounter:
@@ -43,6 +49,8 @@ class CrashCounter:
 def verdict(event: str, fields: dict[str, str], counter: CrashCounter, now: float) -> str | None:
     """Why supervisord must stop after this event, or None."""
     program = fields.get("processname", "?")
+    if program not in ESSENTIAL_PROGRAMS:
+        return None
     if event == "PROCESS_STATE_FATAL":
         return f"program {program} could not be kept running (FATAL)"
     crashed = event == "PROCESS_STATE_EXITED" and fields.get("expected") == "0"
@@ -65,8 +73,14 @@ def run_guard(log: logging.Logger) -> None:
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
         event = headers.get("eventname", "")
-        reason = verdict(event, childutils.get_headers(payload), counter, time.monotonic())
+        fields = childutils.get_headers(payload)
+        reason = verdict(event, fields, counter, time.monotonic())
         childutils.listener.ok(sys.stdout)
+        if event == "PROCESS_STATE_FATAL" and not reason:
+            log.error("program %s could not be kept running (FATAL); publishing goes on "
+                      "without it (`python -m worker supervisorctl start %s` once the cause "
+                      "is fixed)", fields.get("processname", "?"),
+                      fields.get("processname", "?"))
         if reason:
             log.error("shutting down supervisord: %s; the container's restart policy "
                       "brings it back", reason)

@@ -1,16 +1,14 @@
 """`python -m worker`: check the settings, then run supervisord in this very process (so in a
 container supervisord is PID 1) with the programs laid out in conf/supervisord.conf.
 
-supervisord runs in-process rather than by exec so that, when our own pipe must stand between
-it and stdout (LOG_FORMAT=json, stdout a regular file, or a stdout supervisord cannot reopen),
-the thread draining that pipe lives and dies with supervisord itself: nothing it wrote last is
-lost, and no helper process is left to be killed first when PID 1 exits.
+supervisord runs in-process rather than by exec so that the thread draining our own pipe
+between it and stdout (worker/relay.py) lives and dies with supervisord itself: nothing it
+wrote last is lost, and no helper process is left to be killed first when PID 1 exits.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import sys
 import time
 from pathlib import Path
@@ -55,10 +53,16 @@ def write_control_password(run_dir: Path) -> str:
 
 
 def read_control_password(run_dir: Path) -> str | None:
+    """The control password, or None. Read as anything in RUN_DIR is (worker/runfiles.py):
+    root running `status` or `supervisorctl` on the image user's RUN_DIR never sends the
+    content of a file that user linked there."""
+    from worker.runfiles import Untrusted, read_run_file
+
     try:
-        return (run_dir / CONTROL_PASSWORD_FILE).read_text().strip()
-    except OSError:
+        password = read_run_file(run_dir, CONTROL_PASSWORD_FILE, 256).decode("ascii").strip()
+    except (OSError, Untrusted, UnicodeDecodeError):
         return None
+    return password if password.isalnum() else None
 
 
 def control_credentials(settings: Settings) -> tuple[str, str, str]:
@@ -88,26 +92,6 @@ def run_supervisorctl(settings: Settings, args: list[str]) -> int:
     return 0
 
 
-def relay_reason(log_format: str) -> str | None:
-    """Why our own pipe must stand between supervisord and stdout, or None.
-
-    supervisord writes the programs' output by opening /dev/stdout again (stdout_logfile):
-    - LOG_FORMAT=json: its own lines are plain text; the relay wraps them into JSON objects;
-    - stdout is a regular file (`> file`, `>> file`): each open gets its own offset, so
-      supervisord's lines and the programs' would overwrite each other;
-    - stdout cannot be opened again: a pipe owned by another user (EACCES, a container
-      runtime that does not hand its pipe to the container's user), or a socket (ENXIO).
-    """
-    if log_format == "json":
-        return "json"
-    try:
-        if stat.S_ISREG(os.fstat(1).st_mode):
-            return "file"
-        # Write-only, never O_TRUNC (that emptied a `>> file.log`) nor O_CREAT.
-        os.close(os.open("/dev/stdout", os.O_WRONLY))
-    except OSError:
-        return "unopenable"
-    return None
 
 
 def run_supervisord(settings: Settings) -> int:
@@ -120,12 +104,13 @@ def run_supervisord(settings: Settings) -> int:
     os.environ.clear()
     os.environ.update(env)
 
-    relay = None
-    reason = relay_reason(settings.log_format)
-    if reason is not None:
-        from worker.relay import StdoutRelay
+    # Always our own pipe, drained at once (worker/relay.py): publishing never waits for
+    # anyone to read stdout, nor ends when stdout fails. It also wraps supervisord's lines
+    # into JSON, keeps a regular-file stdout from being written at two offsets, and works
+    # where stdout cannot be opened again (a pipe owned by another user, a socket).
+    from worker.relay import StdoutRelay
 
-        relay = StdoutRelay(wrap_json=settings.log_format == "json")
+    relay = StdoutRelay(wrap_json=settings.log_format == "json")
     args = ["-c", str(SUPERVISORD_CONF)]
     if os.getuid() == 0:
         # Root without `user=` is a CRIT line at every start; naming root is the documented
@@ -138,8 +123,7 @@ def run_supervisord(settings: Settings) -> int:
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 2
     finally:
-        if relay is not None:
-            relay.finish()
+        relay.finish()
     return 0
 
 

@@ -18,6 +18,7 @@ never woken up on a timer to prove it is alive.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import struct
@@ -86,10 +87,18 @@ def _bytes_in(folder: Path) -> int:
     return total
 
 
+MAX_STATE_BYTES = 4096
+
+
 def read_state(run_dir: Path) -> dict | None:
+    """The rotator's marks, read as anything in RUN_DIR is (worker/runfiles.py: no link, no
+    FIFO, bounded in size and depth); None when absent or not to be trusted (`judge` then
+    says the rotator has not started yet, or is unreadable)."""
+    from worker.runfiles import Untrusted, read_run_json
+
     try:
-        state = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
+        state = read_run_json(run_dir, STATE_FILE, MAX_STATE_BYTES)
+    except (OSError, Untrusted):
         return None
     return state if isinstance(state, dict) else None
 
@@ -134,17 +143,23 @@ def _receive(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _number(value) -> bool:
+    """A finite JSON number (not a bool, not 1e999 read as infinity)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def judge(state: dict | None, rotator_pid: int | None, run_dir: Path) -> tuple[str, str]:
     """(condition, reason): condition is 'ready', 'starting' or 'unhealthy'."""
     if rotator_pid is None:
         return "unhealthy", "rotator is not running"
     if state is None or state.get("pid") != rotator_pid:
         return "starting", "rotator has not started its first reconcile yet"
-    try:
-        elapsed = time.monotonic() - float(state["since"])
-        work = int(state.get("bytes", 0))
-    except (KeyError, TypeError, ValueError):
+    since, work = state.get("since"), state.get("bytes", 0)
+    if not (_number(since) and isinstance(work, int) and not isinstance(work, bool)
+            and 0 <= work < 1 << 63):
         return "unhealthy", f"{STATE_FILE} in RUN_DIR is unreadable"
+    elapsed = time.monotonic() - float(since)
     phase = state.get("phase")
     if phase in (STARTING, RECONCILING):
         allowed = allowed_seconds(work)

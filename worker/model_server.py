@@ -8,21 +8,28 @@ becomes its fingerprint (rasa/core/agent.py, `_pull_model_and_fingerprint`).
 Paths: `/model` (GET, HEAD; token required when MODEL_SERVER_TOKEN is set), `/healthz`
 (the server is up), `/readyz` (a whole model is published), `/metrics` (Prometheus).
 
-One thread per connection, blocked in the kernel (accept, recv, sendfile) with timeouts, so
-nothing wakes up at idle and a stuck client holds only its own thread. The bytes go from the
-page cache to the socket with sendfile: memory does not grow with the model's size.
+One thread, one selector loop (epoll) over non-blocking sockets, like nginx's worker: no
+thread is ever started, so a flood of connections under a process limit (RLIMIT_NPROC, a
+container's pids limit) cannot make the server fail ("can't start new thread"). The bytes
+go from the page cache to the socket with non-blocking sendfile: memory does not grow with
+the model's size. Every connection has one deadline, checked by the loop itself: a request
+must arrive whole within HEAD_TIMEOUT_S, and a download is cut once the client has taken
+nothing for SEND_TIMEOUT_S, to the second. With no connection open the loop blocks without
+a timeout: nothing wakes up at idle.
 A small HTTP/1.1 reader of our own instead of http.server: that module pulls in http.client,
 email and ssl, about 10 MiB of memory for parsing three headers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import selectors
 import shutil
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -31,18 +38,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.logs import human_size
-from worker.published import NotPublished, download_name, open_published
+from worker.published import NotPublished, PublishedFile, download_name, open_published
 from worker.rolling import FAILED, HELD, NOT_MODIFIED, SEND, SEND_FRESH, RollingGate
 from worker.settings import Settings
 
 MODEL_PATH = "/model"
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers
+# Module constants, read at each use: a test shortens them in a real server process
+# (tests/test_model_server.py starts `model-server` through `python -c` after setting them).
 HEAD_TIMEOUT_S = 10.0  # a client has this long to send its request
 SEND_TIMEOUT_S = 60.0  # a download is cut when the client takes nothing for this long
-MAX_CONNECTIONS = 256  # beyond this, new connections are closed at once
+LINGER_S = 10.0  # after the last byte, how long the client may take to close its end
+MAX_CONNECTIONS = 256  # beyond this, the oldest connection still sending its request goes
+MAX_DISCARDED_BYTES = 64 * 1024  # a client may send this much more during its download
 REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
            404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
            503: "Service Unavailable"}
+
+READING, SENDING, CLOSING = "reading", "sending", "closing"
 
 
 class BadRequest(Exception):
@@ -82,24 +95,17 @@ class Counters:
                 setattr(self, name, getattr(self, name) + amount)
 
 
-def read_request(conn: socket.socket) -> Request | None:
-    """The request line and headers (no body: GET and HEAD only). None when the client
-    closed without sending anything."""
-    data = b""
-    deadline = time.monotonic() + HEAD_TIMEOUT_S  # in all: a byte now and then is not enough
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        if len(data) > MAX_HEAD_BYTES:
-            raise BadRequest(431, "request head too large")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request head not received in time")
-        conn.settimeout(left)
-        chunk = conn.recv(4096)
-        if not chunk:
-            if data:
-                raise BadRequest(400, "request cut short")
-            return None
-        data += chunk
+def head_end(data: bytes) -> int:
+    """Where the request head ends in `data` (the index after the blank line), or -1."""
+    for blank in (b"\r\n\r\n", b"\n\n"):
+        index = data.find(blank)
+        if index >= 0:
+            return index + len(blank)
+    return -1
+
+
+def parse_request(data: bytes) -> Request:
+    """The request line and headers of a whole head (no body: GET and HEAD only)."""
     head = data.split(b"\r\n\r\n" if b"\r\n\r\n" in data else b"\n\n", 1)[0]
     lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
     parts = lines[0].split(" ")
@@ -113,14 +119,42 @@ def read_request(conn: socket.socket) -> Request | None:
             raise BadRequest(400, "malformed header line")
         key = name.lower()
         headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    split = urllib.parse.urlsplit(target)
-    return Request(method=method, path=split.path,
-                   query=urllib.parse.parse_qs(split.query, keep_blank_values=True),
-                   headers=headers)
+    try:
+        split = urllib.parse.urlsplit(target)  # raises on a malformed IPv6 host: http://[::1/
+        query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+    except ValueError as error:
+        raise BadRequest(400, f"malformed request target ({error})") from None
+    return Request(method=method, path=split.path, query=query, headers=headers)
+
+
+@dataclass
+class Download:
+    """A model being sent on one connection: the open file and what to log at its end."""
+
+    published: PublishedFile
+    decision: str
+    counted: bool  # it holds a turn of the rolling gate
+    started: float
+    offset: int = 0
+
+
+@dataclass
+class Connection:
+    """One client: the request it is sending, then the answer going out, then its close."""
+
+    sock: socket.socket
+    address: str
+    deadline: float
+    phase: str = READING
+    inbox: bytes = b""
+    outbox: bytes = b""
+    download: Download | None = None
+    discarded: int = 0
+    closed: bool = False
 
 
 class ModelServer:
-    """The listener and its answers. `serve_forever` blocks in accept without a timeout."""
+    """The listener and its answers. `serve_forever` runs the selector loop."""
 
     def __init__(self, settings: Settings, log: logging.Logger):
         self.settings = settings
@@ -131,53 +165,228 @@ class ModelServer:
                                 settings.model_server_swap_timeout_s)
         self.counters = Counters()
         self._token = settings.model_server_token.encode()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._metrics_registry = None
         self._loaded_etag: str | None = None  # the last ETag a replica confirmed it loaded
+        self._connections: dict[int, Connection] = {}  # by file descriptor, oldest first
+        self._selector = selectors.DefaultSelector()
+        self._listening = False
         family = socket.AF_INET6 if ":" in settings.model_server_bind else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((settings.model_server_bind, settings.model_server_port or 0))
         self.sock.listen(128)
+        self.sock.setblocking(False)
 
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
     def serve_forever(self) -> None:
+        self._listen(True)
         while True:
-            conn, address = self.sock.accept()
-            if not self._slots.acquire(blocking=False):
-                conn.close()  # full: a replica asks again at its next pull
-                continue
-            threading.Thread(target=self._serve_connection, args=(conn, address[0]),
-                             daemon=True).start()
+            for key, events in self._selector.select(self._wait_s()):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._surviving(self._step, key.data, events)
+            self._expire(time.monotonic())
 
     def close(self) -> None:
+        for conn in list(self._connections.values()):
+            self._close(conn)
+        self._selector.close()
         self.sock.close()
 
-    # -- one connection, one request ------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------
 
-    def _serve_connection(self, conn: socket.socket, address: str) -> None:
-        self.counters.add(clients=1)
-        try:
+    def _wait_s(self) -> float | None:
+        """Until the nearest deadline; None (no timeout) with no connection open."""
+        if not self._connections:
+            return None
+        nearest = min(conn.deadline for conn in self._connections.values())
+        return max(0.0, nearest - time.monotonic())
+
+    def _listen(self, on: bool) -> None:
+        if on and not self._listening:
+            self._selector.register(self.sock, selectors.EVENT_READ, None)
+        elif not on and self._listening:
+            self._selector.unregister(self.sock)
+        self._listening = on
+
+    def _accept(self) -> None:
+        while True:
             try:
-                request = read_request(conn)
-            except BadRequest as error:
-                self._reply(conn, error.status, body=f"{error}\n")
+                sock, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            if request is None:
-                return
-            conn.settimeout(SEND_TIMEOUT_S)
-            self._answer(conn, address, request)
-        except OSError as error:  # reset, timeout: the client is gone
-            self.log.debug("connection from %s ended: %s", address, error)
-        finally:
-            self.counters.add(clients=-1)
-            self._slots.release()
-            conn.close()
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting until a connection closes, rather
+                    # than spin on a listener that stays readable.
+                    self.log.warning("cannot accept more connections now: %s", error.strerror)
+                    if not self._make_room():
+                        self._listen(False)
+                    return
+                continue  # ECONNABORTED and the like: that client is gone
+            if len(self._connections) >= MAX_CONNECTIONS and not self._make_room():
+                sock.close()  # all busy downloading: a replica asks again at its next pull
+                continue
+            sock.setblocking(False)
+            conn = Connection(sock, address[0], time.monotonic() + HEAD_TIMEOUT_S)
+            self._connections[sock.fileno()] = conn
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+            self.counters.add(clients=1)
 
-    def _answer(self, conn: socket.socket, address: str, request: Request) -> None:
+    def _make_room(self) -> bool:
+        """Close the oldest connection that has not sent its whole request yet, so a flood of
+        idle connections never keeps a probe (`/healthz`) or a replica out. False: none."""
+        for conn in self._connections.values():
+            if conn.phase == READING:
+                self.log.debug("dropped idle connection from %s: all %d places taken",
+                               conn.address, MAX_CONNECTIONS)
+                self._close(conn)
+                return True
+        return False
+
+    def _surviving(self, step, conn: Connection, *args) -> None:
+        """A fault in one connection's handling ends that connection, never the server."""
+        try:
+            step(conn, *args)
+        except OSError as error:  # reset, broken pipe: the client is gone
+            self.log.debug("connection from %s ended: %s", conn.address, error)
+            self._close(conn, error)
+        except Exception:  # noqa: BLE001 - the server outlives any one request
+            self.log.exception("request from %s failed", conn.address)
+            self._close(conn)
+
+    def _step(self, conn: Connection, events: int) -> None:
+        answered = False
+        if events & selectors.EVENT_READ:
+            if conn.phase == READING:
+                self._read_request(conn)
+                answered = conn.phase == SENDING  # its socket is most likely writable now
+            else:
+                self._discard_input(conn)
+        if not conn.closed and conn.phase == SENDING and (answered
+                                                          or events & selectors.EVENT_WRITE):
+            self._send(conn)
+
+    def _expire(self, now: float) -> None:
+        for conn in [c for c in self._connections.values() if c.deadline <= now]:
+            if conn.phase == SENDING:
+                self.log.debug("client %s took nothing for %.0f s", conn.address,
+                               SEND_TIMEOUT_S)
+                self._close(conn, TimeoutError(f"took nothing for {SEND_TIMEOUT_S:.0f} s"))
+            else:
+                self._close(conn, None if conn.phase == CLOSING else
+                            TimeoutError("request head not received in time"))
+
+    # -- one connection: its request, its answer, its close -----------------------------------
+
+    def _read_request(self, conn: Connection) -> None:
+        chunk = conn.sock.recv(4096)
+        if not chunk:
+            self._close(conn)  # closed before a whole request: nothing to answer
+            return
+        conn.inbox += chunk
+        end = head_end(conn.inbox)
+        if end < 0:
+            if len(conn.inbox) > MAX_HEAD_BYTES:
+                self._reply(conn, 431, body="request head too large\n")
+            return
+        try:
+            request = parse_request(conn.inbox[:end])
+        except BadRequest as error:
+            self._reply(conn, error.status, body=f"{error}\n")
+            return
+        conn.discarded = len(conn.inbox) - end
+        conn.inbox = b""
+        self._answer(conn, conn.address, request)
+
+    def _discard_input(self, conn: Connection) -> None:
+        """Read what the client sends after its request and drop it: unread bytes at our
+        close would make the kernel reset the connection and lose the answer's tail."""
+        chunk = conn.sock.recv(65536)
+        if not chunk:
+            if conn.phase == CLOSING:
+                self._close(conn)  # the client has everything and closed its end
+            else:
+                self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)  # half-closed
+            return
+        conn.discarded += len(chunk)
+        if conn.discarded > MAX_DISCARDED_BYTES:
+            self._close(conn, ConnectionError("client sent too much after its request"))
+
+    def _send(self, conn: Connection) -> None:
+        while conn.outbox:
+            try:
+                sent = conn.sock.send(conn.outbox)
+            except BlockingIOError:
+                return
+            conn.outbox = conn.outbox[sent:]
+            conn.deadline = time.monotonic() + SEND_TIMEOUT_S
+        download = conn.download
+        if download is not None:
+            published = download.published
+            while download.offset < published.size:
+                try:
+                    sent = os.sendfile(conn.sock.fileno(), published.fd, download.offset,
+                                       min(published.size - download.offset, 1 << 30))
+                except BlockingIOError:
+                    return  # the socket's buffer is full: the loop calls again when it drains
+                if sent == 0:  # the file ended early: it was truncated in place
+                    self._close(conn, EOFError("the published file was truncated"))
+                    return
+                download.offset += sent
+                conn.deadline = time.monotonic() + SEND_TIMEOUT_S
+        # Everything is handed to the kernel: say so to the client and let it close first.
+        conn.phase = CLOSING
+        conn.deadline = time.monotonic() + LINGER_S
+        conn.sock.shutdown(socket.SHUT_WR)
+        self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: Connection, error: BaseException | None = None) -> None:
+        """The end of a connection; a download's outcome is logged here, once."""
+        if self._connections.pop(conn.sock.fileno(), None) is None:
+            return
+        self.counters.add(clients=-1)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        conn.sock.close()
+        conn.closed = True
+        self._listen(True)
+        if conn.download is not None:
+            self._download_ended(conn, error)
+        elif error is not None:
+            self.log.debug("connection from %s ended: %s", conn.address, error)
+
+    def _download_ended(self, conn: Connection, error: BaseException | None) -> None:
+        download = conn.download
+        conn.download = None
+        published = download.published
+        sent = download.offset
+        # Whole: every byte handed to the kernel, then the client closed its end (or took
+        # LINGER_S to). A reset or an error before that may have lost bytes in flight.
+        complete = sent == published.size and conn.phase == CLOSING and error is None
+        published.close()
+        if download.counted:
+            self.gate.ended(conn.address, complete)
+        self.counters.add(bytes_sent=sent)
+        took = time.monotonic() - download.started
+        if complete:
+            self.counters.add(downloads=1)
+            first = " (its first model from us)" if download.decision == SEND_FRESH else ""
+            self.log.info("sent %s %s to %s: %s in %.2f s%s", self.filename, published.etag,
+                          conn.address, human_size(sent), took, first)
+        else:
+            self.counters.add(downloads_cut=1)
+            why = f": {error}" if error is not None else ""
+            self.log.warning("download of %s by %s cut after %d of %d bytes (%.2f s)%s",
+                             published.etag, conn.address, sent, published.size, took, why)
+
+    # -- the answers --------------------------------------------------------------------------
+
+    def _answer(self, conn: Connection, address: str, request: Request) -> None:
         head_only = request.method == "HEAD"
         if request.method not in ("GET", "HEAD"):
             self._reply(conn, 405, {"Allow": "GET, HEAD"}, body="GET or HEAD only\n")
@@ -208,7 +417,7 @@ class ModelServer:
         given = request.query.get("token", [""])[-1].encode()
         return hmac.compare_digest(given, self._token)
 
-    def _readiness(self, conn: socket.socket, request: Request) -> None:
+    def _readiness(self, conn: Connection, request: Request) -> None:
         try:
             with open_published(self.latest) as published:
                 body = f"ready: {published.etag} ({published.size} bytes)\n"
@@ -217,14 +426,16 @@ class ModelServer:
             status, body = 503, f"not ready: {why}\n"
         self._reply(conn, status, body=body, head_only=request.method == "HEAD")
 
-    def _model(self, conn: socket.socket, address: str, request: Request) -> None:
+    def _model(self, conn: Connection, address: str, request: Request) -> None:
         head_only = request.method == "HEAD"
         try:
             published = open_published(self.latest)
         except NotPublished as why:
             self._reply(conn, 404, body=f"no model: {why}\n", head_only=head_only)
             return
-        with published:
+        sending = False
+        decision = None
+        try:
             # Decided and counted in one step: two replicas never both take the last place.
             decision = self.gate.decide(address, request.if_none_match(), published.etag,
                                         begin=not head_only)
@@ -251,28 +462,14 @@ class ModelServer:
                 self._reply(conn, 200, headers, length=published.size, head_only=True)
                 return
             counted = decision == SEND and self.gate.max_swapping > 0
-            complete = False
-            started = time.monotonic()
-            sent = 0
-            try:
-                self._reply(conn, 200, headers, length=published.size, head_only=True)
-                sent = self._send_file(conn, published)
-                complete = sent == published.size
-            finally:
-                if counted:
-                    self.gate.ended(address, complete)
-                self.counters.add(bytes_sent=sent)
-                took = time.monotonic() - started
-                if complete:
-                    self.counters.add(downloads=1)
-                    first = " (its first model from us)" if decision == SEND_FRESH else ""
-                    self.log.info("sent %s %s to %s: %s in %.2f s%s", self.filename,
-                                  published.etag, address, human_size(sent), took, first)
-                else:
-                    self.counters.add(downloads_cut=1)
-                    self.log.warning("download of %s by %s cut after %d of %d bytes "
-                                     "(%.2f s)", published.etag, address, sent,
-                                     published.size, took)
+            self._reply(conn, 200, headers, length=published.size, head_only=True)
+            conn.download = Download(published, decision, counted, time.monotonic())
+            sending = True
+        finally:
+            if not sending:
+                published.close()
+                if decision == SEND and self.gate.max_swapping > 0 and not head_only:
+                    self.gate.ended(address, False)  # the place decide() took is given back
 
     # -- loadable, not just whole (worker/loadable.py) --------------------------------------
 
@@ -318,38 +515,27 @@ class ModelServer:
         try:
             record_refusal(self.latest, record, address, "a pulled model failed to load "
                            "(the replica asks again with its old ETag)")
-            client = QueueClient(self.settings.run_dir)
-            client.connect()
-            client.send((RESCAN, f"a replica could not load {name} (model server)"))
-        except Exception as error:  # noqa: BLE001 - the rotator's rescan timer catches up
+        except OSError as error:
             self.log.error("could not record the refusal of %s: %s", name, error)
+            return
 
-    def _send_file(self, conn: socket.socket, published) -> int:
-        """Send exactly the open file, from the page cache to the socket (sendfile).
-
-        The socket is blocking with a kernel send timeout (SO_SNDTIMEO) rather than Python's
-        timeout, which would add a select() before every sendfile() call: one system call
-        per gigabyte here, and a client that takes nothing for SEND_TIMEOUT_S is let go."""
-        conn.settimeout(None)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        struct.pack("ll", int(SEND_TIMEOUT_S), 0))
-        offset = 0
-        while offset < published.size:
+        def tell_the_rotator() -> None:
             try:
-                sent = os.sendfile(conn.fileno(), published.fd, offset,
-                                   min(published.size - offset, 1 << 30))
-            except BlockingIOError:  # SO_SNDTIMEO passed without progress: a stuck client
-                self.log.debug("client took nothing for %.0f s", SEND_TIMEOUT_S)
-                break
-            except OSError as error:  # reset, broken pipe: the client is gone
-                self.log.debug("sendfile to client stopped: %s", error)
-                break
-            if sent == 0:  # the file ended early: it was truncated in place
-                break
-            offset += sent
-        return offset
+                client = QueueClient(self.settings.run_dir)
+                client.connect()
+                client.send((RESCAN, f"a replica could not load {name} (model server)"))
+            except Exception as error:  # noqa: BLE001 - the rotator's rescan catches up
+                self.log.warning("could not ask the rotator to look again at once: %s", error)
 
-    def _metrics(self, conn: socket.socket, request: Request) -> None:
+        # Off the loop: a stopped (SIGSTOP) rotator never answers the queue's handshake, and
+        # this loop must keep serving. A thread that cannot start costs only the immediacy:
+        # the refusal is on disk and the rotator's next reconcile reads it.
+        try:
+            threading.Thread(target=tell_the_rotator, name="tell-rotator", daemon=True).start()
+        except RuntimeError as error:
+            self.log.warning("could not ask the rotator to look again at once: %s", error)
+
+    def _metrics(self, conn: Connection, request: Request) -> None:
         from worker.model_server_metrics import exposition
 
         if self._metrics_registry is None:
@@ -360,9 +546,10 @@ class ModelServer:
         self._reply(conn, 200, {"Content-Type": content_type}, body=body,
                     head_only=request.method == "HEAD")
 
-    def _reply(self, conn: socket.socket, status: int, headers: dict[str, str] | None = None,
+    def _reply(self, conn: Connection, status: int, headers: dict[str, str] | None = None,
                body: str | bytes = b"", length: int | None = None,
                head_only: bool = False) -> None:
+        """Queue the answer; the loop sends it (and a download's file after it)."""
         payload = body.encode() if isinstance(body, str) else body
         lines = [f"HTTP/1.1 {status} {REASONS[status]}", "Connection: close",
                  "Cache-Control: no-cache"]
@@ -372,7 +559,10 @@ class ModelServer:
                 lines.append("Content-Type: text/plain; charset=utf-8")
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        conn.sendall(head if head_only or status == 304 else head + payload)
+        conn.outbox = head if head_only or status == 304 else head + payload
+        conn.phase = SENDING
+        conn.deadline = time.monotonic() + SEND_TIMEOUT_S
+        self._selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
 
 
 def run_model_server(settings: Settings, log: logging.Logger) -> None:

@@ -7,6 +7,7 @@ Names only: whether a file IS the published file or an ignored one is decided by
 from __future__ import annotations
 
 import os
+import re
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def temporary_name(latest_model_path: Path) -> Path:
     systems): hidden and with our prefix, so it is never a model's name."""
     return latest_model_path.with_name(
         f"{internal_prefix(latest_model_path)}tmp-{os.urandom(4).hex()}")
+
+
+def without_temporary_names(text: str) -> str:
+    """`text` with every temporary name of ours made the same (`tmp-*`): two failures that
+    differ only in the random temporary name have the same cause."""
+    return _TEMPORARY_SUFFIX.sub("tmp-*", text)
+
+
+_TEMPORARY_SUFFIX = re.compile(r"tmp-[0-9a-f]{8}\b")
 
 
 def is_model_name(name: str, pattern: str, latest_model_path: Path, folder: Path) -> bool:

@@ -274,7 +274,7 @@ class ReplicaSync(threading.Thread):
         if answer.status == 409:  # Rasa's "No agent loaded"
             self._in_sync_with = None
             self._update(state="out-of-sync", model_id=None, checked_at=now, training_jobs=0,
-                         published_model_id=desired.model_id, in_sync=False)
+                         published_model_id=self._shown(desired.model_id), in_sync=False)
             return None, 0
         if answer.status in (401, 403):
             self._error(f"GET /status answered {answer.status} {answer.reason}: check "
@@ -285,17 +285,18 @@ class ReplicaSync(threading.Thread):
             shown = answer.status if answer.status is not None else "no answer"
             self._error(f"GET /status: {shown} {answer.reason}".rstrip(), None, state="down")
             return None
+        # Compared raw (a short token inside a model_id must not make a replica in sync look
+        # out of sync); only what is shown is scrubbed.
         served, jobs, self._served_file = parsed
-        if served is not None:
-            served = _printable(self.client.secrets.scrub(served))
         in_sync = desired.model_id is not None and served == desired.model_id
         if not in_sync:
             self._in_sync_with = None
         state = self.state.state
         if in_sync or state not in ("swapping", "waiting-for-training", "model-refused"):
             state = "in-sync" if in_sync else "out-of-sync"
-        self._update(model_id=served, training_jobs=jobs, checked_at=now, state=state,
-                     published_model_id=desired.model_id, in_sync=in_sync)
+        self._update(model_id=self._shown(served), training_jobs=jobs, checked_at=now,
+                     state=state,
+                     published_model_id=self._shown(desired.model_id), in_sync=in_sync)
         return served, jobs
 
     def _worth_a_put(self, desired: Desired, served: str | None) -> bool:
@@ -365,7 +366,8 @@ class ReplicaSync(threading.Thread):
                 self._refused_elsewhere(desired)
                 return "done"
             self.log.info("rasa %s: serves %s, published is %s: swapping (PUT /model%s)",
-                          self.url, served or "no model", desired.model_id or "(no model_id)",
+                          self.url, self._shown(served) or "no model",
+                          self._shown(desired.model_id) or "(no model_id)",
                           ", the canary" if role == CANARY else "",
                           extra={"event": "rasa_swap", "fields": {"url": self.url,
                                                                    "canary": role == CANARY}})
@@ -417,15 +419,17 @@ class ReplicaSync(threading.Thread):
                 # Rasa serves a file other than the one we sent: it restarted (with its own
                 # --model) or someone loaded another model right after our 204. That says
                 # nothing about RASA_MODEL_PATH: the next check swaps it again.
-                self._error(f"serves model_id {answer[0]} from another file right after our "
-                            "load (restarted meanwhile?); trying again at the next check",
+                self._error(f"serves model_id {self._shown(answer[0])} from another file right "
+                            "after our load (restarted meanwhile?); trying again at the next "
+                            "check",
                             logging.WARNING, state="out-of-sync")
                 return "done"
             if isinstance(answer, tuple) or time.monotonic() > deadline:
                 served = answer[0] if isinstance(answer, tuple) else None
                 self._refused = desired
-                self._error(f"loaded RASA_MODEL_PATH but serves model_id {served}, not the "
-                            f"published {desired.model_id}: check that RASA_MODEL_PATH is the "
+                self._error(f"loaded RASA_MODEL_PATH but serves model_id "
+                            f"{self._shown(served)}, not the published "
+                            f"{self._shown(desired.model_id)}: check that RASA_MODEL_PATH is the "
                             "published file as Rasa sees it; not retried until the next "
                             "publish", logging.ERROR, state="out-of-sync")
                 if isinstance(answer, tuple):
@@ -462,13 +466,15 @@ class ReplicaSync(threading.Thread):
         self.canary.loaded(desired, self.url)
         newly = self._in_sync_with != desired.model_id
         self._in_sync_with = desired.model_id
-        self._update(state="in-sync", in_sync=True, published_model_id=desired.model_id,
+        self._update(state="in-sync", in_sync=True,
+                     published_model_id=self._shown(desired.model_id),
                      converged_at=time.time() if newly else self.state.converged_at,
                      last_error=None, last_error_at=None)
         if newly:
-            self.log.info("rasa %s serves the published model %s", self.url, desired.model_id,
+            shown = self._shown(desired.model_id)
+            self.log.info("rasa %s serves the published model %s", self.url, shown,
                           extra={"event": "rasa_in_sync",
-                                 "fields": {"url": self.url, "model_id": desired.model_id}})
+                                 "fields": {"url": self.url, "model_id": shown}})
 
     def _newer_than(self, desired: Desired) -> bool:
         current = self.desired()
@@ -488,6 +494,10 @@ class ReplicaSync(threading.Thread):
             raise _Superseded
 
     # -- what we show -----------------------------------------------------------------------
+
+    def _shown(self, model_id: str | None) -> str | None:
+        """A model_id as it may be printed: secrets scrubbed, one safe line."""
+        return None if model_id is None else _printable(self.client.secrets.scrub(model_id))
 
     def _call(self, put: Answer, took: float, outcome: str, detail: str, level: int) -> None:
         call = CallOutcome(url=self.url, model_file=self.model_file, status=put.status,

@@ -9,8 +9,15 @@ so neither RASA_TOKEN nor the password of RASA_URL's user info is ever printed.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import html
+import html.entities
+import http.client
 import json
 import re
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,7 +47,10 @@ class Secrets:
     """Scrubs the token and the URL's password from text, in any encoding a server may echo.
 
     A server may echo the request back raw, percent-encoded (`%2F` or `%2f`, `%20` or `+` for a
-    space, `/` kept or encoded), or encoded twice (`%252F`); a mix of these too. One regular
+    space, `/` kept or encoded), or encoded twice (`%252F`); a mix of these too; and a body
+    may hold a character as a JSON escape (`\\u00f6`, `\\/`), an HTML entity (`&amp;`,
+    `&#246;`, `&#xf6;`), its UTF-8 bytes read as latin-1 (a raw reason phrase), and any run of
+    white space where the secret has one (a collapsed or re-wrapped body). One regular
     expression per secret matches each character in any of those forms.
     """
 
@@ -50,14 +60,12 @@ class Secrets:
     @staticmethod
     def _pattern(secret: str) -> re.Pattern:
         parts = []
-        for char in secret:
-            encoded = "".join(f"%(?:25)?{_hex_any_case(byte)}" for byte in char.encode())
-            forms = [re.escape(char), encoded]
-            if char == " ":
-                forms.append(r"\+")
-            if char == "/":
-                forms.append(r"\\/")  # JSON may escape the slash
-            parts.append("(?:" + "|".join(forms) + ")")
+        for run in re.findall(r"\s+|\S", secret):
+            if run.isspace():
+                space = "|".join(_char_forms(" ") + [r"\s", r"\+"])
+                parts.append(f"(?:{space})+")
+            else:
+                parts.append("(?:" + "|".join(_char_forms(run)) + ")")
         return re.compile("".join(parts))
 
     def scrub(self, text: str) -> str:
@@ -65,10 +73,40 @@ class Secrets:
             text = pattern.sub("***", text)
         return text
 
+    def excerpt(self, text: str, limit: int = 200) -> str:
+        """A peer's text as we may show it: scrubbed whole, white space collapsed, scrubbed
+        again, and only then cut to `limit` characters (a cut first could leave the start of
+        a secret whole)."""
+        text = " ".join(self.scrub(text).split())
+        text = self.scrub(text)
+        return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _char_forms(char: str) -> list[str]:
+    """Regular expressions for one character of a secret, in every form a peer may echo."""
+    utf8 = char.encode()
+    code = ord(char)
+    forms = [re.escape(char),
+             "".join(f"%(?:25)?{_hex_any_case(byte)}" for byte in utf8),
+             rf"\\[uU]0*{_hex_any_case_text(f'{code:x}')}" if code <= 0xFFFF else "",
+             rf"&#0*{code};", rf"&#[xX]0*{_hex_any_case_text(f'{code:x}')};"]
+    name = html.entities.codepoint2name.get(code)
+    if name:
+        forms.append(rf"&{name};")
+    if len(utf8) > 1:  # its UTF-8 bytes decoded as latin-1 (how http.client reads a reason)
+        forms.append(re.escape(utf8.decode("latin-1")))
+    if char == "/":
+        forms.append(r"\\/")  # JSON may escape the slash
+    return [form for form in forms if form]
+
+
+def _hex_any_case_text(digits: str) -> str:
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in digits)
+
 
 def _hex_any_case(byte: int) -> str:
     """A regular expression for the two hex digits of `byte`, in upper or lower case."""
-    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{byte:02x}")
+    return _hex_any_case_text(f"{byte:02x}")
 
 
 @dataclass(frozen=True)
@@ -112,7 +150,8 @@ class RasaClient:
         except ValueError:
             pass  # each call then answers with the parse error, scrubbed
         self.secrets = Secrets(token, password, _raw_password(url))
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._opener = urllib.request.build_opener(_NoRedirect, _DeadlineHTTPHandler,
+                                                   _DeadlineHTTPSHandler)
 
     def status(self) -> Answer:
         """GET /status: 200 with {model_id, model_file, num_active_training_jobs}; 409 no model."""
@@ -131,6 +170,7 @@ class RasaClient:
         return self._call("POST", "/model/parse", json.dumps({"text": text}).encode())
 
     def _call(self, method: str, path: str, body: bytes | None) -> Answer:
+        deadline = _Deadline(self.timeout_s)
         try:
             endpoint = self._base.rstrip("/") + path
             if self._token:
@@ -140,24 +180,132 @@ class RasaClient:
                 headers["Content-Type"] = "application/json"
             request = urllib.request.Request(endpoint, data=body, method=method,
                                              headers=headers)
+            request.deadline = deadline
+            deadline.start()
             with self._opener.open(request, timeout=self.timeout_s) as response:
-                return Answer(response.status, self.secrets.scrub(response.reason or ""),
-                              _json_or_none(response.read(MAX_BODY_BYTES + 1)))
+                raw = response.read(MAX_BODY_BYTES + 1)
+                deadline.finish()  # before the socket closes: the timer never touches it after
+                if deadline.expired:
+                    return self._late()
+                return Answer(response.status, self.secrets.excerpt(_reason(response.reason)),
+                              _json_or_none(raw))
         except urllib.error.HTTPError as error:
-            detail = str(error.reason or "")
             try:
-                text = error.read(MAX_BODY_BYTES).decode("utf-8", "replace").strip()
+                raw = error.read(MAX_BODY_BYTES + 1)
             except Exception:  # noqa: BLE001 - the body is a bonus, the status is the answer
-                text = ""
-            message = _rasa_message(text)
+                raw = b""
+            deadline.finish()
+            if deadline.expired:
+                return self._late()
+            detail = _reason(str(error.reason or ""))
+            message = _rasa_message(raw)
             if message:
                 detail = f"{detail}: {message}" if detail else message
-            return Answer(error.code, self.secrets.scrub(detail[:300]))
+            return Answer(error.code, self.secrets.excerpt(detail, 300))
         except urllib.error.URLError as error:
-            return Answer(None, self.secrets.scrub(str(error.reason)[:300]))
+            deadline.finish()
+            if deadline.expired:
+                return self._late()
+            return Answer(None, self.secrets.excerpt(str(error.reason), 300))
         except Exception as error:  # noqa: BLE001 - InvalidURL, timeouts, resets, anything
+            deadline.finish()
+            if deadline.expired:
+                return self._late()
             reason = str(error) or type(error).__name__
-            return Answer(None, self.secrets.scrub(f"{type(error).__name__}: {reason}"[:300]))
+            return Answer(None, self.secrets.excerpt(f"{type(error).__name__}: {reason}", 300))
+        finally:
+            deadline.finish()
+
+    def _late(self) -> Answer:
+        return Answer(None, f"no whole answer within {self.timeout_s:.0f} s (RASA_TIMEOUT)")
+
+
+class _Deadline:
+    """One call's deadline, from connect to the last byte of the answer.
+
+    urllib's timeout bounds each socket operation only: a server that sends one byte per
+    second keeps a call going for as long as it likes. At the deadline the connection's
+    socket is shut down, which ends a blocked connect, send or recv at once. (The TLS
+    handshake of an https URL is bounded by the per-operation timeout alone.)"""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._done = False
+        self._sock = None
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                _shut_down(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            self._sock = None
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            if self._sock is not None:
+                _shut_down(self._sock)
+
+
+def _shut_down(sock) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _DeadlineConnection:
+    """Mixed into http.client's connections: the socket is handed to the call's deadline."""
+
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self):
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _HTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(functools.partial(_HTTPConnection, deadline=req.deadline), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(functools.partial(_HTTPSConnection, deadline=req.deadline), req,
+                            context=self._context)
+
+
+def _reason(reason: str) -> str:
+    """http.client reads the status line as latin-1: a UTF-8 reason phrase is shown as the
+    text it is."""
+    try:
+        return reason.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return reason
 
 
 def _raw_password(url: str) -> str:
@@ -177,12 +325,17 @@ def _json_or_none(raw: bytes):
         return None
 
 
-def _rasa_message(text: str) -> str:
-    """Rasa's error bodies are JSON with a `message`; anything else is shown shortened."""
+def _rasa_message(raw: bytes) -> str:
+    """Rasa's error bodies are JSON with a `message`; anything else is shown as text. Not cut
+    here: the excerpt is cut after it is scrubbed. A body larger than we read is not shown
+    at all (a secret could straddle where the read stopped)."""
+    if len(raw) > MAX_BODY_BYTES:
+        return f"(a body of more than {MAX_BODY_BYTES} bytes, not shown)"
+    text = raw.decode("utf-8", "replace").strip()
     try:
         data = json.loads(text)
     except ValueError:
-        return " ".join(text.split())[:200]
+        return html.unescape(text)
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return " ".join(data["message"].split())[:200]
+        return html.unescape(data["message"])
     return ""

@@ -42,7 +42,7 @@ from worker.folder import (
 )
 from worker.loadable import VERSION, FileMark, LoadableBook, below_minimum
 from worker.logs import human_size
-from worker.names import same_folder
+from worker.names import same_folder, without_temporary_names
 from worker.settings import Settings
 
 # After a failed publish (disk full, permissions) try again this long after, at the latest.
@@ -536,10 +536,12 @@ class Reconciler:
 
     def _fail_once(self, outcome: Outcome, identity: tuple, path: Path, detail: str) -> None:
         """An error, logged once per file version and cause (a retry every few seconds
-        would flood the log); it is retried all the same."""
-        if (identity, detail) in self._reported:
+        would flood the log); it is retried all the same. The random temporary name in an
+        error (a folder where the record must go) is no new cause."""
+        cause = (identity, without_temporary_names(detail))
+        if cause in self._reported:
             return
-        self._reported.add((identity, detail))
+        self._reported.add(cause)
         self._act(outcome, Action("failed", path, detail, "io-error"), logging.ERROR)
 
     def _act(self, outcome: Outcome, action: Action, level: int = logging.INFO) -> None:

@@ -13,15 +13,18 @@ import time
 
 from worker.folder import read_record, stat_or_none
 from worker.rasa_state import read_replicas
+from worker.runfiles import Untrusted
 from worker.settings import Settings
 from worker.text import printable
 
 REQUIRED_PROGRAMS = ("reader", "rotator")
 RPC_TIMEOUT_S = 5.0
+MAX_RPC_ANSWER_BYTES = 4 * 1024 * 1024
 
 
-def _rpc_call(url: str, username: str, password: str, method: str):
-    """One XML-RPC call without parameters to supervisord at unix://PATH or http://HOST:PORT.
+def _rpc_call(url: str, username: str, password: str, method: str, sock=None):
+    """One XML-RPC call without parameters to supervisord at unix://PATH or http://HOST:PORT
+    (or on `sock`, connected already). The answer is bounded in size and time.
 
     Written out rather than through xmlrpc.client, which imports http.client (and with it the
     email parser and ssl): 15 ms of CPU at every health check, in every container."""
@@ -36,7 +39,9 @@ def _rpc_call(url: str, username: str, password: str, method: str):
     if username:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         head.append(f"Authorization: Basic {token}")
-    if url.startswith("unix://"):
+    if sock is not None:
+        pass
+    elif url.startswith("unix://"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(RPC_TIMEOUT_S)
         sock.connect(url[len("unix://"):])
@@ -45,9 +50,18 @@ def _rpc_call(url: str, username: str, password: str, method: str):
         sock = socket.create_connection((host or "localhost", int(port or 80)), RPC_TIMEOUT_S)
     with sock:
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        chunks = []
-        while chunk := sock.recv(65536):  # HTTP/1.0: the server closes after its answer
+        chunks, size = [], 0
+        deadline = time.monotonic() + RPC_TIMEOUT_S  # in all: a byte now and then is not enough
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:  # HTTP/1.0: the server closes after its answer
+                break
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RPC_ANSWER_BYTES:
+                raise ConnectionError(f"supervisord's answer exceeds {MAX_RPC_ANSWER_BYTES} "
+                                      "bytes")
     answer = b"".join(chunks)
     status_line, _, rest = answer.partition(b"\r\n")
     parts = status_line.split(b" ", 2)
@@ -79,16 +93,36 @@ def _xmlrpc_value(node):
 
 
 def program_states(settings: Settings) -> tuple[dict[str, dict] | None, str]:
-    from worker.launcher import control_credentials
+    import os
+
+    from worker.launcher import CONTROL_PASSWORD_FILE, control_credentials
+    from worker.runfiles import connect_run_socket, read_run_file
 
     url, username, password = control_credentials(settings)
+    sock = None
     try:
-        processes = _rpc_call(url, username, password, "supervisor.getAllProcessInfo")
+        if not os.environ.get("SUPERVISOR_SERVER_URL"):
+            # Our own RUN_DIR: the password and the socket as worker/runfiles.py reads them,
+            # so root never sends a file its owner linked there, nor to a socket not theirs.
+            if not password:
+                read_run_file(settings.run_dir, CONTROL_PASSWORD_FILE, 256)  # says why
+                raise ValueError(f"{CONTROL_PASSWORD_FILE} in RUN_DIR is not a password")
+            sock = connect_run_socket(settings.run_dir, "supervisor.sock", RPC_TIMEOUT_S)
+        processes = _rpc_call(url, username, password, "supervisor.getAllProcessInfo", sock)
     except Exception as error:  # socket missing, refused, credentials refused, an RPC fault
         # Never the password: the error of a refused call names the URL without it.
-        return None, f"supervisord not reachable at {url} ({_without(error, password)})"
-    return {p["name"]: {"state": p["statename"], "pid": p["pid"],
-                        "description": p["description"]} for p in processes}, ""
+        return None, printable(f"supervisord not reachable at {url} "
+                               f"({_without(error, password)})")
+    programs = {}
+    for process in processes if isinstance(processes, list) else []:
+        if not isinstance(process, dict) or not isinstance(process.get("name"), str):
+            continue
+        pid = process.get("pid")
+        programs[printable(process["name"][:100])] = {
+            "state": printable(str(process.get("statename", "UNKNOWN"))[:40]),
+            "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+            "description": printable(str(process.get("description", ""))[:200])}
+    return programs, ""
 
 
 def _without(error: Exception, secret: str) -> str:
@@ -104,7 +138,11 @@ def published_model(settings: Settings) -> dict | None:
     info = {"path": str(latest), "size": latest_stat.st_size,
             "mtime": _iso(latest_stat.st_mtime)}
     record = read_record(latest)
-    if record is not None and record.describes(latest_stat):
+    try:
+        described = record is not None and record.describes(latest_stat)
+    except (TypeError, ValueError):  # a record whose fields have the wrong types
+        described = False
+    if described and _record_fields_shown(record):
         info.update({
             "source": str(settings.target_dir / record.source) if record.source else None,
             "source_mtime": _iso(record.source_mtime_ns / 1e9) if record.source_size >= 0
@@ -127,6 +165,19 @@ def not_published(settings: Settings) -> list[dict]:
     if book.problem:
         entries.append({"path": str(book.path), "reason": "unreadable", "detail": book.problem})
     return entries
+
+
+def _record_fields_shown(record) -> bool:
+    """The publish record's fields have the types `status` prints (it can be written by
+    anyone who can write TARGET_DIR)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return (all(isinstance(getattr(record, name, None), (str, type(None)))
+                for name in ("source", "model_id", "trained_at"))
+            and all(number(getattr(record, name, None))
+                    for name in ("source_mtime_ns", "source_size", "published_at",
+                                 "duration_s")))
 
 
 def gather(settings: Settings) -> dict:
@@ -158,7 +209,11 @@ def gather(settings: Settings) -> dict:
         condition = "unhealthy"
     # Rasa's replicas are shown, never counted against our health: restarting the rotator
     # would not bring a Rasa server back.
-    rasa = read_replicas(settings.run_dir)
+    try:
+        rasa = read_replicas(settings.run_dir)
+    except Untrusted as error:
+        rasa = [{"url": "(rasa-replicas.json)", "state": "unknown", "last_error": str(error),
+                 "last_error_at": None}]
     return {"healthy": condition == "ready", "state": _STATE_WORDS[condition],
             "waiting": waiting, "problems": problems,
             "published": published_model(settings), "programs": programs or {},
@@ -200,8 +255,12 @@ def run_status(settings: Settings, as_json: bool) -> int:
     return 0 if report["healthy"] else 1
 
 
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+def _iso(timestamp) -> str:
+    """A time as ISO 8601 UTC; '?' for anything that is not one (a hostile file's field)."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def render_rasa(replicas: list[dict]) -> list[str]:

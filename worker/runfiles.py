@@ -1,0 +1,139 @@
+"""Reading what lies in RUN_DIR without trusting it (`status`, `supervisorctl`).
+
+`status` reads files the programs left in RUN_DIR (the control password, `rotator.state`,
+`rasa-replicas.json`) and talks to the sockets there. Run by root (`docker exec`), it reads
+the RUN_DIR of the image's user, who can plant anything in it: a link to a root-only file
+(whose content would then be sent as the password, or printed), a FIFO (a read that never
+returns), a huge or deeply nested file (a traceback), another user's socket.
+
+So every file is opened relative to RUN_DIR itself (opened once, no link followed), with
+O_NOFOLLOW|O_NONBLOCK, and must be a regular file with one name, owned by RUN_DIR's owner,
+no larger than asked; a socket must be a socket owned by that owner, and its server must run
+as that owner (SO_PEERCRED). JSON is parsed with its nesting bounded. Whatever fails is one
+`Untrusted` error naming the file and what was wrong.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import stat
+import struct
+from pathlib import Path
+
+MAX_JSON_DEPTH = 32
+
+
+class Untrusted(Exception):
+    """A RUN_DIR entry that cannot be read safely; the message names it and says why."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _open_run_dir(run_dir: Path) -> tuple[int, int]:
+    """(descriptor of RUN_DIR, its owner's uid); RUN_DIR itself must not be a link."""
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise Untrusted(f"RUN_DIR {run_dir} cannot be opened ({error.strerror})") from None
+    return fd, os.fstat(fd).st_uid
+
+
+def read_run_file(run_dir: Path, name: str, limit: int) -> bytes:
+    """The content of RUN_DIR/name, a regular file of at most `limit` bytes owned by RUN_DIR's
+    owner, never through a link, never blocking. FileNotFoundError when it is not there."""
+    dir_fd, owner = _open_run_dir(run_dir)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            shown = "a symbolic link" if error.errno == errno.ELOOP else error.strerror
+            raise Untrusted(f"{name} in RUN_DIR is not trusted: {shown}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted(f"{name} in RUN_DIR is not trusted: {_kind(st.st_mode)}")
+        if st.st_uid != owner:
+            raise Untrusted(f"{name} in RUN_DIR is not trusted: owned by uid {st.st_uid}, "
+                            f"RUN_DIR by uid {owner}")
+        if st.st_nlink != 1:
+            raise Untrusted(f"{name} in RUN_DIR is not trusted: it has {st.st_nlink} names "
+                            "(a hard link)")
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise Untrusted(f"{name} in RUN_DIR is not trusted: larger than {limit} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_run_json(run_dir: Path, name: str, limit: int):
+    """RUN_DIR/name parsed as JSON (read as read_run_file does), nested at most
+    MAX_JSON_DEPTH deep. Untrusted for anything else; FileNotFoundError when absent."""
+    data = read_run_file(run_dir, name, limit)
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise Untrusted(f"{name} in RUN_DIR is not valid JSON") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise Untrusted(f"{name} in RUN_DIR is nested deeper than {MAX_JSON_DEPTH}")
+    return value
+
+
+def _depth(value, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max([_depth(v, level + 1) for v in value.values()] or [level + 1])
+    if isinstance(value, list):
+        return max([_depth(v, level + 1) for v in value] or [level + 1])
+    return level
+
+
+def connect_run_socket(run_dir: Path, name: str, timeout_s: float) -> socket.socket:
+    """A connection to the Unix socket RUN_DIR/name: a socket (not a link to one) owned by
+    RUN_DIR's owner, served by a process of that owner (a link swapped in after the look
+    leads to another server, whose owner differs)."""
+    dir_fd, owner = _open_run_dir(run_dir)
+    try:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise Untrusted(f"{name} in RUN_DIR cannot be looked at ({error.strerror})") from None
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Untrusted(f"{name} in RUN_DIR is not trusted: {_kind(st.st_mode)}")
+    if st.st_uid != owner:
+        raise Untrusted(f"{name} in RUN_DIR is not trusted: owned by uid {st.st_uid}, "
+                        f"RUN_DIR by uid {owner}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(str(run_dir / name))
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                      struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", credentials)
+        if uid != owner:
+            raise Untrusted(f"{name} in RUN_DIR is not trusted: served by uid {uid}, "
+                            f"RUN_DIR owned by uid {owner}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
