@@ -43,6 +43,7 @@ class Desired:
 
     model_id: str | None
     generation: int
+    model_file: str | None = None  # what PUT /model loads, when not the replica's model_file
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class ReplicaSync(threading.Thread):
 
     def __init__(self, client: RasaClient, model_file: str, desired, slots: threading.Semaphore,
                  log: logging.Logger, report, retry_for_s: float, sync_interval_s: float,
-                 training_wait_s: float, timing: Timing = Timing()):
+                 training_wait_s: float, timing: Timing = Timing(), remote_storage: str = ""):
         super().__init__(name=f"rasa {client.shown_url}", daemon=True)
         self.client = client
         self.url = client.shown_url
@@ -126,6 +127,7 @@ class ReplicaSync(threading.Thread):
         self.sync_interval_s = sync_interval_s
         self.training_wait_s = training_wait_s
         self.timing = timing
+        self.remote_storage = remote_storage
         self.state = ReplicaState(url=self.url)
         self._news = threading.Condition()
         self._check_requested = False
@@ -325,7 +327,10 @@ class ReplicaSync(threading.Thread):
                           extra={"event": "rasa_swap", "fields": {"url": self.url}})
             self._update(state="swapping")
             started = time.monotonic()
-            put = self.client.put_model(self.model_file)
+            if desired.model_file is not None:
+                self.model_file = desired.model_file
+                self._put_file_name = self.model_file.rstrip("/").rsplit("/", 1)[-1]
+            put = self.client.put_model(self.model_file, self.remote_storage)
             took = time.monotonic() - started
             if put.ok:
                 self._blind_done = desired
@@ -464,7 +469,7 @@ class RasaSync:
     def __init__(self, urls, model_file: str, token: str, retry_for_s: float, timeout_s: float,
                  log: logging.Logger, report, sync_interval_s: float = 60.0,
                  max_swapping: int = 1, training_wait_s: float = 600.0,
-                 timing: Timing = Timing()):
+                 timing: Timing = Timing(), remote_storage: str = ""):
         self.log = log
         self._lock = threading.Lock()
         self._desired: Desired | None = None
@@ -473,7 +478,8 @@ class RasaSync:
         slots = threading.BoundedSemaphore(max_swapping)
         self.replicas = [
             ReplicaSync(RasaClient(url, token, timeout_s), model_file, self.desired, slots,
-                        log, report, retry_for_s, sync_interval_s, training_wait_s, timing)
+                        log, report, retry_for_s, sync_interval_s, training_wait_s, timing,
+                        remote_storage)
             for url in urls]
 
     def stop(self) -> None:
@@ -484,17 +490,20 @@ class RasaSync:
         with self._lock:
             return self._desired
 
-    def want(self, model_id: str | None, published: bool, exists: bool = True) -> None:
-        """The published model after a reconcile; starts the threads the first time."""
+    def want(self, model_id: str | None, published: bool, exists: bool = True,
+             model_file: str | None = None) -> None:
+        """The published model after a reconcile; starts the threads the first time.
+        `model_file`: what PUT /model loads for it (the immutable key in remote storage)."""
         with self._lock:
             previous = self._desired
             if not exists:
                 self._desired = None
-            elif previous is None or published or model_id != previous.model_id:
+            elif (previous is None or published or model_id != previous.model_id
+                  or model_file != previous.model_file):
                 # Generation 0 is only the model found published at start: no blind PUT.
                 if published or self._started:
                     self._generation += 1
-                self._desired = Desired(model_id, self._generation)
+                self._desired = Desired(model_id, self._generation, model_file)
             changed = self._desired != previous
             first = not self._started
             self._started = True
