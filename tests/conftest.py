@@ -9,7 +9,8 @@ from tests.helpers import RunningTool, tool_environment  # noqa: E402
 
 # The suites against the real peers (Docker, Rasa) run after the unit and integration tests:
 # a fault in the core shows up first, and the slow peers come last.
-PEER_SUITES = ("test_docker.py", "test_real_rasa.py", "test_real_rasa_pull.py")
+PEER_SUITES = ("test_docker.py", "test_real_rasa.py", "test_real_rasa_pull.py",
+               "test_real_rasa_remote.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -371,7 +371,7 @@ def test_with_remote_storage_off_nothing_of_boto3_is_imported(tmp_path):
         "prepare_folders(settings)\n"
         "Rotator(settings, logging.getLogger())\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'boto3', 'botocore', 's3transfer', 'hashlib'}))\n")
+        "{'boto3', 'botocore', 's3transfer'}))\n")
     env = tool_environment(tmp_path, TARGET_DIR=str(tmp_path / "models"))
     for name in ("REMOTE_STORAGE", "BUCKET_NAME"):
         env.pop(name, None)

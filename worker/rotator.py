@@ -56,7 +56,8 @@ class Rotator:
                         s.rasa_timeout_s, self.log, report,
                         sync_interval_s=s.rasa_sync_interval_s,
                         max_swapping=s.rasa_max_swapping,
-                        training_wait_s=s.rasa_training_wait_s)
+                        training_wait_s=s.rasa_training_wait_s,
+                        remote_storage=s.remote_storage)
 
     def _remote(self):
         """REMOTE_STORAGE: the bucket's thread (boto3 is imported only then). The replicas
