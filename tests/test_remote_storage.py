@@ -172,6 +172,7 @@ def test_each_publish_lands_under_the_key_and_an_immutable_one_older_ones_pruned
     b = bench(keep_previous=1)
     first = b.publish("20261202-010000-first.tar.gz", "first")
     state = b.wait_holds(first)
+    wait_for(lambda: b.in_place, 30)
     assert stored(s3.url, "latest.tar.gz") == first
     assert stored(s3.url, version_of(first)) == first
     head = s3_client(s3.url).head_object(Bucket=BUCKET, Key="latest.tar.gz")
@@ -200,7 +201,8 @@ def test_a_restart_uploads_nothing_that_is_already_there(bench, s3):
     again = b.start_sync()  # as after a restart: the record found on disk, no publish
     b.sync = again
     again.want(b.reconciler.record, False)
-    wait_for(lambda: again.state.get("state") == "in-sync", 60, message=b.handler.text)
+    wait_for(lambda: len(b.in_place) == 2, 60, message=b.handler.text)
+    assert again.state["state"] == "in-sync"
     assert b.in_place[-1] == ("one", version_of(data), False)
     uploads = b.handler.matching("uploading ")
     assert len(uploads) == 1, uploads  # the first thread's only

@@ -244,7 +244,7 @@ class RemoteSync(threading.Thread):
         started = time.monotonic()
         try:
             self.bucket.upload(fd, key, metadata, lambda: self._newer_than(wanted),
-                               self._wait_for_news)
+                               self._news)
         except Cancelled:
             self.log.info("upload to s3://%s/%s cancelled: a newer model was published",
                           self.bucket.name, key, extra={"event": "remote_upload_cancelled"})
@@ -278,12 +278,6 @@ class RemoteSync(threading.Thread):
         with self._news:
             return (self._stopped or self._wanted is None
                     or self._wanted.generation != wanted.generation)
-
-    def _wait_for_news(self, done) -> None:
-        """Block until `done()`, a newer publish or stop; at most a second, to look again."""
-        with self._news:
-            self._news.wait_for(lambda: done() or self._stopped or self._check_requested,
-                                timeout=1.0)
 
     def _update(self, **changes) -> None:
         self.state.update(changes)

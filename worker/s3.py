@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 
 import boto3
@@ -82,26 +83,33 @@ class Bucket:
                             answer["LastModified"].timestamp())
 
     def upload(self, fd: int, key: str, metadata: dict[str, str], cancelled,
-               wait) -> None:
+               news: threading.Condition) -> None:
         """Upload the open file `fd` to `key` (multipart when large, SHA-256 checksums).
 
         The parts are read through /proc/self/fd/N, which opens the very inode of `fd`: a
         publish that renames a new file over the path meanwhile changes nothing read here.
-        `wait(done)` blocks until `done()` or until `cancelled()` may have changed; when
-        `cancelled()` is true the upload stops and its multipart upload is aborted."""
-        finished = []
+        Waits on `news` (notified by whoever may make `cancelled()` true); when `cancelled()`
+        is true the upload stops and its multipart upload is aborted."""
+        finished = threading.Event()
+
+        def done() -> None:
+            finished.set()
+            with news:
+                news.notify_all()
+
         future = self.transfers.upload(
             f"/proc/self/fd/{fd}", self.name, key,
             extra_args={"ChecksumAlgorithm": "SHA256", "Metadata": metadata},
-            subscribers=[_Done(lambda: finished.append(True))])
-        while not finished:
-            if cancelled():
+            subscribers=[_Done(done)])
+        while not finished.is_set():
+            with news:
+                news.wait_for(lambda: finished.is_set() or cancelled(), timeout=5.0)
+            if not finished.is_set() and cancelled():
                 future.cancel()
                 # Waits for the parts in flight and the abort of the multipart upload.
                 with contextlib.suppress(Exception):
                     future.result()
                 raise Cancelled
-            wait(lambda: bool(finished))
         future.result()
 
     def copy(self, source_key: str, key: str, metadata: dict[str, str]) -> None:
