@@ -414,8 +414,13 @@ def test_remote_settings_defaults_and_refusals(tmp_path):
     line = refused(tmp_path, AWS_ENDPOINT_URL="http://user:pw@minio:9000")
     assert line.startswith("AWS_ENDPOINT_URL='http://***@minio:9000' is not allowed")
     assert "pw" not in line
-    assert refused(tmp_path, REMOTE_MODEL_KEY="/abs.tar.gz").startswith("REMOTE_MODEL_KEY=")
-    assert refused(tmp_path, REMOTE_MODEL_KEY="model.zip").startswith("REMOTE_MODEL_KEY=")
+    remote = {"REMOTE_STORAGE": "aws", "BUCKET_NAME": "rasa-models"}
+    assert refused(tmp_path, REMOTE_MODEL_KEY="/abs.tar.gz", **remote).startswith(
+        "REMOTE_MODEL_KEY=")
+    assert refused(tmp_path, REMOTE_MODEL_KEY="model.zip", **remote).startswith(
+        "REMOTE_MODEL_KEY=")
+    # Off, LATEST_MODEL_PATH may have any name (the key's default is not checked then).
+    assert read_settings({**base, "LATEST_MODEL_PATH": str(tmp_path / "models" / "current")})
 
 
 def test_the_version_rule_keeps_the_published_and_the_newest():

@@ -700,8 +700,9 @@ def _remote_storage(env, latest: Path) -> dict:
                 or "@" in parts.netloc or parts.query or parts.fragment):
             raise _refuse("AWS_ENDPOINT_URL", shown)
     key = _text(env, "REMOTE_MODEL_KEY", env.get("REMOTE_MODEL_KEY", "") or latest.name)
-    if (key.startswith("/") or not key.endswith(".tar.gz")
-            or len(key.encode(errors="surrogateescape")) > 1024):
+    # Checked only when used: LATEST_MODEL_PATH's name (the default) may be any file name.
+    if remote and (key.startswith("/") or not key.endswith(".tar.gz")
+                   or len(key.encode(errors="surrogateescape")) > 1024):
         raise _refuse("REMOTE_MODEL_KEY", key)
     return {"remote_storage": remote, "bucket_name": bucket, "aws_endpoint_url": endpoint,
             "remote_model_key": key}
