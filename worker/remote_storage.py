@@ -21,6 +21,7 @@ bucket and key and never a credential, retried with backoff, and shown in `statu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -250,6 +251,7 @@ class RemoteSync(threading.Thread):
                           self.bucket.name, key, extra={"event": "remote_upload_cancelled"})
             raise
         took = time.monotonic() - started
+        _give_back_memory()
         self.log.info("uploaded s3://%s/%s (%d bytes) in %.1f s (%.1f MiB/s)", self.bucket.name,
                       key, size, took, size / max(took, 1e-6) / 2**20,
                       extra={"event": "remote_uploaded",
@@ -291,6 +293,16 @@ class RemoteSync(threading.Thread):
 
     def _write_state(self) -> None:
         self._update()
+
+
+def _give_back_memory() -> None:
+    """A multipart upload leaves its parts' buffers freed in the heaps of the transfer
+    threads, and glibc keeps them: about 20 MiB of PSS more for good after a 64 MiB model.
+    malloc_trim(0) returns the free pages of every heap to the kernel."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _holds(stored: StoredObject | None, sha256: str, size: int) -> bool:

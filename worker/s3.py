@@ -65,9 +65,6 @@ class Bucket:
                         retries={"max_attempts": attempts, "mode": "standard"})
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url or None, config=config)
-        # The transfer manager's defaults, as `upload_file` uses them: multipart above 8 MiB,
-        # 8 MiB parts, 10 threads, each part with its own checksum that S3 verifies.
-        self.transfers = create_transfer_manager(self.client, TransferConfig())
 
     def head(self, key: str) -> StoredObject | None:
         """The key's size and our metadata; None when it does not exist."""
@@ -97,20 +94,27 @@ class Bucket:
             with news:
                 news.notify_all()
 
-        future = self.transfers.upload(
-            f"/proc/self/fd/{fd}", self.name, key,
-            extra_args={"ChecksumAlgorithm": "SHA256", "Metadata": metadata},
-            subscribers=[_Done(done)])
-        while not finished.is_set():
-            with news:
-                news.wait_for(lambda: finished.is_set() or cancelled(), timeout=5.0)
-            if not finished.is_set() and cancelled():
-                future.cancel()
-                # Waits for the parts in flight and the abort of the multipart upload.
-                with contextlib.suppress(Exception):
-                    future.result()
-                raise Cancelled
-        future.result()
+        # The transfer manager's defaults, as `upload_file` uses them: multipart above 8 MiB,
+        # 8 MiB parts, 10 threads. One manager per upload: its threads end with it, rather
+        # than idle with their memory between publishes.
+        transfers = create_transfer_manager(self.client, TransferConfig(max_concurrency=4))
+        try:
+            future = transfers.upload(
+                f"/proc/self/fd/{fd}", self.name, key,
+                extra_args={"ChecksumAlgorithm": "SHA256", "Metadata": metadata},
+                subscribers=[_Done(done)])
+            while not finished.is_set():
+                with news:
+                    news.wait_for(lambda: finished.is_set() or cancelled(), timeout=5.0)
+                if not finished.is_set() and cancelled():
+                    future.cancel()
+                    # Waits for the parts in flight and the abort of the multipart upload.
+                    with contextlib.suppress(Exception):
+                        future.result()
+                    raise Cancelled
+            future.result()
+        finally:
+            transfers.shutdown()
 
     def copy(self, source_key: str, key: str, metadata: dict[str, str]) -> None:
         """Make `key` hold what `source_key` holds: one atomic server-side copy."""
@@ -132,7 +136,7 @@ class Bucket:
         self.client.delete_object(Bucket=self.name, Key=key)
 
     def close(self) -> None:
-        self.transfers.shutdown(cancel=True)
+        self.client.close()
 
 
 def _code(error: botocore.exceptions.ClientError) -> str:
