@@ -338,6 +338,8 @@ class ReplicaSync(threading.Thread):
                 return self._confirm(desired)
             if put.status is not None and 400 <= put.status < 500:
                 hint = ("check RASA_TOKEN (Rasa's --auth-token)" if put.status in (401, 403)
+                        else "check that Rasa reads the same BUCKET_NAME and AWS_ENDPOINT_URL, "
+                        "with credentials" if self.remote_storage
                         else "check RASA_MODEL_PATH (the path where Rasa runs) and RASA_URL")
                 self._refused = self._blind_done = desired
                 self._call(put, took, "refused", f"{put.reason}; {hint}; not retried until "
