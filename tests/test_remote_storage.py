@@ -177,7 +177,8 @@ def test_each_publish_lands_under_the_key_and_an_immutable_one_older_ones_pruned
     assert stored(s3.url, version_of(first)) == first
     head = s3_client(s3.url).head_object(Bucket=BUCKET, Key="latest.tar.gz")
     assert head["Metadata"] == {"sha256": hashlib.sha256(first).hexdigest(),
-                                "model-id": "first"}
+                                "model-id": "first", "published-at": head["Metadata"][
+                                    "published-at"]}
     assert state["version_key"] == version_of(first)
     assert b.in_place[-1] == ("first", version_of(first), True)
 
@@ -350,7 +351,7 @@ def test_readers_of_the_key_never_see_a_partial_64_mib_model(start_tool, tmp_pat
     digests = {hashlib.sha256(old).hexdigest(): "old", hashlib.sha256(new).hexdigest(): "new"}
     shutil.move(new_path, models / "20261202-020000-new.tar.gz")
     seen = []
-    client = s3_client(s3.url)
+    client = s3_client(s3.url, check_responses=False)  # the body is judged below, whole
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         body = client.get_object(Bucket=BUCKET, Key="latest.tar.gz")["Body"].read()
@@ -428,7 +429,9 @@ def test_the_version_rule_keeps_the_published_and_the_newest():
     from worker.s3 import StoredObject
 
     assert version_key("bots/latest.tar.gz", "ab") == "bots/latest.versions/ab.tar.gz"
-    versions = [StoredObject(f"v{i}", 1, last_modified=float(i)) for i in range(5)]
+    # All within one second of LastModified: our publish time orders them.
+    versions = [StoredObject(f"v{i}", 1, last_modified=100.0, published_at=100 + i / 10)
+                for i in (3, 0, 4, 1, 2)]
     # v1 is published (a rollback to an older model): never deleted, and not counted.
     assert prunable_versions(versions, "v1", 2) == ["v2", "v0"]
     assert prunable_versions(versions, "v4", 0) == ["v3", "v2", "v1", "v0"]
@@ -439,3 +442,35 @@ def _no_remote_env_leak(monkeypatch):
     for name in ("REMOTE_STORAGE", "BUCKET_NAME", "AWS_ENDPOINT_URL", "REMOTE_MODEL_KEY"):
         if name in os.environ and threading.current_thread() is threading.main_thread():
             monkeypatch.delenv(name, raising=False)
+
+
+def test_a_client_that_cannot_be_made_is_a_failure_line_not_a_crash(tmp_path, s3, monkeypatch):
+    """boto3 refuses a malformed region when the client is made: that happens in the
+    thread, reported and retried like any fault, never in the rotator's start."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "not a region!")
+    b = Bench(tmp_path, s3.url)
+    try:
+        b.publish("20261202-010000-one.tar.gz", "one")
+        wait_for(lambda: b.sync.state.get("state") == "failing", 60, message=b.handler.text)
+    finally:
+        b.stop()
+    line = b.handler.matching("remote storage:")[0]
+    assert "bucket 'models' key 'latest.tar.gz': InvalidRegionError" in line, line
+
+
+def test_a_model_published_again_counts_as_the_newest_version(bench, s3):
+    """Rolled back to an older model: its immutable key exists (nothing is uploaded) but it
+    becomes the most recent version, so KEEP_PREVIOUS keeps it over the one in between."""
+    b = bench(keep_previous=1)
+    first = b.publish("20261202-010000-first.tar.gz", "first")
+    b.wait_holds(first)
+    second = b.publish("20261202-020000-second.tar.gz", "second")
+    b.wait_holds(second)
+    (b.models / "20261202-030000-first-again.tar.gz").write_bytes(first)
+    assert b.reconciler.reconcile().published
+    b.sync.want(b.reconciler.record, True)
+    b.wait_holds(first)
+    third = b.publish("20261202-040000-third.tar.gz", "third")
+    b.wait_holds(third)
+    assert keys(s3.url) == sorted(["latest.tar.gz", version_of(third), version_of(first)])
+    assert len(b.handler.matching("uploading ")) == 3  # first, second, third: once each

@@ -37,6 +37,7 @@ from worker.remote_state import write_remote_state
 from worker.s3 import (
     MAX_COPY_BYTES,
     META_MODEL_ID,
+    META_PUBLISHED_AT,
     META_SHA256,
     Bucket,
     Cancelled,
@@ -80,14 +81,22 @@ def version_key(fixed_key: str, sha256: str) -> str:
 
 def prunable_versions(versions: list[StoredObject], published_key: str,
                       keep_previous: int) -> list[str]:
-    """Immutable keys to delete: all but the published one and the `keep_previous` newest."""
+    """Immutable keys to delete: all but the published one and the `keep_previous` most
+    recently published others."""
     others = sorted((v for v in versions if v.key != published_key),
-                    key=lambda v: (v.last_modified, v.key), reverse=True)
+                    key=lambda v: v.age_key, reverse=True)
     return [v.key for v in others[keep_previous:]]
 
 
 class _Superseded(Exception):
     """A newer publish arrived: start over with it."""
+
+
+class _NotYet(Exception):
+    """The published file is not the one the record describes (yet)."""
+
+
+NOT_YET_WAIT_S = 1.0
 
 
 class RemoteSync(threading.Thread):
@@ -107,8 +116,8 @@ class RemoteSync(threading.Thread):
         self.report = report  # (state dict) -> None, for the metrics
         self.timing = timing
         self.secrets = Secrets(*credentials_in_environment())
-        self.bucket = Bucket(settings.bucket_name, self.endpoint, timing.connect_timeout_s,
-                             timing.read_timeout_s, timing.attempts)
+        self.bucket_name = settings.bucket_name
+        self.bucket: Bucket | None = None  # made in the thread: its errors are reported there
         self.where = f"s3://{settings.bucket_name}/{self.key}"
         self.state: dict = {"bucket": settings.bucket_name, "key": self.key,
                             "endpoint": self.endpoint or "AWS", "state": "starting",
@@ -157,7 +166,8 @@ class RemoteSync(threading.Thread):
                                     timeout=wait)
                 self._check_requested = False
                 if self._stopped:
-                    self.bucket.close()
+                    if self.bucket is not None:
+                        self.bucket.close()
                     return
                 wanted = self._wanted
             wait = self._sync_surviving(wanted)
@@ -169,15 +179,17 @@ class RemoteSync(threading.Thread):
             self.sync(wanted)
         except (_Superseded, Cancelled):
             return 0.0
+        except _NotYet:
+            return NOT_YET_WAIT_S
         except Exception as error:  # noqa: BLE001 - this thread must outlive any error
-            cause, line = describe_failure(error, self.bucket.name, self._failed_key(),
+            cause, line = describe_failure(error, self.bucket_name, self._failed_key(),
                                            self.endpoint)
             line = printable(self.secrets.scrub(line))[:600]
             wait = self._backoff / 2 + random.uniform(0, self._backoff / 2)
             self._backoff = min(self._backoff * 2, self.timing.backoff_max_s)
             self.log.error("remote storage: %s; trying again in %.1f s", line, wait,
                            extra={"event": "remote_failed",
-                                  "fields": {"cause": cause, "bucket": self.bucket.name}})
+                                  "fields": {"cause": cause, "bucket": self.bucket_name}})
             self._update(state="failing", in_sync=False, cause=cause, last_error=line,
                          last_error_at=time.time(), failures=self.state["failures"] + 1)
             return wait
@@ -190,6 +202,9 @@ class RemoteSync(threading.Thread):
     def sync(self, wanted: Wanted | None) -> None:
         """Bring the bucket to `wanted`; raises on any failure of the bucket."""
         self.state["working_on"] = self.key
+        if self.bucket is None:
+            self.bucket = Bucket(self.bucket_name, self.endpoint, self.timing.connect_timeout_s,
+                                 self.timing.read_timeout_s, self.timing.attempts)
         if wanted is None:
             self._update(state="nothing-published", in_sync=False)
             return
@@ -200,18 +215,26 @@ class RemoteSync(threading.Thread):
         try:
             st = os.fstat(fd)
             if not wanted.record.describes(st):
-                # Published again since the record: the rotator's next `want` brings it.
-                raise _Superseded
+                # Published again (or touched) since the record: the rotator's next reconcile
+                # brings the record that describes it. Look again soon, without spinning.
+                raise _NotYet
             sha256 = self._digest(fd, st)
             record = wanted.record
             version = version_key(self.key, sha256)
-            metadata = {META_SHA256: sha256, META_MODEL_ID: record.model_id or ""}
+            metadata = {META_SHA256: sha256, META_MODEL_ID: record.model_id or "",
+                        META_PUBLISHED_AT: f"{record.published_at:.6f}"}
             self.state["working_on"] = self.key
             fixed = self.bucket.head(self.key)
             changed = not _holds(fixed, sha256, st.st_size)
             self.state["working_on"] = version
-            if not _holds(self.bucket.head(version), sha256, st.st_size):
+            stored = self.bucket.head(version)
+            if not _holds(stored, sha256, st.st_size):
                 self._upload(fd, st.st_size, version, metadata, wanted)
+            elif stored.published_at != float(metadata[META_PUBLISHED_AT]):
+                # An older model published again: it becomes the newest version (a
+                # server-side copy onto itself with the new publish time), so pruning keeps
+                # what was published most recently.
+                self.bucket.copy(version, version, metadata)
             if changed:
                 if self._newer_than(wanted):
                     raise _Superseded  # never move the key back to an older model
@@ -260,7 +283,11 @@ class RemoteSync(threading.Thread):
                                   "at": time.time()})
 
     def _prune(self, published_version: str) -> None:
-        versions = self.bucket.listing(versions_prefix(self.key))
+        listed = self.bucket.listing(versions_prefix(self.key))
+        if len(listed) <= self.keep_previous + 1:
+            return
+        # The listing has no metadata: our publish times come from one HEAD per version.
+        versions = [self.bucket.head(v.key) or v for v in listed]
         for key in prunable_versions(versions, published_version, self.keep_previous):
             self.state["working_on"] = key
             self.bucket.delete(key)

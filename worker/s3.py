@@ -22,6 +22,7 @@ from s3transfer.subscribers import BaseSubscriber
 # Our metadata on every object we write (x-amz-meta-*): what a check compares, without a GET.
 META_SHA256 = "sha256"
 META_MODEL_ID = "model-id"
+META_PUBLISHED_AT = "published-at"  # Unix time of the local publish: orders the versions
 # CopyObject copies at most 5 GiB in one call; a larger model is uploaded to the key instead.
 MAX_COPY_BYTES = 5 * 1024**3
 
@@ -39,7 +40,14 @@ class StoredObject:
     size: int
     sha256: str | None = None
     model_id: str | None = None
-    last_modified: float = 0.0  # Unix time
+    last_modified: float = 0.0  # Unix time, whole seconds on many stores
+    published_at: float | None = None  # our metadata
+
+    @property
+    def age_key(self) -> tuple[float, str]:
+        """Newest last: by our publish time (LastModified has a resolution of a second)."""
+        return (self.published_at if self.published_at is not None else self.last_modified,
+                self.key)
 
 
 class Cancelled(Exception):
@@ -75,9 +83,13 @@ class Bucket:
                 return None
             raise
         metadata = answer.get("Metadata") or {}
+        try:
+            published_at = float(metadata.get(META_PUBLISHED_AT, ""))
+        except ValueError:
+            published_at = None
         return StoredObject(key, answer["ContentLength"], metadata.get(META_SHA256),
                             metadata.get(META_MODEL_ID) or None,
-                            answer["LastModified"].timestamp())
+                            answer["LastModified"].timestamp(), published_at)
 
     def upload(self, fd: int, key: str, metadata: dict[str, str], cancelled,
                news: threading.Condition) -> None:
