@@ -338,7 +338,8 @@ def test_the_tool_publishes_locally_while_the_endpoint_is_down_then_uploads(
 
 
 def test_readers_of_the_key_never_see_a_partial_64_mib_model(start_tool, tmp_path, s3):
-    tool = start_tool(**client_environment(s3.url))
+    # LOG_LEVEL=DEBUG: boto3's own debug lines (request headers) must not come through.
+    tool = start_tool(LOG_LEVEL="DEBUG", **client_environment(s3.url))
     tool.ready()
     models = tmp_path / "models"
     old = model_bytes(model_id="old")
@@ -362,6 +363,8 @@ def test_readers_of_the_key_never_see_a_partial_64_mib_model(start_tool, tmp_pat
     assert set(seen) <= {"old", "new"}, seen
     assert seen.count("old") >= 1, seen  # the readers did overlap the upload
     tool.wait_for_line("uploaded s3://models/latest.versions/", 60)
+    assert ACCESS_KEY not in tool.output and SECRET not in tool.output
+    assert "Found credentials" not in tool.output
 
 
 def test_with_remote_storage_off_nothing_of_boto3_is_imported(tmp_path):

@@ -9,6 +9,7 @@ the bucket are Rasa's variables, read by worker/settings.py.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from s3transfer.subscribers import BaseSubscriber
+
+# boto3's own loggers speak at INFO ("Found credentials in environment variables") and at
+# DEBUG print every request's headers, the access key id among them: never through ours.
+for _name in ("boto3", "botocore", "s3transfer", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # Our metadata on every object we write (x-amz-meta-*): what a check compares, without a GET.
 META_SHA256 = "sha256"
