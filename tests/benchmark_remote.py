@@ -46,28 +46,29 @@ def bench_throughput(server: MotoServer, root: Path, size: int, runs: int) -> di
             out.write(os.urandom(1 << 20))
     client = s3_client(server.url)
     bucket = Bucket("models", server.url, 10, 120, 3)
-    ours, theirs = [], []
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
     for run in range(runs):
-        order = ("ours", "theirs") if run % 2 == 0 else ("theirs", "ours")
+        order = list(times) if run % 2 == 0 else list(reversed(times))
         for who in order:
+            key = f"{who}-{run}.bin"
             started = time.monotonic()
             if who == "theirs":
-                client.upload_file(str(path), "models", f"theirs-{run}.bin")
-                theirs.append(time.monotonic() - started)
+                client.upload_file(str(path), "models", key)
             else:
                 fd = os.open(path, os.O_RDONLY)
                 try:
-                    bucket.upload(fd, f"ours-{run}.bin", {"sha256": "x"}, lambda: False,
+                    bucket.upload(fd, key, {"sha256": "x"}, lambda: False,
                                   threading.Condition())
                 finally:
                     os.close(fd)
-                ours.append(time.monotonic() - started)
-            client.delete_object(Bucket="models", Key=f"{who}-{run}.bin")
+            times[who].append(time.monotonic() - started)
+            client.delete_object(Bucket="models", Key=key)
     bucket.close()
     path.unlink()
+    ours = times["ours"]
     return {"ours_mib_s": [size / t / 2**20 for t in ours],
-            "theirs_mib_s": [size / t / 2**20 for t in theirs],
-            "ratio": [a / b for a, b in zip(ours, theirs, strict=True)]}
+            "theirs_mib_s": [size / t / 2**20 for t in times["theirs"]],
+            "ratio": [a / b for a, b in zip(ours, times["theirs"], strict=True)]}
 
 
 def tool_pss(tool: RunningTool) -> tuple[float, float]:
@@ -152,7 +153,7 @@ def main() -> None:
         server.stop()
     print(f"upload of {size >> 20} MiB to moto on 127.0.0.1, MiB/s: ours "
           f"{spread(throughput['ours_mib_s'])}, boto3 upload_file "
-          f"{spread(throughput['theirs_mib_s'])}; time ratio ours/theirs "
+          f"{spread(throughput['theirs_mib_s'])}; time ratio ours / upload_file "
           f"{spread(throughput['ratio'])}")
     for size in sizes:
         print(f"local publish -> key holds it, {size >> 20} MiB model, s: rotator's figure "
