@@ -96,9 +96,10 @@ def create_bucket(endpoint: str, name: str = "models") -> None:
         Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
 
 
-def turn_on_signature_checks(server: MotoServer) -> tuple[str, str]:
-    """Create an IAM user allowed s3:*, then make moto check every signature.
-    Returns the user's (access key id, secret)."""
+def turn_on_signature_checks(server: MotoServer, deny: tuple[str, ...] = ()
+                             ) -> tuple[str, str]:
+    """Create an IAM user allowed s3:* but the actions in `deny`, then make moto check
+    every signature and policy. Returns the user's (access key id, secret)."""
     import boto3
 
     iam = boto3.session.Session().client(
@@ -107,7 +108,8 @@ def turn_on_signature_checks(server: MotoServer) -> tuple[str, str]:
     iam.create_user(UserName="rotator")
     policy = iam.create_policy(PolicyName="s3-all", PolicyDocument=json.dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]
+        + ([{"Effect": "Deny", "Action": list(deny), "Resource": "*"}] if deny else [])}))
     iam.attach_user_policy(UserName="rotator", PolicyArn=policy["Policy"]["Arn"])
     key = iam.create_access_key(UserName="rotator")["AccessKey"]
     server.post("/moto-api/reset-auth", b"0", "text/plain")

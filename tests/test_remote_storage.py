@@ -477,3 +477,24 @@ def test_a_model_published_again_counts_as_the_newest_version(bench, s3):
     b.wait_holds(third)
     assert keys(s3.url) == sorted(["latest.tar.gz", version_of(third), version_of(first)])
     assert len(b.handler.matching("uploading ")) == 3  # first, second, third: once each
+
+
+def test_a_prune_refused_is_a_warning_and_the_replicas_still_hear_of_the_model(
+        tmp_path, s3, monkeypatch):
+    key_id, secret = turn_on_signature_checks(s3, deny=("s3:DeleteObject",))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    b = Bench(tmp_path, s3.url)
+    try:
+        first = b.publish("20261202-010000-first.tar.gz", "first")
+        b.wait_holds(first)
+        second = b.publish("20261202-020000-second.tar.gz", "second")
+        b.wait_holds(second)
+        wait_for(lambda: b.in_place and b.in_place[-1][0] == "second", 30,
+                 message=b.handler.text)
+    finally:
+        b.stop()
+    (line,) = b.handler.matching("could not prune")
+    assert line.startswith("WARNING remote storage: could not prune older versions: bucket "
+                           f"'models' key '{version_of(first)}': access denied"), line
+    assert secret not in b.handler.text

@@ -251,7 +251,7 @@ class RemoteSync(threading.Thread):
                               extra={"event": "remote_published",
                                      "fields": {"key": self.key, "version_key": version,
                                                 "copy_s": time.monotonic() - started}})
-            self._prune(version)
+            self._prune_surviving(version)
         finally:
             os.close(fd)
         now = time.time()
@@ -281,6 +281,18 @@ class RemoteSync(threading.Thread):
                              "fields": {"key": key, "size": size, "duration_s": took}})
         self._update(last_upload={"key": key, "size": size, "duration_s": round(took, 3),
                                   "at": time.time()})
+
+    def _prune_surviving(self, published_version: str) -> None:
+        """Pruning that fails (a policy without s3:DeleteObject) is one WARNING line: the key
+        holds the model all the same, and the replicas must still hear of it."""
+        try:
+            self._prune(published_version)
+        except Exception as error:  # noqa: BLE001 - tried again at the next check
+            _, line = describe_failure(error, self.bucket_name, self._failed_key(),
+                                       self.endpoint)
+            self.log.warning("remote storage: could not prune older versions: %s",
+                             printable(self.secrets.scrub(line))[:600],
+                             extra={"event": "remote_prune_failed"})
 
     def _prune(self, published_version: str) -> None:
         listed = self.bucket.listing(versions_prefix(self.key))
