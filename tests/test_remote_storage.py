@@ -17,11 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import content_of, model_bytes, tool_environment, wait_for, write_model
+from tests.real_rasa import free_port
 from tests.s3_server import (
     ACCESS_KEY,
     SECRET,
@@ -302,6 +304,11 @@ def test_a_wrong_secret_is_one_line_without_any_credential(tmp_path, s3, monkeyp
 
 # -- the tool, as a user starts it ------------------------------------------------------------
 
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return answer.read().decode()
+
+
 def run_status(tool_env: dict, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "worker", "status"], cwd=cwd, env=tool_env,
                           capture_output=True, text=True, timeout=60)
@@ -311,7 +318,8 @@ def test_the_tool_publishes_locally_while_the_endpoint_is_down_then_uploads(
         start_tool, tmp_path, s3, proxy):
     proxy.set("refuse")
     env = client_environment(proxy.url)
-    tool = start_tool(**env)
+    metrics_port = free_port()
+    tool = start_tool(METRICS_PORT=str(metrics_port), METRICS_BIND="127.0.0.1", **env)
     tool.ready()
     models = tmp_path / "models"
     data = model_bytes(model_id="m1")
@@ -324,6 +332,9 @@ def test_the_tool_publishes_locally_while_the_endpoint_is_down_then_uploads(
     assert status.returncode == 0, status.stdout + status.stderr  # healthy all the same
     assert "remote storage s3://models/latest.tar.gz at http://127.0.0.1" in status.stdout
     assert ": failing" in status.stdout and "(unreachable)" in status.stdout
+    wait_for(lambda: 'rotator_remote_failures_total{cause="unreachable"}'
+             in metrics(metrics_port), 30, message="the failure in the metrics")
+    assert "rotator_remote_in_sync 0.0" in metrics(metrics_port)
 
     proxy.set("pass")
     wait_for(lambda: stored(s3.url, "latest.tar.gz") == data, 120,
@@ -332,6 +343,9 @@ def test_the_tool_publishes_locally_while_the_endpoint_is_down_then_uploads(
     status = wait_for(lambda: (lambda r: ": in-sync" in r.stdout and r)(
         run_status(tool_environment(tmp_path, **env), tmp_path)), 30)
     assert "holds model_id m1" in status.stdout
+    wait_for(lambda: "rotator_remote_in_sync 1.0" in metrics(metrics_port), 30,
+             message="in sync in the metrics")
+    assert "rotator_remote_uploads_total 1.0" in metrics(metrics_port)
     assert tool.stop() == 0
     for output in (tool.output, status.stdout + status.stderr):
         assert SECRET not in output and ACCESS_KEY not in output
