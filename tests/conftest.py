@@ -10,7 +10,7 @@ from tests.helpers import RunningTool, settings_names, tool_environment  # noqa:
 # The suites against the real peers (Docker, Rasa) run after the unit and integration tests:
 # a fault in the core shows up first, and the slow peers come last.
 PEER_SUITES = ("test_docker.py", "test_real_rasa.py", "test_real_rasa_pull.py",
-               "test_real_rasa_refusal.py")
+               "test_real_rasa_refusal.py", "test_real_rasa_remote.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -592,6 +592,13 @@ def test_status_over_garbage_in_its_own_run_dir(start_tool, tmp_path):
         ("rasa-replicas.json", json.dumps([{"url": 5}, "x", None, {"url": "http://ok:1",
                                            "training_jobs": 1e999}]).replace("Infinity", "1e999")),
         ("rasa-replicas.json", "fifo"),
+        # remote-storage.json (REMOTE_STORAGE): read by every `status`, on or off.
+        ("remote-storage.json", nested),
+        ("remote-storage.json", json.dumps({
+            "bucket": "b", "key": ["k"], "endpoint": 7, "state": "failing\nINFO forged",
+            "checked_at": "now", "last_error": "boom\nINFO forged", "last_error_at": 1e300,
+            "last_upload": {"key": None, "size": "big", "duration_s": -1, "at": 1.7e9}})),
+        ("remote-storage.json", "fifo"),
     ]
     for name, content in cases:
         path = run_dir / name

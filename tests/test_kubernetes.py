@@ -12,9 +12,10 @@ import yaml
 from tests.helpers import PROJECT_ROOT
 from tests.test_container import image_healthcheck
 
-# The shared-volume layouts; scale-out.yaml (no shared volume) has tests/test_scale_out.py.
+# The shared-volume layouts; scale-out.yaml (no shared volume) has tests/test_scale_out.py,
+# remote-storage.yaml tests/test_remote_storage_manifest.py.
 MANIFESTS = sorted(p for p in (PROJECT_ROOT / "conf" / "kubernetes").glob("*.yaml")
-                   if p.name != "scale-out.yaml")
+                   if p.name not in ("scale-out.yaml", "remote-storage.yaml"))
 
 
 def validator() -> str:
@@ -31,7 +32,7 @@ def validate(*paths) -> subprocess.CompletedProcess:
 
 def test_there_are_all_layouts():
     assert {p.name for p in (PROJECT_ROOT / "conf" / "kubernetes").glob("*.yaml")} == {
-        "sidecar.yaml", "two-pod.yaml", "scale-out.yaml"}
+        "sidecar.yaml", "two-pod.yaml", "scale-out.yaml", "remote-storage.yaml"}
 
 
 def test_every_manifest_passes_strict_validation():

@@ -105,6 +105,40 @@ class Metrics:
     def events(self, count: int) -> None:
         self.queue_events.inc(count)
 
+    def remote(self, state: dict) -> None:
+        """REMOTE_STORAGE: does the key hold the published model, the failures by cause, the
+        last upload."""
+        with _RASA_GAUGES_LOCK:
+            if not hasattr(self, "remote_in_sync"):
+                self._remote_gauges()
+        self.remote_in_sync.set(1 if state.get("in_sync") else 0)
+        failures = state.get("failures", 0)
+        if failures > self._remote_failures_seen:
+            self.remote_failures.labels(cause=state.get("cause") or "error").inc(
+                failures - self._remote_failures_seen)
+            self._remote_failures_seen = failures
+        upload = state.get("last_upload")
+        if upload and upload["at"] != self._remote_upload_seen:
+            self._remote_upload_seen = upload["at"]
+            self.remote_uploads.inc()
+            self.remote_upload_duration.set(upload["duration_s"])
+            self.remote_last_upload.set(upload["at"])
+
+    def _remote_gauges(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.remote_in_sync = Gauge("rotator_remote_in_sync",
+                                    "1 while REMOTE_MODEL_KEY holds the published model")
+        self.remote_failures = Counter("rotator_remote_failures",
+                                       "Failed checks or uploads of remote storage", ["cause"])
+        self.remote_uploads = Counter("rotator_remote_uploads", "Uploads to remote storage")
+        self.remote_upload_duration = Gauge("rotator_remote_last_upload_duration_seconds",
+                                            "How long the last upload took")
+        self.remote_last_upload = Gauge("rotator_remote_last_upload_timestamp_seconds",
+                                        "When the last upload finished (Unix time)")
+        self._remote_failures_seen = 0
+        self._remote_upload_seen = None
+
     def rescan(self) -> None:
         self.rescans.inc()
 
@@ -122,6 +156,9 @@ class NoMetrics:
         pass
 
     def events(self, count: int) -> None:
+        pass
+
+    def remote(self, state: dict) -> None:
         pass
 
     def rescan(self) -> None:

@@ -49,6 +49,7 @@ class Desired:
 
     model_id: str | None
     generation: int
+    model_file: str | None = None  # what PUT /model loads, when not the replica's model_file
     source: object = field(default=None, compare=False)  # its publish record, if known
 
 
@@ -119,7 +120,8 @@ class ReplicaSync(threading.Thread):
     def __init__(self, client: RasaClient, model_file: str, desired, slots: threading.Semaphore,
                  log: logging.Logger, report, retry_for_s: float, sync_interval_s: float,
                  training_wait_s: float, timing: Timing = Timing(),
-                 canary: Canary | None = None, smoke_text: str = ""):
+                 canary: Canary | None = None, smoke_text: str = "",
+                 remote_storage: str = ""):
         super().__init__(name=f"rasa {client.shown_url}", daemon=True)
         self.client = client
         self.url = client.shown_url
@@ -135,6 +137,7 @@ class ReplicaSync(threading.Thread):
         self.sync_interval_s = sync_interval_s
         self.training_wait_s = training_wait_s
         self.timing = timing
+        self.remote_storage = remote_storage
         self.state = ReplicaState(url=self.url)
         self.canary = canary or Canary()
         self.smoke_text = smoke_text
@@ -373,7 +376,10 @@ class ReplicaSync(threading.Thread):
                                                                    "canary": role == CANARY}})
             self._update(state="swapping")
             started = time.monotonic()
-            put = self.client.put_model(self.model_file)
+            if desired.model_file is not None:
+                self.model_file = desired.model_file
+                self._put_file_name = self.model_file.rstrip("/").rsplit("/", 1)[-1]
+            put = self.client.put_model(self.model_file, self.remote_storage)
             took = time.monotonic() - started
             if put.ok:
                 self._blind_done = desired
@@ -393,6 +399,8 @@ class ReplicaSync(threading.Thread):
                 return "done"
             if put.status is not None and 400 <= put.status < 500:
                 hint = ("check RASA_TOKEN (Rasa's --auth-token)" if put.status in (401, 403)
+                        else "check that Rasa reads the same BUCKET_NAME and AWS_ENDPOINT_URL, "
+                        "with credentials" if self.remote_storage
                         else "check RASA_MODEL_PATH (the path where Rasa runs) and RASA_URL")
                 self._refused = self._blind_done = desired
                 self._call(put, took, "refused", f"{put.reason}; {hint}; not retried until "
@@ -564,7 +572,7 @@ class RasaSync:
                  log: logging.Logger, report, sync_interval_s: float = 60.0,
                  max_swapping: int = 1, training_wait_s: float = 600.0,
                  timing: Timing = Timing(), canary: Canary | None = None,
-                 smoke_text: str = ""):
+                 smoke_text: str = "", remote_storage: str = ""):
         self.log = log
         self.canary = canary or Canary()
         self._lock = threading.Lock()
@@ -575,7 +583,7 @@ class RasaSync:
         self.replicas = [
             ReplicaSync(RasaClient(url, token, timeout_s), model_file, self.desired, slots,
                         log, report, retry_for_s, sync_interval_s, training_wait_s, timing,
-                        self.canary, smoke_text)
+                        self.canary, smoke_text, remote_storage)
             for url in urls]
 
     def minimum_version(self) -> str | None:
@@ -602,17 +610,19 @@ class RasaSync:
             return self._desired
 
     def want(self, model_id: str | None, published: bool, exists: bool = True,
-             source=None) -> None:
-        """The published model after a reconcile; starts the threads the first time."""
+             source=None, model_file: str | None = None) -> None:
+        """The published model after a reconcile; starts the threads the first time.
+        `model_file`: what PUT /model loads for it (the immutable key in remote storage)."""
         with self._lock:
             previous = self._desired
             if not exists:
                 self._desired = None
-            elif previous is None or published or model_id != previous.model_id:
+            elif (previous is None or published or model_id != previous.model_id
+                  or model_file != previous.model_file):
                 # Generation 0 is only the model found published at start: no blind PUT.
                 if published or self._started:
                     self._generation += 1
-                self._desired = Desired(model_id, self._generation, source)
+                self._desired = Desired(model_id, self._generation, model_file, source)
             changed = self._desired != previous
             first = not self._started
             self._started = True

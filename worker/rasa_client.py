@@ -157,9 +157,13 @@ class RasaClient:
         """GET /status: 200 with {model_id, model_file, num_active_training_jobs}; 409 no model."""
         return self._call("GET", "/status", None)
 
-    def put_model(self, model_file: str) -> Answer:
-        """PUT /model {"model_file": ...}: 204 once loaded (Rasa answers nothing meanwhile)."""
-        return self._call("PUT", "/model", json.dumps({"model_file": model_file}).encode())
+    def put_model(self, model_file: str, remote_storage: str = "") -> Answer:
+        """PUT /model {"model_file": ...}: 204 once loaded (Rasa answers nothing meanwhile).
+        `remote_storage` ("aws"): `model_file` is a key Rasa downloads from its bucket."""
+        body = {"model_file": model_file}
+        if remote_storage:
+            body["remote_storage"] = remote_storage
+        return self._call("PUT", "/model", json.dumps(body).encode())
 
     def version(self) -> Answer:
         """GET /version: 200 with {version, minimum_compatible_version}."""

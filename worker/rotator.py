@@ -25,6 +25,7 @@ class Rotator:
         self.reconciler = Reconciler(settings, log)
         self.metrics = self._metrics()
         self.notifier = self._notifier()
+        self.remote = self._remote()
         self.debounce = Debounce(settings.throttle_delay_s, settings.debounce_cap_s)
         self.recheck_at: float | None = None  # monotonic
         self.rescan_at: float | None = None  # monotonic; None: periodic rescan off
@@ -59,7 +60,8 @@ class Rotator:
                         max_swapping=s.rasa_max_swapping,
                         training_wait_s=s.rasa_training_wait_s,
                         canary=Canary(self._replica_loaded, self._replica_refused),
-                        smoke_text=s.rasa_smoke_text)
+                        smoke_text=s.rasa_smoke_text,
+                        remote_storage=s.remote_storage)
 
     # -- called from the replicas' threads --------------------------------------------------
 
@@ -95,6 +97,27 @@ class Rotator:
         if self.server is not None:
             self.server.queue.put((RESCAN, f"a replica refused {name}"))
 
+    def _remote(self):
+        """REMOTE_STORAGE: the bucket's thread (boto3 is imported only then). The replicas
+        are then told about a model once the bucket holds it, by its immutable key."""
+        from worker.remote_state import remove_remote_state
+
+        if not self.settings.remote_storage:
+            remove_remote_state(self.settings.run_dir)
+            return None
+        from worker.remote_storage import RemoteSync
+
+        def in_place(model_id, version_key, changed) -> None:
+            if self.notifier is not None:
+                # The record, when it still describes that model: the canary records what
+                # a replica loaded or refused by it (worker/loadable.py).
+                record = self.reconciler.record
+                source = record if record is not None and record.model_id == model_id \
+                    else None
+                self.notifier.want(model_id, changed, model_file=version_key, source=source)
+
+        return RemoteSync(self.settings, self.log, in_place, report=self.metrics.remote)
+
     def describe(self) -> str:
         """The effective settings, one line, for the start-up log (never the token)."""
         s = self.settings
@@ -106,7 +129,15 @@ class Rotator:
         return (f"publishing the newest whole model in {s.target_dir} to "
                 f"{s.latest_model_path} (PUBLISH_MODE {s.publish_mode}, THROTTLE_DELAY "
                 f"{s.throttle_delay_s * 1000:.0f} ms, KEEP_PREVIOUS {s.keep_previous}, "
-                f"RESCAN_INTERVAL {s.rescan_interval_s:.0f} s, RASA_URL {rasa})")
+                f"RESCAN_INTERVAL {s.rescan_interval_s:.0f} s, RASA_URL {rasa}, "
+                f"REMOTE_STORAGE {self._describe_remote()})")
+
+    def _describe_remote(self) -> str:
+        s = self.settings
+        if not s.remote_storage:
+            return "off"
+        return (f"{s.remote_storage} s3://{s.bucket_name}/{s.remote_model_key} at "
+                f"{s.aws_endpoint_url or 'AWS'}")
 
     def run(self) -> None:
         self.marks.starting()
@@ -189,10 +220,15 @@ class Rotator:
             self.recheck_at = time.monotonic() + retry
             return
         self.metrics.reconciled(outcome, self.reconciler.record)
-        if self.notifier is not None:
+        record = self.reconciler.record
+        if self.remote is not None:
+            # The bucket first; the replicas hear of the model once it holds it.
+            self.remote.want(record, outcome.published)
+            if record is None and self.notifier is not None:
+                self.notifier.want(None, outcome.published, exists=False)
+        elif self.notifier is not None:
             # Level-triggered: the replicas compare what they serve with this record (at
             # start too); a publish makes them look at once.
-            record = self.reconciler.record
             self.notifier.want(record.model_id if record else None, outcome.published,
                                exists=record is not None, source=record)
         # inotify sees nothing written from another host on a network file system, nor

@@ -20,6 +20,7 @@ from pathlib import Path
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 PUBLISH_MODES = ("copy", "move")
+REMOTE_STORAGES = ("aws",)
 
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 
@@ -152,6 +153,26 @@ DECLARED: tuple[Declared, ...] = (
              "spaces", "with RASA_URL: after a replica loads a new model, `POST /model/parse` "
              "with this text must answer, or the model counts as refused",
              shown_default="(none)"),
+    # Object storage for Rasa's `--remote-storage aws` (worker/remote_storage.py). The names
+    # are Rasa's own (rasa/nlu/persistor.py), so one Secret/ConfigMap serves both containers.
+    Declared("REMOTE_STORAGE", "", "empty (off) or " + ", ".join(REMOTE_STORAGES),
+             "`aws`: also publish to S3-compatible object storage (AWS, MinIO, Ceph, R2) for "
+             "Rasa's `--remote-storage aws`; credentials and region are boto3's own "
+             "variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`), "
+             "never printed", shown_default="(off)"),
+    Declared("BUCKET_NAME", "", "a bucket name: 3 to 63 lowercase letters, digits, dots and "
+             "hyphens, beginning and ending with a letter or digit; required with "
+             "REMOTE_STORAGE", "the bucket (Rasa reads the same variable)",
+             shown_default="(none)"),
+    Declared("AWS_ENDPOINT_URL", "", "empty (AWS itself) or a URL such as http://minio:9000 "
+             "(http or https, a host, no user info, no query)",
+             "the S3-compatible endpoint (Rasa reads the same variable)",
+             shown_default="(AWS)"),
+    Declared("REMOTE_MODEL_KEY", "{LATEST_MODEL_NAME}", "an object key of 1 to 1024 UTF-8 "
+             "bytes ending in .tar.gz, not beginning with '/', without control characters",
+             "the key that always holds the published model (replicas start with "
+             "`rasa run --remote-storage aws --model KEY`)",
+             shown_default="`latest.tar.gz` (the file name of `LATEST_MODEL_PATH`)"),
 )
 DECLARED_BY_NAME = {declared.name: declared for declared in DECLARED}
 DEFAULTS = {declared.name: declared.default for declared in DECLARED
@@ -217,6 +238,11 @@ class Settings:
     # Loadable, not just whole: the version gate's minimum, the canary's smoke text.
     rasa_min_model_version: str = ""
     rasa_smoke_text: str = ""
+    # Object storage (off while remote_storage is ""): bucket, endpoint, the fixed key.
+    remote_storage: str = ""
+    bucket_name: str = ""
+    aws_endpoint_url: str = ""
+    remote_model_key: str = ""
 
     @property
     def debounce_cap_s(self) -> float:
@@ -255,6 +281,10 @@ class Settings:
             "MODEL_SERVER_SWAP_TIMEOUT": str(round(self.model_server_swap_timeout_s)),
             "RASA_MIN_MODEL_VERSION": self.rasa_min_model_version,
             "RASA_SMOKE_TEXT": self.rasa_smoke_text,
+            "REMOTE_STORAGE": self.remote_storage,
+            "BUCKET_NAME": self.bucket_name,
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "REMOTE_MODEL_KEY": self.remote_model_key,
         }
 
     def shown(self) -> dict[str, str]:
@@ -666,7 +696,40 @@ def read_settings(env=None, read_only: bool = False) -> Settings:
         model_server_swap_timeout_s=float(_whole_number(env, "MODEL_SERVER_SWAP_TIMEOUT")),
         rasa_min_model_version=_rasa_version(env, "RASA_MIN_MODEL_VERSION"),
         rasa_smoke_text=_text(env, "RASA_SMOKE_TEXT", env.get("RASA_SMOKE_TEXT", "")),
+        **_remote_storage(env, latest),
     )
+
+
+def _remote_storage(env, latest: Path) -> dict:
+    """REMOTE_STORAGE and what it needs; BUCKET_NAME is required only when it is on."""
+    import urllib.parse
+
+    raw = _raw(env, "REMOTE_STORAGE").strip()
+    remote = raw.lower()
+    if not raw.isascii() or remote not in ("", *REMOTE_STORAGES):
+        raise _refuse("REMOTE_STORAGE", raw)
+    bucket = _raw(env, "BUCKET_NAME").strip()
+    if remote and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise _refuse("BUCKET_NAME", bucket)
+    endpoint = _raw(env, "AWS_ENDPOINT_URL").strip()
+    if endpoint:
+        shown = re.split(r"[?#]", without_password(endpoint))[0]
+        try:
+            parts = urllib.parse.urlsplit(endpoint)
+            port_ok = parts.port != 0
+        except ValueError:
+            port_ok = False
+        if (_has_control_characters(endpoint) or " " in endpoint or not port_ok
+                or parts.scheme not in ("http", "https") or not parts.hostname
+                or "@" in parts.netloc or parts.query or parts.fragment):
+            raise _refuse("AWS_ENDPOINT_URL", shown)
+    key = _text(env, "REMOTE_MODEL_KEY", env.get("REMOTE_MODEL_KEY", "") or latest.name)
+    # Checked only when used: LATEST_MODEL_PATH's name (the default) may be any file name.
+    if remote and (key.startswith("/") or not key.endswith(".tar.gz")
+                   or len(key.encode(errors="surrogateescape")) > 1024):
+        raise _refuse("REMOTE_MODEL_KEY", key)
+    return {"remote_storage": remote, "bucket_name": bucket, "aws_endpoint_url": endpoint,
+            "remote_model_key": key}
 
 
 def check_ports_free(settings: Settings) -> None:

@@ -13,6 +13,7 @@ import time
 
 from worker.folder import read_record, stat_or_none
 from worker.rasa_state import read_replicas
+from worker.remote_state import read_remote_state
 from worker.runfiles import Untrusted
 from worker.settings import Settings
 from worker.text import printable
@@ -214,10 +215,16 @@ def gather(settings: Settings) -> dict:
     except Untrusted as error:
         rasa = [{"url": "(rasa-replicas.json)", "state": "unknown", "last_error": str(error),
                  "last_error_at": None}]
+    try:
+        remote = read_remote_state(settings.run_dir)
+    except Untrusted as error:
+        remote = {"bucket": "?", "key": "?", "endpoint": "(remote-storage.json)",
+                  "state": "unknown", "last_error": str(error), "last_error_at": None}
     return {"healthy": condition == "ready", "state": _STATE_WORDS[condition],
             "waiting": waiting, "problems": problems,
             "published": published_model(settings), "programs": programs or {},
-            "rasa": rasa, "target_dir": str(settings.target_dir),
+            "rasa": rasa, "remote": remote,
+            "target_dir": str(settings.target_dir),
             "not_published": not_published(settings)}
 
 
@@ -245,6 +252,7 @@ def render(report: dict) -> str:
     for name, program in sorted(report["programs"].items()):
         lines.append(f"program {name}: {program['state']} ({program['description']})")
     lines += render_rasa(report["rasa"])
+    lines += render_remote(report.get("remote"))
     return "\n".join(printable(line) for line in lines)
 
 
@@ -261,6 +269,29 @@ def _iso(timestamp) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
     except (TypeError, ValueError, OverflowError, OSError):
         return "?"
+
+
+def render_remote(remote: dict | None) -> list[str]:
+    """Remote storage: does the key hold the published model, and the last failure. Shown,
+    never counted against our health: restarting us would not bring a bucket back."""
+    if remote is None:
+        return ["remote storage: off (REMOTE_STORAGE unset)"]
+    line = (f"remote storage s3://{remote['bucket']}/{remote['key']} at {remote['endpoint']}: "
+            f"{remote.get('state', 'unknown')}")
+    if remote.get("model_id") or remote.get("sha256"):
+        line += (f", holds model_id {remote.get('model_id') or '(none)'} "
+                 f"(sha256 {str(remote.get('sha256'))[:16]}, {remote.get('version_key')})")
+    if remote.get("checked_at"):
+        line += f", checked {_iso(remote['checked_at'])}"
+    lines = [line]
+    upload = remote.get("last_upload")
+    if upload:
+        lines.append(f"  last upload: {upload['key']} ({upload['size']} bytes) at "
+                     f"{_iso(upload['at'])} ({upload['duration_s']} s)")
+    if remote.get("last_error") and remote.get("state") in ("failing", "unknown"):
+        lines.append(f"  last error ({remote.get('cause')}) at "
+                     f"{_iso(remote.get('last_error_at'))}: {remote['last_error']}")
+    return lines
 
 
 def render_rasa(replicas: list[dict]) -> list[str]:
