@@ -36,6 +36,23 @@ def start_tool(tmp_path):
 
 
 @pytest.fixture
+def stubs():
+    """Rasa-like servers on 127.0.0.1 (tests/rasa_stub.py), closed at teardown."""
+    from tests.rasa_stub import RasaStub
+
+    started = []
+
+    def make(*args, **kwargs):
+        stub = RasaStub(*args, **kwargs)
+        started.append(stub)
+        return stub
+
+    yield make
+    for stub in started:
+        stub.close()
+
+
+@pytest.fixture
 def models(tmp_path) -> Path:
     folder = tmp_path / "models"
     folder.mkdir()

@@ -16,6 +16,16 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def end_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within `grace_s`."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def settings_names() -> tuple[str, ...]:
     """Every variable the tool reads as a setting: a caller's exported one (LOG_FORMAT=json,
     RASA_URL, ...) must never reach a test's tool unless the test sets it."""

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 
-from tests.helpers import wait_for
+from tests.helpers import end_process, wait_for
 from tests.real_rasa import free_port
 
 REGION = "eu-west-1"  # not us-east-1: Rasa's create_bucket sends it as LocationConstraint
@@ -59,12 +59,7 @@ class MotoServer:
         self.post("/moto-api/reset-auth", b"inf", "text/plain")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        end_process(self.process)
 
 
 def client_environment(endpoint: str, secret: str = SECRET, key_id: str = ACCESS_KEY,

@@ -12,26 +12,11 @@ import time
 import pytest
 
 from tests.helpers import wait_for
-from tests.rasa_stub import RasaStub
 from tests.test_loadable import rasa_model
 from tests.test_rasa import FAST, MODEL_PATH, Syncs, status_of
 from worker.archive import check_archive
 from worker.canary import Canary
 from worker.rasa import RasaSync
-
-
-@pytest.fixture
-def stubs():
-    started = []
-
-    def make(*args, **kwargs):
-        stub = RasaStub(*args, **kwargs)
-        started.append(stub)
-        return stub
-
-    yield make
-    for stub in started:
-        stub.close()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from tests.helpers import (
     _children,
     _cmdline,
     content_of,
+    end_process,
     tool_environment,
     wait_for,
     write_model,
@@ -575,12 +576,7 @@ class ServerProgram(CollectedOutput):
                         message=f"a line with {text!r}:\n{self.output}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        end_process(self.process)
         self._pump.join(5)
 
 

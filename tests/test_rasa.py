@@ -18,7 +18,6 @@ import urllib.request
 import pytest
 
 from tests.helpers import content_of, wait_for, write_model
-from tests.rasa_stub import RasaStub
 from worker.liveness import read_state
 from worker.rasa import RasaSync, Timing, display_url
 from worker.rasa_client import RasaClient, Secrets
@@ -44,20 +43,6 @@ def assert_no_secret(text: str, *secrets: str) -> None:
             assert form not in text, f"secret form {form!r} printed:\n{text}"
     # Partial leaks: the distinctive halves of the token never appear either.
     assert "s3cr3t" not in text and "t0k" not in text, text
-
-
-@pytest.fixture
-def stubs():
-    started = []
-
-    def make(*args, **kwargs):
-        stub = RasaStub(*args, **kwargs)
-        started.append(stub)
-        return stub
-
-    yield make
-    for stub in started:
-        stub.close()
 
 
 @pytest.fixture
