@@ -15,6 +15,7 @@ Memory stays flat in the number and size of members: tarfile keeps every TarInfo
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -52,6 +53,7 @@ class ArchiveInfo:
     size: int
     model_id: str | None = None
     trained_at: str | None = None
+    digest: str | None = None  # SHA-256 of the file's bytes (hex), taken in the same pass
 
 
 class _GunzipStream:
@@ -67,6 +69,9 @@ class _GunzipStream:
         self._members_ended = 0
         self._position = 0
         self.compressed_bytes = 0
+        # The bytes as read, hashed on the way: the archive's identity by content, at no
+        # second read (the record keeps it; a touch changes the mtime, not this).
+        self.digest = hashlib.sha256()
         # The last block handed out by read(): tarfile's header reads are one block each,
         # so this is the block at which it stopped walking (see _check_end_of_archive).
         self.last_read_at = -1
@@ -109,6 +114,7 @@ class _GunzipStream:
                 if not self._pending:
                     return b""
                 self.compressed_bytes += len(self._pending)
+                self.digest.update(self._pending)
             self._in_member = True
             chunk = self._inflater.decompress(self._pending, limit)
             self._pending = self._inflater.unconsumed_tail
@@ -164,6 +170,7 @@ def check_archive_stream(raw) -> ArchiveInfo:
         size=gunzip.compressed_bytes,
         model_id=_text(metadata.get("model_id")),
         trained_at=_text(metadata.get("trained_at")),
+        digest=gunzip.digest.hexdigest(),
     )
 
 

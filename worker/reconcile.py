@@ -32,6 +32,7 @@ from worker.folder import (
     folder_lock,
     keep_latest_newest,
     list_models,
+    load_journal,
     publish_atomically,
     read_record,
     same_content,
@@ -40,6 +41,7 @@ from worker.folder import (
 from worker.logs import human_size
 from worker.names import same_folder
 from worker.settings import Settings
+from worker.statefile import report_invalid, set_aside
 
 # After a failed publish (disk full, permissions) try again this long after, at the latest.
 RETRY_AFTER_ERROR_S = 5.0
@@ -120,7 +122,9 @@ class Reconciler:
         models = list_models(settings.target_dir, settings.model_pattern,
                              settings.latest_model_path, settings.ignore_paths)
         self._forget_missing(models)
-        journal = ArrivalJournal.load(settings.latest_model_path)
+        journal = load_journal(settings.latest_model_path, self._on_invalid(dry_run))
+        if self.record is not None:
+            journal.respect(self.record.arrival_key)  # also when its file could not be saved
         if dry_run:
             journal = journal.copy()
         arrivals = self._learn_arrivals(models, journal, now, dry_run)
@@ -200,7 +204,7 @@ class Reconciler:
             if self._record_unsaved and not dry_run:
                 self._save_record(self.record, outcome)  # the disk was full: try again
             return Latest(self.record)
-        stored = read_record(path)
+        stored = read_record(path, self._on_invalid(dry_run))
         if stored is not None and stored.describes(st):
             self.record = stored
             return Latest(stored)
@@ -219,9 +223,10 @@ class Reconciler:
             outcome.recheck(now + max(self.settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
             return Latest(None, settled=False)
         if isinstance(result, BrokenArchive):
-            if not self._quiet(arrival, st.st_mtime_ns, now):
+            settled_at = self._foreign_latest_settled_at(arrival, st.st_mtime_ns, now)
+            if settled_at is not None:
                 # Another program is writing it in place: never publish over its model.
-                outcome.recheck(self._quiet_at(arrival, st.st_mtime_ns))
+                outcome.recheck(settled_at)
                 self._skip_once(outcome, identity, path,
                                 f"{result}; being written by another program, left alone",
                                 "changed")
@@ -229,6 +234,10 @@ class Reconciler:
             self._skip_once(outcome, identity, path,
                             f"not a whole archive ({result}); it will be replaced", "broken")
             return Latest(None)
+        unchanged = self._same_model_touched(stored, result, st, version, journal, outcome,
+                                             dry_run)
+        if unchanged is not None:
+            return Latest(unchanged)
         source = next((m for m in models if m.size == st.st_size
                        and _same_content(m.path, path)), None)
         if source is not None:
@@ -242,6 +251,50 @@ class Reconciler:
                           "program", extra={"event": "adopted", "fields": {"path": str(path)}})
             self.record = record
         return Latest(record)
+
+    def _foreign_latest_settled_at(self, arrival: Arrival, mtime_ns: int,
+                                   now: float) -> float | None:
+        """A latest that another program changed and that is not whole yet is left alone
+        until a close_write / moved_to came after its last change, or until it has been
+        unchanged for BROKEN_GRACE_PERIOD: a writer streaming into it (Rasa's
+        --fixed-model-name) may pause longer than THROTTLE_DELAY. Returns when to look
+        again, or None when it may be replaced now."""
+        if arrival.event_at is not None and mtime_ns / 1e9 <= arrival.event_at:
+            return None
+        grace = self.settings.broken_grace_s
+        by_mtime = now - mtime_ns / 1e9 if mtime_ns / 1e9 <= now else 0.0
+        unchanged = max(by_mtime, now - arrival.seen)
+        return None if unchanged >= grace else now + grace - unchanged
+
+    def _same_model_touched(self, stored, result: ArchiveInfo, st, version, journal,
+                            outcome, dry_run) -> PublishRecord | None:
+        """Latest's mtime (or inode, after a restore) changed but not its bytes: a touch, an
+        rsync or a backup restoring times. That is no arrival: latest still holds the model
+        the record names, with the arrival it had. Returns the record describing latest now,
+        or None when the bytes are not the recorded model's."""
+        known = next((r for r in (self.record, stored)
+                      if r is not None and r.digest and r.digest == result.digest
+                      and r.latest_size == st.st_size), None)
+        if known is None:
+            return None
+        record = known.describing(st)
+        if not dry_run:
+            journal.assign(LATEST_KEY, _arrival_of(known), version)
+            self._save_record(record, outcome)
+            self.log.info("%s changed its file time, not its content: still the model "
+                          "published from %s", self.settings.latest_model_path,
+                          known.source or "another program",
+                          extra={"event": "latest_touched", "fields": {
+                              "path": str(self.settings.latest_model_path)}})
+            self.record = record
+        return record
+
+    def _on_invalid(self, dry_run: bool):
+        """What to do with a state file that is not valid: set it aside and rebuild (a dry
+        run changes nothing: it only says so)."""
+        if dry_run:
+            return lambda path, problem: report_invalid(path, problem, self.log)
+        return lambda path, problem: set_aside(path, problem, self.log)
 
     def _save_record(self, record: PublishRecord, outcome: Outcome) -> None:
         """The record is a cache of what latest holds: a failure to write it (a full disk)
@@ -324,7 +377,7 @@ class Reconciler:
             published_at=published.started, latest_size=latest.st_size,
             latest_mtime_ns=latest.st_mtime_ns, latest_inode=latest.st_ino,
             duration_s=published.duration_s, model_id=published.info.model_id,
-            trained_at=published.info.trained_at)
+            trained_at=published.info.trained_at, digest=published.info.digest)
         self.record = record  # known in memory whatever happens to the record file
         journal.assign(LATEST_KEY, arrival, version_of(latest))
         self._save_record(record, outcome)
