@@ -132,6 +132,38 @@ class FolderRules(RuleBasedStateMachine):
             (self.folder / name).unlink()
             self.present.discard(name)
 
+    @rule(delta=st.sampled_from([-3600.0, 0.0, 0.2, DAY]))
+    def touch_latest(self, delta):
+        """A touch, an `rsync -t` or a backup restoring times: latest's mtime changes, not a
+        byte of it. No arrival: it must never make a newer model look older."""
+        if self.latest.exists():
+            when = self.now() + delta
+            os.utime(self.latest, (when, when))
+
+    @rule(content=st.sampled_from([b"[" * 200_000, b'{"arrival_seq": Infinity}', b"{",
+                                   b'{"source": "a", "arrived_at": NaN}', b"9" * 401,
+                                   b'{"source": ["a"]}']))
+    def corrupt_record(self, content):
+        """Another program writes the models folder: the publish record is garbage."""
+        (self.folder / ".latest.tar.gz.json").write_bytes(content)
+
+    @precondition(lambda self: self.reconciler is not None)
+    @rule(content=st.sampled_from([b"[" * 200_000, b'{"version": 1, "seq": Infinity}',
+                                   b'{"version": 1, "seq": 1, "files": {"a": [1]}}', b"",
+                                   b'{"version": 1, "seq": 1, "high_water": 1e400}']))
+    def corrupt_journal(self, content):
+        """The journal turns to garbage (or is lost) after a quiet folder. Only then: what it
+        alone knew (events of models not yet published) is lost with it, and the file-time
+        rule decides for those, as after a reader that was down (README)."""
+        self.settle()
+        (self.folder / ".latest.tar.gz.arrivals.json").write_bytes(content)
+        self.undelivered.clear()
+        self.reconciler = Reconciler(self.settings, clock=self.now)
+        for name in sorted(self.present):  # what survives: the folder and the record
+            if name != self._held():
+                self.present.discard(name)
+                (self.folder / name).unlink(missing_ok=True)
+
     @rule(on=st.booleans())
     def disk_full(self, on):
         self.failing = on

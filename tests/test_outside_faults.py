@@ -332,6 +332,7 @@ def test_hostile_state_files_end_no_command_in_a_traceback(tmp_path, models, com
     result = _run_worker(tmp_path, *command)
     output = result.stdout + result.stderr
     assert "Traceback" not in output
+    assert "not a valid state file" in output
     if command[0] == "once":
         assert result.returncode == 0, output
         assert "not a valid state file" in output
