@@ -44,6 +44,13 @@ from worker.settings import read_settings
 THROTTLE_S = 1.0
 DAY = 86_400.0
 WHOLE = model_bytes(3000, model_id="template")
+HOSTILE_RECORDS = {"deep": b"[" * 200_000, "seq-infinity": b'{"arrival_seq": Infinity}',
+                   "cut": b"{", "nan": b'{"source": "a", "arrived_at": NaN}',
+                   "401-digits": b"9" * 401, "source-a-list": b'{"source": ["a"]}'}
+HOSTILE_JOURNALS = {"deep": b"[" * 200_000, "seq-infinity": b'{"version": 1, "seq": Infinity}',
+                    "entry-a-list": b'{"version": 1, "seq": 1, "files": {"a": [1]}}',
+                    "empty": b"", "high-water-1e400": b'{"version": 1, "seq": 1, '
+                                                      b'"high_water": 1e400}'}
 
 
 class FolderRules(RuleBasedStateMachine):
@@ -140,29 +147,28 @@ class FolderRules(RuleBasedStateMachine):
             when = self.now() + delta
             os.utime(self.latest, (when, when))
 
-    @rule(content=st.sampled_from([b"[" * 200_000, b'{"arrival_seq": Infinity}', b"{",
-                                   b'{"source": "a", "arrived_at": NaN}', b"9" * 401,
-                                   b'{"source": ["a"]}']))
-    def corrupt_record(self, content):
+    @rule(kind=st.sampled_from(sorted(HOSTILE_RECORDS)))
+    def corrupt_record(self, kind):
         """Another program writes the models folder: the publish record is garbage."""
-        (self.folder / ".latest.tar.gz.json").write_bytes(content)
+        (self.folder / ".latest.tar.gz.json").write_bytes(HOSTILE_RECORDS[kind])
 
     @precondition(lambda self: self.reconciler is not None)
-    @rule(content=st.sampled_from([b"[" * 200_000, b'{"version": 1, "seq": Infinity}',
-                                   b'{"version": 1, "seq": 1, "files": {"a": [1]}}', b"",
-                                   b'{"version": 1, "seq": 1, "high_water": 1e400}']))
-    def corrupt_journal(self, content):
+    @rule(kind=st.sampled_from(sorted(HOSTILE_JOURNALS)))
+    def corrupt_journal(self, kind):
         """The journal turns to garbage (or is lost) after a quiet folder. Only then: what it
         alone knew (events of models not yet published) is lost with it, and the file-time
-        rule decides for those, as after a reader that was down (README)."""
+        rule decides for those, as after a reader that was down (README). The rotator takes
+        it in (sets it aside, rebuilds it) before anything else happens: with the record
+        lost too, only file times would be left."""
         self.settle()
-        (self.folder / ".latest.tar.gz.arrivals.json").write_bytes(content)
+        (self.folder / ".latest.tar.gz.arrivals.json").write_bytes(HOSTILE_JOURNALS[kind])
         self.undelivered.clear()
         self.reconciler = Reconciler(self.settings, clock=self.now)
         for name in sorted(self.present):  # what survives: the folder and the record
             if name != self._held():
                 self.present.discard(name)
                 (self.folder / name).unlink(missing_ok=True)
+        self._reconcile(self.reconciler)
 
     @rule(on=st.booleans())
     def disk_full(self, on):

@@ -32,9 +32,9 @@ from worker.folder import (
     folder_lock,
     keep_latest_newest,
     list_models,
-    load_journal,
     publish_atomically,
     read_record,
+    record_path,
     same_content,
     write_record,
 )
@@ -102,6 +102,7 @@ class Reconciler:
         self._checks: dict[tuple, ArchiveInfo | BrokenArchive] = {}
         self._reported: set[tuple] = set()
         self._record_unsaved = False  # self.record is right, the file beside latest is not
+        self._record_file: tuple | None = None  # the record file as we last wrote it
         self._bound: list[tuple[str, float]] = []  # events this reconcile put in the journal
 
     def note_arrival(self, name: str, when: float) -> None:
@@ -122,12 +123,15 @@ class Reconciler:
         models = list_models(settings.target_dir, settings.model_pattern,
                              settings.latest_model_path, settings.ignore_paths)
         self._forget_missing(models)
-        journal = load_journal(settings.latest_model_path, self._on_invalid(dry_run))
-        if self.record is not None:
-            journal.respect(self.record.arrival_key)  # also when its file could not be saved
+        on_invalid = self._on_invalid(dry_run)
+        journal = ArrivalJournal.load(settings.latest_model_path, on_invalid)
+        records = [r for r in (self.record, read_record(settings.latest_model_path, on_invalid))
+                   if r]
+        for record in records:
+            journal.respect(record.arrival_key)  # also when its file could not be saved
         if dry_run:
             journal = journal.copy()
-        arrivals = self._learn_arrivals(models, journal, now, dry_run)
+        arrivals = self._learn_arrivals(models, journal, now, dry_run, records)
         latest = self._what_latest_holds(models, arrivals, journal, outcome, dry_run, now)
         if latest.settled:
             attempt = self._publish_newer(models, arrivals, latest, journal, outcome, dry_run,
@@ -155,7 +159,7 @@ class Reconciler:
 
     # -- when each model arrived ----------------------------------------------------------
 
-    def _learn_arrivals(self, models, journal, now, dry_run) -> dict[str, Arrival]:
+    def _learn_arrivals(self, models, journal, now, dry_run, records) -> dict[str, Arrival]:
         present = {m.name: m for m in models}
         self._bound = []
         for name, when in list(self.pending.items()):
@@ -165,6 +169,13 @@ class Reconciler:
                 self._bound.append((name, when))  # forgotten once the journal has it
             elif name != self._latest_name_here() and not dry_run:
                 del self.pending[name]  # gone again: nothing to order
+        # The published model's source keeps the arrival its record names, also when the
+        # journal was lost: found again by the file-time rule, a source with a future mtime
+        # would arrive "now" and overtake every model that arrived after it.
+        for model in models:
+            record = next((r for r in records if r.is_source(model)), None)
+            if record is not None and journal.lookup(model.name, _version(model)) is None:
+                journal.assign(model.name, _arrival_of(record), _version(model))
         # Files found in one look are ordered among themselves by their file times.
         for model in sorted(models, key=lambda m: (m.mtime_ns, m.name)):
             journal.note_unseen(model.name, _version(model), now)
@@ -201,12 +212,14 @@ class Reconciler:
                             "broken")
             return Latest(None)
         if self.record is not None and self.record.describes(st):
-            if self._record_unsaved and not dry_run:
-                self._save_record(self.record, outcome)  # the disk was full: try again
+            if (self._record_unsaved or self._record_file_changed()) and not dry_run:
+                # The disk was full, or another program wrote over the record: write ours.
+                self._save_record(self.record, outcome)
             return Latest(self.record)
         stored = read_record(path, self._on_invalid(dry_run))
         if stored is not None and stored.describes(st):
             self.record = stored
+            self._record_file = _file_version(record_path(path))
             return Latest(stored)
         # Someone else wrote it (Rasa's --fixed-model-name, a person, the original tool), or
         # our record was lost between the rename and its write: look at the file itself.
@@ -289,6 +302,18 @@ class Reconciler:
             self.record = record
         return record
 
+    def _record_file_changed(self) -> bool:
+        """Someone else wrote the record file since we did (one stat, no read): read it, so
+        an invalid one is set aside and reported, and ours is written again."""
+        path = record_path(self.settings.latest_model_path)
+        if self._record_file is None or _file_version(path) == self._record_file:
+            return False
+        stored = read_record(self.settings.latest_model_path, self._on_invalid(False))
+        if stored == self.record:
+            self._record_file = _file_version(path)
+            return False
+        return True
+
     def _on_invalid(self, dry_run: bool):
         """What to do with a state file that is not valid: set it aside and rebuild (a dry
         run changes nothing: it only says so)."""
@@ -301,6 +326,7 @@ class Reconciler:
         is reported, and the next reconcile finds latest's source by its content."""
         try:
             write_record(self.settings.latest_model_path, record)
+            self._record_file = _file_version(record_path(self.settings.latest_model_path))
             self._record_unsaved = False
             self._clear_reported("record")
         except OSError as error:
@@ -520,6 +546,13 @@ class Reconciler:
         outcome.actions.append(action)
         self.log.log(level, "%s", action, extra={"event": action.kind, "fields": {
             "path": str(action.path), "detail": action.detail, "reason": action.reason}})
+
+
+def _file_version(path: Path) -> tuple | None:
+    try:
+        return version_of(os.lstat(path))
+    except OSError:
+        return None
 
 
 def _version(model: ModelFile) -> tuple[int, int, int]:
