@@ -26,6 +26,7 @@ import pytest
 from tests.helpers import (
     content_of,
     model_bytes,
+    model_files,
     set_mtime,
     tool_environment,
     wait_for,
@@ -65,6 +66,29 @@ def move_in(tmp_path: Path, folder: Path, name: str, age_s: float) -> bytes:
     data = put_model(staging, name, time.time() - age_s)
     os.rename(staging / name, folder / name)
     return data
+
+
+class LatestHistory(threading.Thread):
+    """Reads latest.tar.gz every few milliseconds and keeps each content it held, in order,
+    so a test sees a flip back to an older model even if it lasts a few hundred ms."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.held: list[bytes] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            data = content_of(self.path)
+            if data is not None and (not self.held or self.held[-1] != data):
+                self.held.append(data)
+            time.sleep(0.005)
+
+    def stop(self) -> list[bytes]:
+        self.stopping.set()
+        self.join(10)
+        return self.held
 
 
 def latest_is(folder: Path, data: bytes, timeout: float = 60) -> None:
@@ -140,10 +164,12 @@ def test_a_stopped_rotator_keeps_a_rollback_that_arrived_while_it_was_stopped(
     tool.ready()
     a = put_model(models, "a.tar.gz")
     latest_is(models, a)
+    history = LatestHistory(models / "latest.tar.gz")
+    history.start()
     rotator = tool.program_pid("rotator")
     os.kill(rotator, signal.SIGSTOP)
     try:
-        put_model(models, "b.tar.gz")
+        b = put_model(models, "b.tar.gz")
         time.sleep(0.3)
         r = move_in(tmp_path, models, "r.tar.gz", HOUR)
         time.sleep(4)  # the rescan timer runs out while the rotator is stopped
@@ -151,8 +177,10 @@ def test_a_stopped_rotator_keeps_a_rollback_that_arrived_while_it_was_stopped(
         os.kill(rotator, signal.SIGCONT)
     latest_is(models, r)
     time.sleep(3)  # quiet again (and a rescan later): still R, never back to B
+    held = history.stop()
     assert content_of(models / "latest.tar.gz") == r
     assert (models / "r.tar.gz").exists()
+    assert b not in held, "latest held B (an arrival older than R) on the way"
 
 
 # -- 3. a rotator killed -9 loses nothing the reader saw -----------------------------------
@@ -161,12 +189,14 @@ def test_a_rotator_killed_within_throttle_delay_keeps_a_rollback(start_tool, tmp
     """Publish A; B arrives; 0.2 s later R (mtime an hour ago) is moved in; 0.2 s later the
     rotator is killed -9 (the OOM killer), before its debounce ran out. The restarted
     rotator publishes R: the arrivals were durable before they were handed over."""
-    tool = start_tool(THROTTLE_DELAY="2000")
+    tool = start_tool(THROTTLE_DELAY="2000", KEEP_PREVIOUS="1")
     tool.ready()
     a = put_model(models, "a.tar.gz")
     latest_is(models, a)
+    history = LatestHistory(models / "latest.tar.gz")
+    history.start()
     rotator = tool.program_pid("rotator")
-    put_model(models, "b.tar.gz")
+    b = put_model(models, "b.tar.gz")
     time.sleep(0.2)
     r = move_in(tmp_path, models, "r.tar.gz", HOUR)
     time.sleep(0.2)
@@ -176,8 +206,11 @@ def test_a_rotator_killed_within_throttle_delay_keeps_a_rollback(start_tool, tmp
     # once the restarted rotator has taken in the reader's reconnection and gone quiet.
     tool.wait_for_line("rescan requested: reader reconnected", 60)
     time.sleep(4)
+    held = history.stop()
     assert content_of(models / "latest.tar.gz") == r
-    assert (models / "r.tar.gz").exists()
+    assert b not in held, "latest held B (an arrival older than R) on the way"
+    # KEEP_PREVIOUS=1 keeps the arrival before R (B), not the older A.
+    assert model_files(models) == ["b.tar.gz", "latest.tar.gz", "r.tar.gz"]
 
 
 # -- 4. a lost journal after a clock that ran ahead ----------------------------------------
