@@ -425,3 +425,16 @@ def test_a_writer_streaming_into_latest_with_pauses_is_never_replaced(start_tool
     assert replaced == [], "latest.tar.gz was replaced while its writer was writing it"
     time.sleep(1)  # the close_write is taken in; latest stays the writer's model
     latest_is(models, written)
+
+
+def test_a_temp_file_of_a_process_killed_mid_write_is_removed_at_the_next_reconcile(tmp_path):
+    """The reader now writes the journal at every arrival (through a temp file and a rename,
+    under the folder lock): a reader killed -9 inside that write leaves the temp file, and
+    the next reconcile, holding the lock, removes it (not only a rotator's restart)."""
+    settings = make_settings(tmp_path)
+    leftover = settings.target_dir / ".latest.tar.gz.tmp-0badf00d"
+    leftover.write_bytes(b'{"version": 1, "se')
+    a = put_model(settings.target_dir, "a.tar.gz", time.time() - 60)
+    Reconciler(settings).reconcile()
+    assert not leftover.exists()
+    assert content_of(settings.latest_model_path) == a

@@ -4,8 +4,9 @@ Which model is latest is decided by arrival, not by file time: a model moved bac
 rollback) keeps its old mtime, and a file copied with `cp -p` from a host whose clock runs a
 day ahead carries a future mtime. So what the tool learns about arrivals is kept in a small
 journal beside the publish record (`.latest.tar.gz.arrivals.json`), written atomically under
-the folder lock, so a restarted rotator, `python -m worker once` and the reader (for events
-it could not deliver) all use the same times.
+the folder lock, so a restarted rotator, `python -m worker once` and the reader (which
+journals every arrival before it hands it over) all use the same times. The journal is read
+as untrusted input (worker/statefile.py): one that fails its checks is set aside and rebuilt.
 
 Rules (README, "Which model is latest"):
 - An arrival seen as an event (close_write / moved_to) is timed by the event, but never

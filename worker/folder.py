@@ -388,10 +388,15 @@ def same_content(first: Path, second: Path, chunk: int = 1024 * 1024) -> bool:
 
 
 def remove_temporary_files(latest_model_path: Path) -> list[Path]:
-    """Remove publish temp files left by a rotator that was killed mid-publish."""
+    """Remove temp files left by a process killed mid-write (a publish, the record, the
+    journal). Call it holding the folder lock: every writer of them holds it."""
     prefix = internal_prefix(latest_model_path) + "tmp-"
     removed = []
-    for entry in os.scandir(latest_model_path.parent):
+    try:
+        entries = list(os.scandir(latest_model_path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
         if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
             removed.append(Path(entry.path))

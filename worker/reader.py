@@ -79,6 +79,8 @@ class Reader:
             self.check_identity()
             if self.owed_rescan or self.pending or self.unjournaled:
                 self._retry_ms = min(self._retry_ms * 2, RETRY_MAX_MS)
+            else:
+                self._retry_ms = RETRY_FIRST_MS  # all done: the next wait starts short
 
     def watch(self) -> None:
         """Watch TARGET_DIR, creating it when it is missing (also after it was removed)."""

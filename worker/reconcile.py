@@ -2,9 +2,10 @@
 
 The rules, each one method below (README, "Which model is latest", "What is never deleted"):
 - which model is latest: the most recent arrival (worker/arrivals.py says when each arrived);
-- what latest holds: the record when it describes the file, else the file itself, adopted
+- what latest holds: the record when it describes the file; else the file's content: the
+  recorded model when its fingerprint matches (a touch is no arrival), else adopted
   (someone else wrote it, or our record was lost); a file another program is still writing
-  there is left alone;
+  there is left alone until its close_write or BROKEN_GRACE_PERIOD;
 - no copy of a file that may still be written: a model is a candidate once unchanged for
   THROTTLE_DELAY, or once a close_write / moved_to was seen after its last change;
 - nothing newer than what is published is deleted: pruning compares with what latest holds
@@ -35,6 +36,7 @@ from worker.folder import (
     publish_atomically,
     read_record,
     record_path,
+    remove_temporary_files,
     same_content,
     write_record,
 )
@@ -120,6 +122,11 @@ class Reconciler:
         settings = self.settings
         outcome = Outcome()
         now = self.clock()
+        if not dry_run:
+            # Every writer of our temp files holds the folder lock: one there now was left
+            # by a process killed mid-write (the reader journals every arrival).
+            for leftover in remove_temporary_files(settings.latest_model_path):
+                self.log.info("removed %s: temporary file of an interrupted write", leftover)
         models = list_models(settings.target_dir, settings.model_pattern,
                              settings.latest_model_path, settings.ignore_paths)
         self._forget_missing(models)
