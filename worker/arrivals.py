@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from worker.names import internal_prefix, temporary_name
@@ -127,7 +127,7 @@ class ArrivalJournal:
         high_water = self.high_water if math.isfinite(self.high_water) else None
         data = json.dumps({"version": VERSION, "seq": self.seq, "high_water": high_water,
                            "scanned_at": self.scanned_at,
-                           "files": {name: asdict(a) for name, a in self.entries.items()}})
+                           "files": {name: vars(a) for name, a in self.entries.items()}})
         temporary = temporary_name(self.path.parent / self.latest_name)
         write_atomically(self.path, data.encode(), temporary)
 
