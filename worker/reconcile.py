@@ -222,11 +222,13 @@ class Reconciler:
             if (self._record_unsaved or self._record_file_changed()) and not dry_run:
                 # The disk was full, or another program wrote over the record: write ours.
                 self._save_record(self.record, outcome)
+            self._journal_latest(journal, self.record, st)
             return Latest(self.record)
         stored = read_record(path, self._on_invalid(dry_run))
         if stored is not None and stored.describes(st):
             self.record = stored
             self._record_file = _file_version(record_path(path))
+            self._journal_latest(journal, stored, st)
             return Latest(stored)
         # Someone else wrote it (Rasa's --fixed-model-name, a person, the original tool), or
         # our record was lost between the rename and its write: look at the file itself.
@@ -271,6 +273,14 @@ class Reconciler:
                           "program", extra={"event": "adopted", "fields": {"path": str(path)}})
             self.record = record
         return Latest(record)
+
+    @staticmethod
+    def _journal_latest(journal: ArrivalJournal, record: PublishRecord, st) -> None:
+        """The journal keeps latest's arrival too (a rebuilt one lacks it): if the record is
+        lost later, latest is adopted with the arrival it had, not as news that would make
+        the models that arrived after it look older."""
+        if journal.lookup(LATEST_KEY, version_of(st)) is None:
+            journal.assign(LATEST_KEY, _arrival_of(record), version_of(st))
 
     def _foreign_latest_settled_at(self, arrival: Arrival, mtime_ns: int,
                                    now: float) -> float | None:
