@@ -31,7 +31,15 @@ from pathlib import Path
 
 from worker.names import internal_prefix, temporary_name
 from worker.openfile import open_regular
-from worker.statefile import InvalidState, finite, load_json, mapping, plain_name, whole
+from worker.statefile import (
+    InvalidState,
+    finite,
+    load_json,
+    mapping,
+    plain_name,
+    text,
+    whole,
+)
 
 # A file's version: (st_ino, st_size, st_mtime_ns). Any write changes it.
 Version = tuple[int, int, int]
@@ -52,6 +60,9 @@ class Arrival:
     size: int
     mtime_ns: int
     event_at: float | None = None  # an event announced it at this time (else None)
+    # For LATEST_KEY: the published model's fingerprint (worker/archive.py), so latest is
+    # known by content even when the publish record is lost.
+    digest: str | None = None
 
     @property
     def key(self) -> tuple[float, int]:
@@ -113,7 +124,8 @@ class ArrivalJournal:
                 at=finite(entry, "at"), seq=whole(entry, "seq", 0), seen=finite(entry, "seen"),
                 ino=whole(entry, "ino", 0), size=whole(entry, "size", 0),
                 mtime_ns=whole(entry, "mtime_ns"),
-                event_at=finite(entry, "event_at", optional=True))
+                event_at=finite(entry, "event_at", optional=True),
+                digest=text(entry, "digest", optional=True, max_chars=128))
 
     def respect(self, arrival_key: tuple[float, int]) -> None:
         """An arrival handed out before (the publish record's): nothing learned from now on
@@ -172,12 +184,14 @@ class ArrivalJournal:
             entry = self.entries[name] = replace(entry, seen=now)
         return entry
 
-    def assign(self, name: str, arrival: Arrival, version: Version) -> None:
+    def assign(self, name: str, arrival: Arrival, version: Version,
+               digest: str | None = None) -> None:
         """`name` now holds `version` with the arrival of another file (a publish)."""
         ino, size, mtime_ns = version
         self.entries[name] = Arrival(at=arrival.at, seq=arrival.seq, seen=arrival.seen,
                                      ino=ino, size=size, mtime_ns=mtime_ns,
-                                     event_at=arrival.event_at)
+                                     event_at=arrival.event_at,
+                                     digest=digest or arrival.digest)
 
     def keep_only(self, present: set[str], now: float, complete: bool) -> None:
         """Forget files that are gone; after a complete listing, remember when it was."""

@@ -233,6 +233,7 @@ class Reconciler:
         # Someone else wrote it (Rasa's --fixed-model-name, a person, the original tool), or
         # our record was lost between the rename and its write: look at the file itself.
         version = version_of(st)
+        previous = journal.entries.get(LATEST_KEY)  # what the journal knew latest held
         if event is not None:
             arrival = journal.note_event(LATEST_KEY, event, version, now)
         else:
@@ -262,15 +263,21 @@ class Reconciler:
             return Latest(unchanged)
         source = next((m for m in models if m.size == st.st_size
                        and _same_content(m.path, path)), None)
+        same_as_before = (source is None and previous is not None and previous.digest is not None
+                          and previous.digest == result.digest)
         if source is not None:
             arrival = arrivals[source.name]
+        elif same_as_before:
+            arrival = previous  # the record was lost, the bytes are the published ones
         record = adopt_record(source, result, st, arrival.at, arrival.seq)
         if not dry_run:
-            journal.assign(LATEST_KEY, arrival, version)
+            journal.assign(LATEST_KEY, arrival, version, result.digest)
             self._save_record(record, outcome)
-            self.log.info("adopted %s as published (%s)", path,
-                          f"its source is {source.path}" if source else "written by another "
-                          "program", extra={"event": "adopted", "fields": {"path": str(path)}})
+            how = (f"its source is {source.path}" if source else
+                   "the model published before" if same_as_before else
+                   "written by another program")
+            self.log.info("adopted %s as published (%s)", path, how,
+                          extra={"event": "adopted", "fields": {"path": str(path)}})
             self.record = record
         return Latest(record)
 
@@ -280,7 +287,7 @@ class Reconciler:
         lost later, latest is adopted with the arrival it had, not as news that would make
         the models that arrived after it look older."""
         if journal.lookup(LATEST_KEY, version_of(st)) is None:
-            journal.assign(LATEST_KEY, _arrival_of(record), version_of(st))
+            journal.assign(LATEST_KEY, _arrival_of(record), version_of(st), record.digest)
 
     def _foreign_latest_settled_at(self, arrival: Arrival, mtime_ns: int,
                                    now: float) -> float | None:
@@ -309,7 +316,7 @@ class Reconciler:
             return None
         record = known.describing(st)
         if not dry_run:
-            journal.assign(LATEST_KEY, _arrival_of(known), version)
+            journal.assign(LATEST_KEY, _arrival_of(known), version, known.digest)
             self._save_record(record, outcome)
             self.log.info("%s changed its file time, not its content: still the model "
                           "published from %s", self.settings.latest_model_path,
@@ -422,7 +429,7 @@ class Reconciler:
             duration_s=published.duration_s, model_id=published.info.model_id,
             trained_at=published.info.trained_at, digest=published.info.digest)
         self.record = record  # known in memory whatever happens to the record file
-        journal.assign(LATEST_KEY, arrival, version_of(latest))
+        journal.assign(LATEST_KEY, arrival, version_of(latest), published.info.digest)
         self._save_record(record, outcome)
         model_id = f", model_id {record.model_id}" if record.model_id else ""
         warning = f"; {published.warning}" if published.warning else ""
@@ -515,7 +522,7 @@ class Reconciler:
             return
         self.record = record.describing(changed)
         journal.assign(LATEST_KEY, journal.entries.get(LATEST_KEY) or _arrival_of(record),
-                       version_of(changed))
+                       version_of(changed), record.digest)
         self._save_record(self.record, outcome)
 
     # -- helpers --------------------------------------------------------------------------
