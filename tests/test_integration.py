@@ -35,6 +35,16 @@ def temporary_files(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".tmp-" in p.name]
 
 
+def copy_in_progress(folder: Path) -> bool:
+    for name in temporary_files(folder):
+        try:
+            if (folder / name).stat().st_size > 1024 * 1024:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
 class LatestWatcher(threading.Thread):
     """Opens latest.tar.gz every few milliseconds and checks each copy it gets is whole."""
 
@@ -210,7 +220,8 @@ def test_kill_9_rotator_in_the_middle_of_a_publish(start_tool, models, tmp_path)
     rotator = tool.program_pid("rotator")
     big = models / "big.tar.gz"
     os.rename(staged, big)
-    wait_for(lambda: temporary_files(models), timeout=30, interval=0.001,
+    # A copy under way (the reader's journal writes use small temp files of the same kind).
+    wait_for(lambda: copy_in_progress(models), timeout=30, interval=0.001,
              message="a publish in progress")
     os.kill(rotator, signal.SIGKILL)
     assert content_of(models / "latest.tar.gz") == small.read_bytes(), "latest changed half-way"

@@ -68,6 +68,15 @@ def versioned_model(model_id: str, rasa_version: str) -> bytes:
     return buffer.getvalue()
 
 
+HOSTILE_RECORDS = {"deep": b"[" * 200_000, "seq-infinity": b'{"arrival_seq": Infinity}',
+                   "cut": b"{", "nan": b'{"source": "a", "arrived_at": NaN}',
+                   "401-digits": b"9" * 401, "source-a-list": b'{"source": ["a"]}'}
+HOSTILE_JOURNALS = {"deep": b"[" * 200_000, "seq-infinity": b'{"version": 1, "seq": Infinity}',
+                    "entry-a-list": b'{"version": 1, "seq": 1, "files": {"a": [1]}}',
+                    "empty": b"", "high-water-1e400": b'{"version": 1, "seq": 1, '
+                                                      b'"high_water": 1e400}'}
+
+
 class FolderRules(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -186,6 +195,37 @@ class FolderRules(RuleBasedStateMachine):
             name = data.draw(st.sampled_from(names))
             (self.folder / name).unlink()
             self.present.discard(name)
+
+    @rule(delta=st.sampled_from([-3600.0, 0.0, 0.2, DAY]))
+    def touch_latest(self, delta):
+        """A touch, an `rsync -t` or a backup restoring times: latest's mtime changes, not a
+        byte of it. No arrival: it must never make a newer model look older."""
+        if self.latest.exists():
+            when = self.now() + delta
+            os.utime(self.latest, (when, when))
+
+    @rule(kind=st.sampled_from(sorted(HOSTILE_RECORDS)))
+    def corrupt_record(self, kind):
+        """Another program writes the models folder: the publish record is garbage."""
+        (self.folder / ".latest.tar.gz.json").write_bytes(HOSTILE_RECORDS[kind])
+
+    @precondition(lambda self: self.reconciler is not None)
+    @rule(kind=st.sampled_from(sorted(HOSTILE_JOURNALS)))
+    def corrupt_journal(self, kind):
+        """The journal turns to garbage (or is lost) after a quiet folder. Only then: what it
+        alone knew (events of models not yet published) is lost with it, and the file-time
+        rule decides for those, as after a reader that was down (README). The rotator takes
+        it in (sets it aside, rebuilds it) before anything else happens: with the record
+        lost too, only file times would be left."""
+        self.settle()
+        (self.folder / ".latest.tar.gz.arrivals.json").write_bytes(HOSTILE_JOURNALS[kind])
+        self.undelivered.clear()
+        self.reconciler = Reconciler(self.settings, clock=self.now)
+        for name in sorted(self.present):  # what survives: the folder and the record
+            if name != self._held():
+                self.present.discard(name)
+                (self.folder / name).unlink(missing_ok=True)
+        self._reconcile(self.reconciler)
 
     @rule(on=st.booleans())
     def disk_full(self, on):

@@ -238,11 +238,34 @@ def test_latest_published_by_someone_else_is_adopted_with_its_source(settings, f
 
 
 def test_a_broken_latest_is_replaced(settings, folder):
-    source = add_model(folder, "a.tar.gz", age_s=300)
+    source = add_model(folder, "a.tar.gz", age_s=3 * HOUR)
     settings.latest_model_path.write_bytes(source.read_bytes()[:-50])
-    set_mtime(settings.latest_model_path, time.time() - 60)  # nobody is writing it any more
+    # Unchanged for BROKEN_GRACE_PERIOD (an hour): nobody is writing it any more.
+    set_mtime(settings.latest_model_path, time.time() - 2 * HOUR)
     Reconciler(settings).reconcile()
     assert settings.latest_model_path.read_bytes() == source.read_bytes()
+
+
+def test_a_broken_latest_is_replaced_after_its_writer_closed_it(settings, folder):
+    source = add_model(folder, "a.tar.gz", age_s=300)
+    settings.latest_model_path.write_bytes(source.read_bytes()[:-50])
+    set_mtime(settings.latest_model_path, time.time() - 60)
+    reconciler = Reconciler(settings)
+    reconciler.note_arrival("latest.tar.gz", time.time())  # its close_write: a killed training
+    reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == source.read_bytes()
+
+
+def test_a_broken_latest_paused_longer_than_throttle_delay_is_left_alone(settings, folder):
+    """Issue 17 item 4: a writer streaming into latest itself (Rasa's --fixed-model-name)
+    may pause longer than THROTTLE_DELAY; until its close_write or BROKEN_GRACE_PERIOD,
+    what it wrote so far must not be replaced."""
+    source = add_model(folder, "a.tar.gz", age_s=300)
+    settings.latest_model_path.write_bytes(source.read_bytes()[:-50])
+    set_mtime(settings.latest_model_path, time.time() - 60)  # 60 x THROTTLE_DELAY ago
+    before = settings.latest_model_path.read_bytes()
+    Reconciler(settings).reconcile()
+    assert settings.latest_model_path.read_bytes() == before
 
 
 def test_publish_keeps_the_old_latest_when_the_source_is_broken(settings, folder):

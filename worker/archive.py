@@ -15,6 +15,7 @@ Memory stays flat in the number and size of members: tarfile keeps every TarInfo
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -53,6 +54,7 @@ class ArchiveInfo:
     model_id: str | None = None
     trained_at: str | None = None
     rasa_version: str | None = None  # metadata.json's rasa_open_source_version
+    digest: str | None = None  # the content's fingerprint (hex), see _GunzipStream
 
 
 class _GunzipStream:
@@ -68,6 +70,13 @@ class _GunzipStream:
         self._members_ended = 0
         self._position = 0
         self.compressed_bytes = 0
+        # The archive's identity by content, taken in this pass at next to no cost (hashing
+        # every byte would triple the check's time): SHA-256 over its first chunk (the gzip
+        # header), each gzip member's trailer (CRC-32 and length of ALL its uncompressed
+        # content, verified by zlib just now) and the compressed size. Another model, or
+        # any changed byte, gives another fingerprint; a touch or a restored mtime does not.
+        self.digest = hashlib.sha256()
+        self._consumed_tail = b""  # the last 8 compressed bytes zlib consumed: a trailer
         # The last block handed out by read(): tarfile's header reads are one block each,
         # so this is the block at which it stopped walking (see _check_end_of_archive).
         self.last_read_at = -1
@@ -109,11 +118,21 @@ class _GunzipStream:
                 self._pending = self._raw.read(READ_CHUNK)
                 if not self._pending:
                     return b""
+                if not self.compressed_bytes:
+                    self.digest.update(self._pending)
                 self.compressed_bytes += len(self._pending)
             self._in_member = True
-            chunk = self._inflater.decompress(self._pending, limit)
+            given = self._pending
+            chunk = self._inflater.decompress(given, limit)
             self._pending = self._inflater.unconsumed_tail
+            consumed = len(given) - len(self._pending)
             if self._inflater.eof:
+                consumed -= len(self._inflater.unused_data)
+            self._consumed_tail = (self._consumed_tail
+                                   + given[max(0, consumed - 8):consumed])[-8:]
+            if self._inflater.eof:
+                self.digest.update(self._consumed_tail)  # this member's CRC-32 and length
+                self._consumed_tail = b""
                 # zlib has checked this member's CRC-32 and length. A gzip file may hold
                 # several members back to back; any other trailing bytes fail as a header.
                 self._members_ended += 1
@@ -122,6 +141,12 @@ class _GunzipStream:
                 self._in_member = False
             if chunk:
                 return chunk
+
+    def fingerprint(self) -> str:
+        """The content's fingerprint, once the stream was read to its end (finish())."""
+        digest = self.digest.copy()
+        digest.update(self.compressed_bytes.to_bytes(8, "big"))
+        return digest.hexdigest()
 
     def finish(self) -> None:
         """Read to the end; raise BrokenArchive unless the last gzip member ended cleanly."""
@@ -166,6 +191,7 @@ def check_archive_stream(raw) -> ArchiveInfo:
         model_id=_text(metadata.get("model_id")),
         trained_at=_text(metadata.get("trained_at")),
         rasa_version=_text(metadata.get("rasa_open_source_version")),
+        digest=gunzip.fingerprint(),
     )
 
 

@@ -4,8 +4,9 @@ Which model is latest is decided by arrival, not by file time: a model moved bac
 rollback) keeps its old mtime, and a file copied with `cp -p` from a host whose clock runs a
 day ahead carries a future mtime. So what the tool learns about arrivals is kept in a small
 journal beside the publish record (`.latest.tar.gz.arrivals.json`), written atomically under
-the folder lock, so a restarted rotator, `python -m worker once` and the reader (for events
-it could not deliver) all use the same times.
+the folder lock, so a restarted rotator, `python -m worker once` and the reader (which
+journals every arrival before it hands it over) all use the same times. The journal is read
+as untrusted input (worker/statefile.py): one that fails its checks is set aside and rebuilt.
 
 Rules (README, "Which model is latest"):
 - An arrival seen as an event (close_write / moved_to) is timed by the event, but never
@@ -23,12 +24,22 @@ Rules (README, "Which model is latest"):
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from worker.names import internal_prefix, temporary_name
-from worker.openfile import open_regular, read_small_file
+from worker.openfile import open_regular
+from worker.statefile import (
+    InvalidState,
+    finite,
+    load_json,
+    mapping,
+    plain_name,
+    text,
+    whole,
+)
 
 # A file's version: (st_ino, st_size, st_mtime_ns). Any write changes it.
 Version = tuple[int, int, int]
@@ -49,6 +60,9 @@ class Arrival:
     size: int
     mtime_ns: int
     event_at: float | None = None  # an event announced it at this time (else None)
+    # For LATEST_KEY: the published model's fingerprint (worker/archive.py), so latest is
+    # known by content even when the publish record is lost.
+    digest: str | None = None
 
     @property
     def key(self) -> tuple[float, int]:
@@ -74,27 +88,58 @@ class ArrivalJournal:
         self.scanned_at: float | None = None  # the last complete look at the folder
 
     @classmethod
-    def load(cls, latest_model_path: Path) -> ArrivalJournal:
+    def load(cls, latest_model_path: Path, on_invalid=None) -> ArrivalJournal:
+        """The journal as saved, or an empty one when it is missing or unreadable. A file
+        that is not a valid journal is handed to `on_invalid(path, problem)` (which sets it
+        aside) and read as empty: the file times rebuild it."""
         journal = cls(journal_path(latest_model_path), latest_model_path.name)
         try:
-            data = json.loads(read_small_file(journal.path, MAX_JOURNAL_BYTES))
-            if data.get("version") != VERSION:
-                return journal
-            journal.seq = int(data["seq"])
-            journal.high_water = float(data["high_water"])
-            scanned = data.get("scanned_at")
-            journal.scanned_at = None if scanned is None else float(scanned)
-            journal.entries = {name: Arrival(**entry) for name, entry in data["files"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            # Missing or unreadable: start over with file times.
+            journal._take(load_json(journal.path, MAX_JOURNAL_BYTES))
+        except OSError:
+            return cls(journal.path, journal.latest_name)  # missing: start with file times
+        except InvalidState as problem:
+            if on_invalid is not None:
+                on_invalid(journal.path, problem)
             return cls(journal.path, journal.latest_name)
         return journal
 
+    def _take(self, data) -> None:
+        """Fill from a saved journal, checking every field (InvalidState if one fails)."""
+        data = mapping(data, "the journal")
+        if data.get("version") != VERSION:
+            raise InvalidState(f"'version' is not {VERSION}")
+        self.seq = whole(data, "seq", 0)
+        # "No time yet" is saved as null (older versions wrote -Infinity).
+        if data.get("high_water") is not None and data.get("high_water") != float("-inf"):
+            self.high_water = finite(data, "high_water")
+        self.scanned_at = finite(data, "scanned_at", optional=True)
+        files = mapping(data.get("files"), "'files'")
+        if len(files) > 2 * MAX_ENTRIES:  # the reader may add up to MAX_PENDING to a full one
+            raise InvalidState(f"more than {2 * MAX_ENTRIES} files")
+        for name, entry in files.items():
+            if name != LATEST_KEY:
+                plain_name(name, "a key of 'files'")
+            entry = mapping(entry, f"the entry of {name[:40]!r}")
+            self.entries[name] = Arrival(
+                at=finite(entry, "at"), seq=whole(entry, "seq", 0), seen=finite(entry, "seen"),
+                ino=whole(entry, "ino", 0), size=whole(entry, "size", 0),
+                mtime_ns=whole(entry, "mtime_ns"),
+                event_at=finite(entry, "event_at", optional=True),
+                digest=text(entry, "digest", optional=True, max_chars=128))
+
+    def respect(self, arrival_key: tuple[float, int]) -> None:
+        """An arrival handed out before (the publish record's): nothing learned from now on
+        may sort before it, even if this journal was lost or the clock went back since."""
+        at, seq = arrival_key
+        self.high_water = max(self.high_water, at)
+        self.seq = max(self.seq, seq)
+
     def save(self) -> None:
         """Write atomically: a temp file beside it, renamed over it; no temp file survives."""
-        data = json.dumps({"version": VERSION, "seq": self.seq, "high_water": self.high_water,
+        high_water = self.high_water if math.isfinite(self.high_water) else None
+        data = json.dumps({"version": VERSION, "seq": self.seq, "high_water": high_water,
                            "scanned_at": self.scanned_at,
-                           "files": {name: asdict(a) for name, a in self.entries.items()}})
+                           "files": {name: vars(a) for name, a in self.entries.items()}})
         temporary = temporary_name(self.path.parent / self.latest_name)
         write_atomically(self.path, data.encode(), temporary)
 
@@ -139,12 +184,14 @@ class ArrivalJournal:
             entry = self.entries[name] = replace(entry, seen=now)
         return entry
 
-    def assign(self, name: str, arrival: Arrival, version: Version) -> None:
+    def assign(self, name: str, arrival: Arrival, version: Version,
+               digest: str | None = None) -> None:
         """`name` now holds `version` with the arrival of another file (a publish)."""
         ino, size, mtime_ns = version
         self.entries[name] = Arrival(at=arrival.at, seq=arrival.seq, seen=arrival.seen,
                                      ino=ino, size=size, mtime_ns=mtime_ns,
-                                     event_at=arrival.event_at)
+                                     event_at=arrival.event_at,
+                                     digest=digest or arrival.digest)
 
     def keep_only(self, present: set[str], now: float, complete: bool) -> None:
         """Forget files that are gone; after a complete listing, remember when it was."""

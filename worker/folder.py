@@ -10,19 +10,22 @@ import fcntl
 import fnmatch
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from worker.archive import ArchiveInfo, SourceChanged, check_archive_stream, copy_verified
-from worker.arrivals import write_atomically
+from worker.arrivals import ArrivalJournal, write_atomically
 from worker.names import internal_prefix, is_model_name, same_folder, temporary_name
-from worker.openfile import NotRegularFile, open_regular, read_small_file
+from worker.openfile import NotRegularFile, open_regular
+from worker.statefile import InvalidState, finite, load_json, mapping, plain_name, text, whole
 
 MAX_RECORD_BYTES = 1024 * 1024
 # What `rasa run --model DIR` globs (rasa/model.py, get_latest_model).
 RASA_MODEL_GLOB = "*.tar.gz"
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class PublishRecord:
     model_id: str | None = None
     trained_at: str | None = None
     arrival_seq: int = 0  # with arrived_at, the source's place in the arrival order
+    # SHA-256 of latest's bytes, taken while its archive was checked: what latest holds is
+    # known by content, so a touch or a restored mtime is no new model.
+    digest: str | None = None
 
     def describes(self, latest_stat: os.stat_result | None) -> bool:
         return latest_stat is not None and (
@@ -200,12 +206,50 @@ def stat_or_none(path: Path) -> os.stat_result | None:
         return None
 
 
-def read_record(latest_model_path: Path) -> PublishRecord | None:
+def read_record(latest_model_path: Path, on_invalid=None) -> PublishRecord | None:
+    """The record as saved, or None when there is none. A file that is not a valid record is
+    handed to `on_invalid(path, problem)` (which sets it aside) and read as absent."""
+    path = record_path(latest_model_path)
     try:
-        data = json.loads(read_small_file(record_path(latest_model_path), MAX_RECORD_BYTES))
-        return PublishRecord(**data)
-    except (OSError, ValueError, TypeError):
+        return parse_record(load_json(path, MAX_RECORD_BYTES))
+    except OSError:
         return None
+    except InvalidState as problem:
+        if on_invalid is not None:
+            on_invalid(path, problem)
+        return None
+
+
+def parse_record(data) -> PublishRecord:
+    """A PublishRecord from a saved one, every field checked (InvalidState if one fails).
+    Fields it does not know are ignored (a record written by a newer version)."""
+    data = mapping(data, "the record")
+    source = plain_name(data.get("source"), "'source'")
+    digest = text(data, "digest", optional=True, max_chars=128)
+    if digest is not None and not _HEX.fullmatch(digest):
+        raise InvalidState("'digest' is not a hexadecimal digest")
+    return PublishRecord(
+        source=source, source_size=whole(data, "source_size", -1),
+        source_mtime_ns=whole(data, "source_mtime_ns"),
+        source_inode=whole(data, "source_inode", -1),
+        arrived_at=finite(data, "arrived_at"), published_at=finite(data, "published_at"),
+        latest_size=whole(data, "latest_size", 0), latest_mtime_ns=whole(data, "latest_mtime_ns"),
+        latest_inode=whole(data, "latest_inode", 0), duration_s=finite(data, "duration_s"),
+        model_id=text(data, "model_id", optional=True),
+        trained_at=text(data, "trained_at", optional=True),
+        arrival_seq=whole(data, "arrival_seq", 0) if "arrival_seq" in data else 0,
+        digest=digest)
+
+
+def load_journal(latest_model_path: Path, on_invalid=None) -> ArrivalJournal:
+    """The arrival journal, never behind the publish record: if the journal was lost or
+    rebuilt (also after a clock that ran ahead and was corrected), what the record says
+    latest's source arrived at still bounds every later arrival from below."""
+    journal = ArrivalJournal.load(latest_model_path, on_invalid)
+    record = read_record(latest_model_path, on_invalid)
+    if record is not None:
+        journal.respect(record.arrival_key)
+    return journal
 
 
 def write_record(latest_model_path: Path, record: PublishRecord) -> None:
@@ -329,7 +373,8 @@ def adopt_record(source: ModelFile | None, info: ArchiveInfo, latest_stat: os.st
         arrived_at=arrived_at, published_at=published_at,
         latest_size=latest_stat.st_size, latest_mtime_ns=latest_stat.st_mtime_ns,
         latest_inode=latest_stat.st_ino, duration_s=0.0,
-        model_id=info.model_id, trained_at=info.trained_at, arrival_seq=arrival_seq)
+        model_id=info.model_id, trained_at=info.trained_at, arrival_seq=arrival_seq,
+        digest=info.digest)
 
 
 def same_content(first: Path, second: Path, chunk: int = 1024 * 1024) -> bool:
@@ -343,10 +388,15 @@ def same_content(first: Path, second: Path, chunk: int = 1024 * 1024) -> bool:
 
 
 def remove_temporary_files(latest_model_path: Path) -> list[Path]:
-    """Remove publish temp files left by a rotator that was killed mid-publish."""
+    """Remove temp files left by a process killed mid-write (a publish, the record, the
+    journal). Call it holding the folder lock: every writer of them holds it."""
     prefix = internal_prefix(latest_model_path) + "tmp-"
     removed = []
-    for entry in os.scandir(latest_model_path.parent):
+    try:
+        entries = list(os.scandir(latest_model_path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
         if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
             removed.append(Path(entry.path))

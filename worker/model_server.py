@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import selectors
 import shutil
 import signal
@@ -153,6 +154,9 @@ class Connection:
     closed: bool = False
 
 
+_WAKE = object()  # the selector key of the socket close() writes to
+
+
 class ModelServer:
     """The listener and its answers. `serve_forever` runs the selector loop."""
 
@@ -167,6 +171,9 @@ class ModelServer:
         self._token = settings.model_server_token.encode()
         self._metrics_registry = None
         self._loaded_etag: str | None = None  # the last ETag a replica confirmed it loaded
+        self._chores: queue.SimpleQueue | None = None  # see _later
+        self._closing = False
+        self._wake_reader, self._wake_writer = socket.socketpair()
         self._connections: dict[int, Connection] = {}  # by file descriptor, oldest first
         self._selector = selectors.DefaultSelector()
         self._listening = False
@@ -182,20 +189,33 @@ class ModelServer:
         return self.sock.getsockname()[1]
 
     def serve_forever(self) -> None:
+        """The loop, until close() (from any thread: it only asks, the loop shuts down)."""
         self._listen(True)
-        while True:
-            for key, events in self._selector.select(self._wait_s()):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._surviving(self._step, key.data, events)
-            self._expire(time.monotonic())
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
+        try:
+            while not self._closing:
+                for key, events in self._selector.select(self._wait_s()):
+                    if key.data is None:
+                        self._accept()
+                    elif key.data is not _WAKE:
+                        self._surviving(self._step, key.data, events)
+                self._expire(time.monotonic())
+        finally:
+            self._shut()
 
     def close(self) -> None:
+        self._closing = True
+        with contextlib.suppress(OSError):  # a loop blocked in select() wakes and shuts down
+            self._wake_writer.send(b"!")
+        if not self._selector.get_map():  # no loop ever ran
+            self._shut()
+
+    def _shut(self) -> None:
         for conn in list(self._connections.values()):
             self._close(conn)
         self._selector.close()
-        self.sock.close()
+        for sock in (self.sock, self._wake_reader, self._wake_writer):
+            sock.close()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -472,68 +492,103 @@ class ModelServer:
                     self.gate.ended(address, False)  # the place decide() took is given back
 
     # -- loadable, not just whole (worker/loadable.py) --------------------------------------
+    # What a replica loaded or refused is written under the folder lock, which a reconcile
+    # holds through a whole copy: never in this loop (every download and /healthz would wait),
+    # but in one chores thread, started when first needed.
 
-    def _source_of(self, published):
-        """The publish record of the open file, when it describes it (else None)."""
+    def _later(self, chore) -> None:
+        if self._chores is None:
+            self._chores = queue.SimpleQueue()
+            try:
+                threading.Thread(target=self._do_chores, name="loadable-chores",
+                                 daemon=True).start()
+            except RuntimeError as error:  # no thread to be had (a process limit)
+                self._chores = None
+                self.log.error("could not start the thread that records loads and refusals: "
+                               "%s; they are not recorded", error)
+                return
+        self._chores.put(chore)
+
+    def _do_chores(self) -> None:
+        while True:
+            chore = self._chores.get()
+            try:
+                chore()
+            except Exception:  # noqa: BLE001 - a chore that fails must not end the others
+                self.log.exception("recording a load or refusal failed")
+
+    def _record_describing(self, latest_stat):
+        """The publish record, when it describes the file that was served (else None)."""
         from worker.folder import read_record
 
         record = read_record(self.latest)
-        return record if record is not None and record.describes(os.fstat(published.fd)) \
-            else None
+        return record if record is not None and record.describes(latest_stat) else None
 
     def _note_loaded(self, published, address: str) -> None:
         """A replica asks with the current ETag: it loaded it. Remember its source as the
         model latest returns to after a refusal (once per ETag)."""
         if self._loaded_etag == published.etag:
             return
-        from worker.loadable import record_loaded
+        self._loaded_etag = published.etag
+        served = os.fstat(published.fd)
 
-        record = self._source_of(published)
-        try:
-            if record is not None:
-                record_loaded(self.latest, record, address)
-            self._loaded_etag = published.etag
-        except OSError as error:
-            self.log.error("could not record the model %s loaded: %s", address, error)
+        def chore() -> None:
+            from worker.loadable import record_loaded
+
+            record = self._record_describing(served)
+            try:
+                if record is not None:
+                    record_loaded(self.latest, record, address)
+            except OSError as error:
+                self._loaded_etag = None  # the next 304 tries again
+                self.log.error("could not record the model %s loaded: %s", address, error)
+
+        self._later(chore)
 
     def _note_refused(self, published, address: str) -> None:
         """A replica downloaded the current model and asks again with its old ETag: it could
         not load it. Nobody else gets it; the rotator remembers the refusal and publishes
         the last model a replica loaded."""
-        from worker.channel import RESCAN, QueueClient
-        from worker.loadable import record_refusal
+        served, etag = os.fstat(published.fd), published.etag
 
-        record = self._source_of(published)
-        name = record.source if record is not None else str(self.latest)
-        self.log.error("model %s (%s) refused by %s: it downloaded it and asks again with its "
-                       "old ETag (a failed load); not sent to any other replica, latest "
-                       "returns to the last model a replica loaded", name, published.etag,
-                       address, extra={"event": "model_refused", "fields": {
-                           "source": name, "etag": published.etag, "address": address}})
-        if record is None:
-            return
-        try:
-            record_refusal(self.latest, record, address, "a pulled model failed to load "
-                           "(the replica asks again with its old ETag)")
-        except OSError as error:
-            self.log.error("could not record the refusal of %s: %s", name, error)
-            return
+        def chore() -> None:
+            from worker.channel import RESCAN, QueueClient
+            from worker.loadable import record_refusal
 
-        def tell_the_rotator() -> None:
+            record = self._record_describing(served)
+            name = record.source if record is not None else str(self.latest)
+            self.log.error("model %s (%s) refused by %s: it downloaded it and asks again with "
+                           "its old ETag (a failed load); not sent to any other replica, "
+                           "latest returns to the last model a replica loaded", name, etag,
+                           address, extra={"event": "model_refused", "fields": {
+                               "source": name, "etag": etag, "address": address}})
+            if record is None:
+                return
             try:
-                client = QueueClient(self.settings.run_dir)
-                client.connect()
-                client.send((RESCAN, f"a replica could not load {name} (model server)"))
-            except Exception as error:  # noqa: BLE001 - the rotator's rescan catches up
+                record_refusal(self.latest, record, address, "a pulled model failed to load "
+                               "(the replica asks again with its old ETag)")
+            except OSError as error:
+                self.log.error("could not record the refusal of %s: %s", name, error)
+                return
+
+            def tell_the_rotator() -> None:
+                try:
+                    client = QueueClient(self.settings.run_dir)
+                    client.connect()
+                    client.send((RESCAN, f"a replica could not load {name} (model server)"))
+                except Exception as error:  # noqa: BLE001 - its next reconcile reads it
+                    self.log.warning("could not ask the rotator to look again at once: %s",
+                                     error)
+
+            # Its own thread: a stopped (SIGSTOP) rotator never answers the queue's
+            # handshake, and the chores must go on. The refusal is on disk already.
+            try:
+                threading.Thread(target=tell_the_rotator, name="tell-rotator",
+                                 daemon=True).start()
+            except RuntimeError as error:
                 self.log.warning("could not ask the rotator to look again at once: %s", error)
 
-        # Off the loop: a stopped (SIGSTOP) rotator never answers the queue's handshake, and
-        # this loop must keep serving. A thread that cannot start costs only the immediacy:
-        # the refusal is on disk and the rotator's next reconcile reads it.
-        try:
-            threading.Thread(target=tell_the_rotator, name="tell-rotator", daemon=True).start()
-        except RuntimeError as error:
-            self.log.warning("could not ask the rotator to look again at once: %s", error)
+        self._later(chore)
 
     def _metrics(self, conn: Connection, request: Request) -> None:
         from worker.model_server_metrics import exposition

@@ -3,10 +3,14 @@
 Idle, it blocks in read() and wakes only every RESCAN_INTERVAL (to check that the path still
 names the folder it watches), or never when RESCAN_INTERVAL is 0.
 
-What it saw is not dropped: arrivals it cannot deliver (the rotator is restarting) are kept
-with their original times, up to MAX_PENDING (beyond that, a rescan is asked for instead),
-written into the arrival journal so that the restarted rotator's first reconcile already
-knows them, and delivered on reconnect.
+What it saw is not dropped: every arrival is written into the arrival journal BEFORE it is
+handed to the rotator, so no arrival lives only in the memory of a process that can die (a
+rotator killed -9 before its next reconcile, or frozen by SIGSTOP while the reader goes on).
+When the journal is busy (a reconcile holds the folder lock through a long copy) the arrival
+is delivered all the same and journaled as soon as the lock is free: the reader never waits
+for a copy. Arrivals it cannot deliver (the rotator is restarting) are kept with their
+original times, up to MAX_PENDING (beyond that, a rescan is asked for instead), and delivered
+on reconnect.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import time
 
 from inotify_simple import INotify, flags
 
-from worker.arrivals import LATEST_KEY, ArrivalJournal, version_of
+from worker.arrivals import LATEST_KEY, version_of
 from worker.channel import ARRIVED, RESCAN, ChannelError, QueueClient
-from worker.folder import folder_lock
+from worker.folder import folder_lock, load_journal
 from worker.names import is_model_name, same_folder
 from worker.settings import Settings
+from worker.statefile import set_aside
 
 # close_write: a writer finished (Rasa streams the archive into its final path).
 # moved_to: a file was renamed in (temp file + rename, or a model moved back: a rollback).
@@ -51,7 +56,7 @@ class Reader:
         self.watched: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched folder
         self.owed_rescan: str | None = "reader started: events may have been missed"
         self.pending: list[tuple[str, float]] = []  # arrivals not delivered yet, oldest first
-        self._journaled = 0  # how many of `pending` are in the arrival journal already
+        self.unjournaled: list[tuple[str, float]] = []  # arrivals not in the journal yet
         self._connected_once = False
         self._retry_ms = RETRY_FIRST_MS
         self._unreachable_reported = False
@@ -68,12 +73,14 @@ class Reader:
             # Idle and delivered: block, waking only with RESCAN_INTERVAL to check that the
             # path still names the watched folder. Owing a rescan to a rotator that is not
             # there yet: wake up now and then to try again.
-            owing = self.owed_rescan or self.pending
+            owing = self.owed_rescan or self.pending or self.unjournaled
             timeout = self._retry_ms if owing else self._identity_check_ms
             self.handle(self.inotify.read(timeout=timeout))
             self.check_identity()
-            if self.owed_rescan or self.pending:
+            if self.owed_rescan or self.pending or self.unjournaled:
                 self._retry_ms = min(self._retry_ms * 2, RETRY_MAX_MS)
+            else:
+                self._retry_ms = RETRY_FIRST_MS  # all done: the next wait starts short
 
     def watch(self) -> None:
         """Watch TARGET_DIR, creating it when it is missing (also after it was removed)."""
@@ -109,47 +116,51 @@ class Reader:
                                            or event.name == self._latest_name):
                 arrived.append((event.name, now))
         self.pending.extend(arrived)
-        if len(self.pending) > MAX_PENDING:
+        self.unjournaled.extend(arrived)
+        if len(self.pending) > MAX_PENDING or len(self.unjournaled) > MAX_PENDING:
             self.log.warning("more than %d arrivals could not be delivered: asking for a full "
                              "rescan instead", MAX_PENDING)
-            self.pending, self._journaled = [], 0
+            self.pending, self.unjournaled = [], []
             self.owed_rescan = "too many undelivered events"
+        # Durable first, then delivered: the rotator may die (or freeze) at any moment.
+        self.journal_arrivals()
         self.deliver_pending()
         self.deliver_owed_rescan()
 
     def deliver_pending(self) -> None:
-        """Send the arrivals not delivered yet, with the times they were seen at. While the
-        rotator is away, put them in the arrival journal, where its restart finds them."""
-        if not self.pending:
-            return
-        if self.deliver((ARRIVED, list(self.pending))):
-            self.pending, self._journaled = [], 0
-            return
-        self.journal_pending()
+        """Send the arrivals not delivered yet, with the times they were seen at."""
+        if self.pending and self.deliver((ARRIVED, list(self.pending))):
+            self.pending = []
 
-    def journal_pending(self) -> None:
-        fresh = self.pending[self._journaled:]
+    def journal_arrivals(self) -> None:
+        """Put the arrivals not journaled yet into the arrival journal, without waiting for
+        the folder lock: a reconcile holding it may be copying a large model. They stay
+        owed (and are tried again shortly) until one attempt gets the lock."""
+        fresh = self.unjournaled
         if not fresh:
             return
         latest = self.settings.latest_model_path
         try:
             with folder_lock(latest, wait=False):
-                journal = ArrivalJournal.load(latest)
+                journal = load_journal(
+                    latest, lambda path, problem: set_aside(path, problem, self.log))
                 for name, when in fresh:
                     try:
                         st = os.lstat(self.settings.target_dir / name)
                     except OSError:
                         continue  # gone again
-                    journal.note_event(LATEST_KEY if name == self._latest_name else name,
-                                       when, version_of(st), time.time())
+                    key = LATEST_KEY if name == self._latest_name else name
+                    if key == LATEST_KEY and journal.lookup(key, version_of(st)) is not None:
+                        continue  # our own publish (the rotator recorded it), not news
+                    journal.note_event(key, when, version_of(st), time.time())
                 journal.save()
         except BlockingIOError:
-            return  # a reconcile runs: its rotator (or `once`) is there; retried shortly
+            return  # a reconcile runs: retried shortly, never waited for
         except OSError as error:
             self.log.debug("arrival journal not written (%s); the arrivals stay in memory",
                            error)
             return
-        self._journaled = len(self.pending)
+        self.unjournaled = []
 
     @property
     def _identity_check_ms(self) -> int | None:

@@ -2,9 +2,10 @@
 
 The rules, each one method below (README, "Which model is latest", "What is never deleted"):
 - which model is latest: the most recent arrival (worker/arrivals.py says when each arrived);
-- what latest holds: the record when it describes the file, else the file itself, adopted
+- what latest holds: the record when it describes the file; else the file's content: the
+  recorded model when its fingerprint matches (a touch is no arrival), else adopted
   (someone else wrote it, or our record was lost); a file another program is still writing
-  there is left alone;
+  there is left alone until its close_write or BROKEN_GRACE_PERIOD;
 - no copy of a file that may still be written: a model is a candidate once unchanged for
   THROTTLE_DELAY, or once a close_write / moved_to was seen after its last change;
 - nothing newer than what is published is deleted: pruning compares with what latest holds
@@ -37,6 +38,8 @@ from worker.folder import (
     list_models,
     publish_atomically,
     read_record,
+    record_path,
+    remove_temporary_files,
     same_content,
     write_record,
 )
@@ -44,6 +47,7 @@ from worker.loadable import VERSION, FileMark, LoadableBook, below_minimum
 from worker.logs import human_size
 from worker.names import same_folder, without_temporary_names
 from worker.settings import Settings
+from worker.statefile import report_invalid, set_aside
 
 # After a failed publish (disk full, permissions) try again this long after, at the latest.
 RETRY_AFTER_ERROR_S = 5.0
@@ -104,6 +108,7 @@ class Reconciler:
         self._checks: dict[tuple, ArchiveInfo | BrokenArchive] = {}
         self._reported: set[tuple] = set()
         self._record_unsaved = False  # self.record is right, the file beside latest is not
+        self._record_file: tuple | None = None  # the record file as we last wrote it
         self._bound: list[tuple[str, float]] = []  # events this reconcile put in the journal
         # The lowest Rasa version the servers load (None: no version gate), and who says so.
         self.minimum_version: str | None = settings.rasa_min_model_version or None
@@ -124,13 +129,23 @@ class Reconciler:
         settings = self.settings
         outcome = Outcome()
         now = self.clock()
+        if not dry_run:
+            # Every writer of our temp files holds the folder lock: one there now was left
+            # by a process killed mid-write (the reader journals every arrival).
+            for leftover in remove_temporary_files(settings.latest_model_path):
+                self.log.info("removed %s: temporary file of an interrupted write", leftover)
         models = list_models(settings.target_dir, settings.model_pattern,
                              settings.latest_model_path, settings.ignore_paths)
         self._forget_missing(models)
-        journal = ArrivalJournal.load(settings.latest_model_path)
+        on_invalid = self._on_invalid(dry_run)
+        journal = ArrivalJournal.load(settings.latest_model_path, on_invalid)
+        records = [r for r in (self.record, read_record(settings.latest_model_path, on_invalid))
+                   if r]
+        for record in records:
+            journal.respect(record.arrival_key)  # also when its file could not be saved
         if dry_run:
             journal = journal.copy()
-        arrivals = self._learn_arrivals(models, journal, now, dry_run)
+        arrivals = self._learn_arrivals(models, journal, now, dry_run, records)
         book = LoadableBook.load(settings.latest_model_path)
         if book.problem:
             self._fail_once(outcome, ("loadable", book.problem), book.path,
@@ -163,7 +178,7 @@ class Reconciler:
 
     # -- when each model arrived ----------------------------------------------------------
 
-    def _learn_arrivals(self, models, journal, now, dry_run) -> dict[str, Arrival]:
+    def _learn_arrivals(self, models, journal, now, dry_run, records) -> dict[str, Arrival]:
         present = {m.name: m for m in models}
         self._bound = []
         for name, when in list(self.pending.items()):
@@ -173,6 +188,13 @@ class Reconciler:
                 self._bound.append((name, when))  # forgotten once the journal has it
             elif name != self._latest_name_here() and not dry_run:
                 del self.pending[name]  # gone again: nothing to order
+        # The published model's source keeps the arrival its record names, also when the
+        # journal was lost: found again by the file-time rule, a source with a future mtime
+        # would arrive "now" and overtake every model that arrived after it.
+        for model in models:
+            record = next((r for r in records if r.is_source(model)), None)
+            if record is not None and journal.lookup(model.name, _version(model)) is None:
+                journal.assign(model.name, _arrival_of(record), _version(model))
         # Files found in one look are ordered among themselves by their file times.
         for model in sorted(models, key=lambda m: (m.mtime_ns, m.name)):
             journal.note_unseen(model.name, _version(model), now)
@@ -209,16 +231,21 @@ class Reconciler:
                             "broken")
             return Latest(None)
         if self.record is not None and self.record.describes(st):
-            if self._record_unsaved and not dry_run:
-                self._save_record(self.record, outcome)  # the disk was full: try again
+            if (self._record_unsaved or self._record_file_changed()) and not dry_run:
+                # The disk was full, or another program wrote over the record: write ours.
+                self._save_record(self.record, outcome)
+            self._journal_latest(journal, self.record, st)
             return Latest(self.record)
-        stored = read_record(path)
+        stored = read_record(path, self._on_invalid(dry_run))
         if stored is not None and stored.describes(st):
             self.record = stored
+            self._record_file = _file_version(record_path(path))
+            self._journal_latest(journal, stored, st)
             return Latest(stored)
         # Someone else wrote it (Rasa's --fixed-model-name, a person, the original tool), or
         # our record was lost between the rename and its write: look at the file itself.
         version = version_of(st)
+        previous = journal.entries.get(LATEST_KEY)  # what the journal knew latest held
         if event is not None:
             arrival = journal.note_event(LATEST_KEY, event, version, now)
         else:
@@ -231,9 +258,10 @@ class Reconciler:
             outcome.recheck(now + max(self.settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
             return Latest(None, settled=False)
         if isinstance(result, BrokenArchive):
-            if not self._quiet(arrival, st.st_mtime_ns, now):
+            settled_at = self._foreign_latest_settled_at(arrival, st.st_mtime_ns, now)
+            if settled_at is not None:
                 # Another program is writing it in place: never publish over its model.
-                outcome.recheck(self._quiet_at(arrival, st.st_mtime_ns))
+                outcome.recheck(settled_at)
                 self._skip_once(outcome, identity, path,
                                 f"{result}; being written by another program, left alone",
                                 "changed")
@@ -241,25 +269,100 @@ class Reconciler:
             self._skip_once(outcome, identity, path,
                             f"not a whole archive ({result}); it will be replaced", "broken")
             return Latest(None)
+        unchanged = self._same_model_touched(stored, result, st, version, journal, outcome,
+                                             dry_run)
+        if unchanged is not None:
+            return Latest(unchanged)
         source = next((m for m in models if m.size == st.st_size
                        and _same_content(m.path, path)), None)
+        same_as_before = (source is None and previous is not None and previous.digest is not None
+                          and previous.digest == result.digest)
         if source is not None:
             arrival = arrivals[source.name]
+        elif same_as_before:
+            arrival = previous  # the record was lost, the bytes are the published ones
         record = adopt_record(source, result, st, arrival.at, arrival.seq)
         if not dry_run:
-            journal.assign(LATEST_KEY, arrival, version)
+            journal.assign(LATEST_KEY, arrival, version, result.digest)
             self._save_record(record, outcome)
-            self.log.info("adopted %s as published (%s)", path,
-                          f"its source is {source.path}" if source else "written by another "
-                          "program", extra={"event": "adopted", "fields": {"path": str(path)}})
+            how = (f"its source is {source.path}" if source else
+                   "the model published before" if same_as_before else
+                   "written by another program")
+            self.log.info("adopted %s as published (%s)", path, how,
+                          extra={"event": "adopted", "fields": {"path": str(path)}})
             self.record = record
         return Latest(record)
+
+    @staticmethod
+    def _journal_latest(journal: ArrivalJournal, record: PublishRecord, st) -> None:
+        """The journal keeps latest's arrival too (a rebuilt one lacks it): if the record is
+        lost later, latest is adopted with the arrival it had, not as news that would make
+        the models that arrived after it look older."""
+        if journal.lookup(LATEST_KEY, version_of(st)) is None:
+            journal.assign(LATEST_KEY, _arrival_of(record), version_of(st), record.digest)
+
+    def _foreign_latest_settled_at(self, arrival: Arrival, mtime_ns: int,
+                                   now: float) -> float | None:
+        """A latest that another program changed and that is not whole yet is left alone
+        until a close_write / moved_to came after its last change, or until it has been
+        unchanged for BROKEN_GRACE_PERIOD: a writer streaming into it (Rasa's
+        --fixed-model-name) may pause longer than THROTTLE_DELAY. Returns when to look
+        again, or None when it may be replaced now."""
+        if arrival.event_at is not None and mtime_ns / 1e9 <= arrival.event_at:
+            return None
+        grace = self.settings.broken_grace_s
+        by_mtime = now - mtime_ns / 1e9 if mtime_ns / 1e9 <= now else 0.0
+        unchanged = max(by_mtime, now - arrival.seen)
+        return None if unchanged >= grace else now + grace - unchanged
+
+    def _same_model_touched(self, stored, result: ArchiveInfo, st, version, journal,
+                            outcome, dry_run) -> PublishRecord | None:
+        """Latest's mtime (or inode, after a restore) changed but not its bytes: a touch, an
+        rsync or a backup restoring times. That is no arrival: latest still holds the model
+        the record names, with the arrival it had. Returns the record describing latest now,
+        or None when the bytes are not the recorded model's."""
+        known = next((r for r in (self.record, stored)
+                      if r is not None and r.digest and r.digest == result.digest
+                      and r.latest_size == st.st_size), None)
+        if known is None:
+            return None
+        record = known.describing(st)
+        if not dry_run:
+            journal.assign(LATEST_KEY, _arrival_of(known), version, known.digest)
+            self._save_record(record, outcome)
+            self.log.info("%s changed its file time, not its content: still the model "
+                          "published from %s", self.settings.latest_model_path,
+                          known.source or "another program",
+                          extra={"event": "latest_touched", "fields": {
+                              "path": str(self.settings.latest_model_path)}})
+            self.record = record
+        return record
+
+    def _record_file_changed(self) -> bool:
+        """Someone else wrote the record file since we did (one stat, no read): read it, so
+        an invalid one is set aside and reported, and ours is written again."""
+        path = record_path(self.settings.latest_model_path)
+        if self._record_file is None or _file_version(path) == self._record_file:
+            return False
+        stored = read_record(self.settings.latest_model_path, self._on_invalid(False))
+        if stored == self.record:
+            self._record_file = _file_version(path)
+            return False
+        return True
+
+    def _on_invalid(self, dry_run: bool):
+        """What to do with a state file that is not valid: set it aside and rebuild (a dry
+        run changes nothing: it only says so)."""
+        if dry_run:
+            return lambda path, problem: report_invalid(path, problem, self.log)
+        return lambda path, problem: set_aside(path, problem, self.log)
 
     def _save_record(self, record: PublishRecord, outcome: Outcome) -> None:
         """The record is a cache of what latest holds: a failure to write it (a full disk)
         is reported, and the next reconcile finds latest's source by its content."""
         try:
             write_record(self.settings.latest_model_path, record)
+            self._record_file = _file_version(record_path(self.settings.latest_model_path))
             self._record_unsaved = False
             self._clear_reported("record")
         except OSError as error:
@@ -398,9 +501,9 @@ class Reconciler:
             published_at=published.started, latest_size=latest.st_size,
             latest_mtime_ns=latest.st_mtime_ns, latest_inode=latest.st_ino,
             duration_s=published.duration_s, model_id=published.info.model_id,
-            trained_at=published.info.trained_at)
+            trained_at=published.info.trained_at, digest=published.info.digest)
         self.record = record  # known in memory whatever happens to the record file
-        journal.assign(LATEST_KEY, arrival, version_of(latest))
+        journal.assign(LATEST_KEY, arrival, version_of(latest), published.info.digest)
         self._save_record(record, outcome)
         model_id = f", model_id {record.model_id}" if record.model_id else ""
         warning = f"; {published.warning}" if published.warning else ""
@@ -498,7 +601,7 @@ class Reconciler:
             return
         self.record = record.describing(changed)
         journal.assign(LATEST_KEY, journal.entries.get(LATEST_KEY) or _arrival_of(record),
-                       version_of(changed))
+                       version_of(changed), record.digest)
         self._save_record(self.record, outcome)
 
     # -- helpers --------------------------------------------------------------------------
@@ -548,6 +651,13 @@ class Reconciler:
         outcome.actions.append(action)
         self.log.log(level, "%s", action, extra={"event": action.kind, "fields": {
             "path": str(action.path), "detail": action.detail, "reason": action.reason}})
+
+
+def _file_version(path: Path) -> tuple | None:
+    try:
+        return version_of(os.lstat(path))
+    except OSError:
+        return None
 
 
 def _version(model: ModelFile) -> tuple[int, int, int]:

@@ -16,6 +16,12 @@ from worker.settings import Settings
 
 # After a reconcile failed (folder gone, disk full, permissions), try again this soon.
 RETRY_AFTER_FAILURE_S = 5.0
+# A timer found this late ran out while the process was stopped (SIGSTOP, a cgroup freeze,
+# `docker pause`, a debugger): the reader has gone on seeing arrivals meanwhile, and what it
+# journals and sends takes a moment to come in. Wait for it (THROTTLE_DELAY, at least
+# LATE_WAIT_S) before deciding anything.
+LATE_TIMER_S = 1.0
+LATE_WAIT_S = 1.0
 
 
 class Rotator:
@@ -157,6 +163,9 @@ class Rotator:
                 now = time.monotonic()
                 timers = (self.recheck_at, self.rescan_at)
                 if self.debounce.due(now) or any(t is not None and now >= t for t in timers):
+                    if self.woke_late(now):
+                        continue
+                    self.take_in_queued()  # whatever woke us: everything sent, then decide
                     self.reconcile()
         finally:
             self.server.close()
@@ -176,6 +185,30 @@ class Rotator:
                 message = self.server.queue.get_nowait()
             except queue.Empty:
                 return
+
+    def woke_late(self, now: float) -> bool:
+        """True (and the decision postponed) when the earliest deadline passed long ago: we
+        were stopped, and the news of the stop is still on its way."""
+        deadlines = [d for d in (self.debounce.deadline, self.recheck_at, self.rescan_at)
+                     if d is not None]
+        if not deadlines or now - min(deadlines) < LATE_TIMER_S:
+            return False
+        wait = max(self.settings.throttle_delay_s, LATE_WAIT_S)
+        self.log.info("woke %.1f s after a timer ran out (the process was stopped): waiting "
+                      "%.1f s for the news of meanwhile", now - min(deadlines), wait)
+        # One timer, at the end of the wait; news coming in meanwhile debounces as usual.
+        self.debounce.clear()
+        self.rescan_at = None  # set again by the reconcile
+        self.recheck_at = now + wait
+        return True
+
+    def take_in_queued(self) -> None:
+        while True:
+            try:
+                message = self.server.queue.get_nowait()
+            except queue.Empty:
+                return
+            self.receive(message)
 
     def receive(self, message) -> None:
         """One message from the queue. Anyone holding the key can put anything there: a

@@ -138,7 +138,10 @@ def published_model(settings: Settings) -> dict | None:
         return None
     info = {"path": str(latest), "size": latest_stat.st_size,
             "mtime": _iso(latest_stat.st_mtime)}
-    record = read_record(latest)
+    def invalid(path, problem) -> None:  # the rotator sets it aside; `status` only says so
+        info["record_problem"] = f"{path.name} is not a valid state file ({problem})"
+
+    record = read_record(latest, invalid)
     try:
         described = record is not None and record.describes(latest_stat)
     except (TypeError, ValueError):  # a record whose fields have the wrong types
@@ -244,7 +247,7 @@ def render(report: dict) -> str:
         lines.append(f"published: {published['path']} ({published['size']} bytes, "
                      f"mtime {published['mtime']})")
         for key in ("source", "source_mtime", "model_id", "trained_at", "published_at",
-                    "publish_duration_s"):
+                    "publish_duration_s", "record_problem"):
             if published.get(key) is not None:
                 lines.append(f"  {key}: {published[key]}")
     for entry in report.get("not_published", []):

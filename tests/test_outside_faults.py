@@ -1,0 +1,440 @@
+"""Everyday faults found from outside the process (issue 16, and issue 17 item 4), one plain
+regression test per case.
+
+Where the fault is the process tree's (a SIGSTOP, a kill -9, a writer streaming into latest),
+the test starts `python -m worker` as a user does and uses real signals and real files; where
+it is plain logic over a folder (a touch of latest, a lost or hostile state file, a clock that
+ran ahead), it drives the real Reconciler on a temporary folder. Each test waits for a
+condition with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    content_of,
+    model_bytes,
+    model_files,
+    set_mtime,
+    tool_environment,
+    wait_for,
+    write_model,
+)
+from worker.arrivals import journal_path
+from worker.folder import read_record, record_path
+from worker.reconcile import Reconciler
+from worker.settings import read_settings
+
+DAY = 86_400.0
+HOUR = 3600.0
+
+
+def make_settings(tmp_path: Path, **overrides):
+    env = {"TARGET_DIR": str(tmp_path / "models"), "RUN_DIR": str(tmp_path / "run"),
+           "THROTTLE_DELAY": "300"}
+    env.update(overrides)
+    settings = read_settings(env)
+    settings.target_dir.mkdir(exist_ok=True)
+    return settings
+
+
+def put_model(folder: Path, name: str, mtime: float | None = None) -> bytes:
+    data = model_bytes(20_000, model_id=name)
+    path = folder / name
+    path.write_bytes(data)
+    if mtime is not None:
+        set_mtime(path, mtime)
+    return data
+
+
+def move_in(tmp_path: Path, folder: Path, name: str, age_s: float) -> bytes:
+    """A rollback: an old model (mtime `age_s` ago) renamed into the folder (moved_to)."""
+    staging = tmp_path / "staging"
+    staging.mkdir(exist_ok=True)
+    data = put_model(staging, name, time.time() - age_s)
+    os.rename(staging / name, folder / name)
+    return data
+
+
+class LatestHistory(threading.Thread):
+    """Reads latest.tar.gz every few milliseconds and keeps each content it held, in order,
+    so a test sees a flip back to an older model even if it lasts a few hundred ms."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.held: list[bytes] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            data = content_of(self.path)
+            if data is not None and (not self.held or self.held[-1] != data):
+                self.held.append(data)
+            time.sleep(0.005)
+
+    def stop(self) -> list[bytes]:
+        self.stopping.set()
+        self.join(10)
+        return self.held
+
+
+def latest_is(folder: Path, data: bytes, timeout: float = 60) -> None:
+    wait_for(lambda: content_of(folder / "latest.tar.gz") == data, timeout,
+             message="latest.tar.gz to hold the expected model")
+
+
+# -- 1. a touch of latest is no arrival ----------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_a_touch_of_latest_never_makes_a_newer_model_look_older(tmp_path, mode, caplog):
+    """Publish A, B arrives, latest is touched 0.2 s later (a touch, rsync or a backup
+    restoring times changes no byte): B is published, never deleted as older."""
+    caplog.set_level(logging.INFO)
+    settings = make_settings(tmp_path, PUBLISH_MODE=mode)
+    folder = settings.target_dir
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    a = put_model(folder, "a.tar.gz", clock[0] - 10)
+    reconciler.note_arrival("a.tar.gz", clock[0] - 10)
+    reconciler.reconcile()
+    assert content_of(settings.latest_model_path) == a
+    if mode == "copy":
+        (folder / "a.tar.gz").unlink()  # the source is gone: latest is known by itself
+        reconciler.reconcile()
+    clock[0] += 5
+    b = put_model(folder, "b.tar.gz", clock[0])
+    reconciler.note_arrival("b.tar.gz", clock[0])
+    set_mtime(settings.latest_model_path, clock[0] + 0.2)
+    clock[0] += 1
+    reconciler.reconcile()
+    assert content_of(settings.latest_model_path) == b
+    assert "written by another program" not in caplog.text
+    assert "b.tar.gz: older" not in caplog.text
+
+
+def test_a_touch_of_latest_seen_by_a_restarted_rotator_is_no_arrival(tmp_path, caplog):
+    """The same with a new process: only the record (its digest) says what latest holds."""
+    caplog.set_level(logging.INFO)
+    settings = make_settings(tmp_path, PUBLISH_MODE="move")
+    folder = settings.target_dir
+    a = put_model(folder, "a.tar.gz", time.time() - 100)
+    Reconciler(settings).reconcile()
+    assert content_of(settings.latest_model_path) == a
+    b = put_model(folder, "b.tar.gz", time.time() - 50)
+    os.utime(settings.latest_model_path)  # touch: now, later than b's time
+    Reconciler(settings).reconcile()
+    assert content_of(settings.latest_model_path) == b
+    assert "written by another program" not in caplog.text
+
+
+def test_a_touch_with_the_touch_command_from_outside(start_tool, models):
+    tool = start_tool(PUBLISH_MODE="move")
+    tool.ready()
+    a = put_model(models, "a.tar.gz")
+    latest_is(models, a)
+    lines = tool.line_count()
+    b = put_model(models, "b.tar.gz")
+    time.sleep(0.2)
+    subprocess.run(["touch", str(models / "latest.tar.gz")], check=True)
+    latest_is(models, b)
+    assert "written by another program" not in "\n".join(tool.lines[lines:])
+
+
+# -- 2. a stopped rotator takes in what the reader saw before it decides -------------------
+
+def test_a_stopped_rotator_keeps_a_rollback_that_arrived_while_it_was_stopped(
+        start_tool, tmp_path, models):
+    """SIGSTOP (docker pause, a cgroup freeze, a debugger); B arrives, then a rollback R
+    (mtime an hour ago) is moved in; the rescan timer (2 s) runs out during the stop. At
+    SIGCONT the rotator must take in the reader's news first: R is the last arrival."""
+    tool = start_tool(RESCAN_INTERVAL="2")
+    tool.ready()
+    a = put_model(models, "a.tar.gz")
+    latest_is(models, a)
+    history = LatestHistory(models / "latest.tar.gz")
+    history.start()
+    rotator = tool.program_pid("rotator")
+    os.kill(rotator, signal.SIGSTOP)
+    try:
+        b = put_model(models, "b.tar.gz")
+        time.sleep(0.3)
+        r = move_in(tmp_path, models, "r.tar.gz", HOUR)
+        time.sleep(4)  # the rescan timer runs out while the rotator is stopped
+    finally:
+        os.kill(rotator, signal.SIGCONT)
+    latest_is(models, r)
+    time.sleep(3)  # quiet again (and a rescan later): still R, never back to B
+    held = history.stop()
+    assert content_of(models / "latest.tar.gz") == r
+    assert (models / "r.tar.gz").exists()
+    assert b not in held, "latest held B (an arrival older than R) on the way"
+
+
+# -- 3. a rotator killed -9 loses nothing the reader saw -----------------------------------
+
+def test_a_rotator_killed_within_throttle_delay_keeps_a_rollback(start_tool, tmp_path, models):
+    """Publish A; B arrives; 0.2 s later R (mtime an hour ago) is moved in; 0.2 s later the
+    rotator is killed -9 (the OOM killer), before its debounce ran out. The restarted
+    rotator publishes R: the arrivals were durable before they were handed over."""
+    tool = start_tool(THROTTLE_DELAY="2000", KEEP_PREVIOUS="1")
+    tool.ready()
+    a = put_model(models, "a.tar.gz")
+    latest_is(models, a)
+    history = LatestHistory(models / "latest.tar.gz")
+    history.start()
+    rotator = tool.program_pid("rotator")
+    b = put_model(models, "b.tar.gz")
+    time.sleep(0.2)
+    r = move_in(tmp_path, models, "r.tar.gz", HOUR)
+    time.sleep(0.2)
+    os.kill(rotator, signal.SIGKILL)
+    latest_is(models, r)
+    # Today's code showed R for a moment, then went back to B and deleted R: look again
+    # once the restarted rotator has taken in the reader's reconnection and gone quiet.
+    tool.wait_for_line("rescan requested: reader reconnected", 60)
+    time.sleep(4)
+    held = history.stop()
+    assert content_of(models / "latest.tar.gz") == r
+    assert b not in held, "latest held B (an arrival older than R) on the way"
+    # KEEP_PREVIOUS=1 keeps the arrival before R (B), not the older A.
+    assert model_files(models) == ["b.tar.gz", "latest.tar.gz", "r.tar.gz"]
+
+
+# -- 4. a lost journal after a clock that ran ahead ----------------------------------------
+
+@pytest.mark.parametrize("journal", ["deleted", "garbage"])
+def test_a_lost_journal_after_a_clock_that_ran_ahead_deletes_no_new_model(tmp_path, journal):
+    """A was published while the clock ran a day ahead (record and journal say so); the clock
+    is corrected and the journal is lost: a new model B must still be published."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+
+    def ahead():
+        return time.time() + DAY
+
+    a = put_model(folder, "a.tar.gz", time.time() - 60)
+    early = Reconciler(settings, clock=ahead)
+    early.note_arrival("a.tar.gz", ahead())
+    early.reconcile()
+    assert content_of(settings.latest_model_path) == a
+    if journal == "deleted":
+        journal_path(settings.latest_model_path).unlink()
+    else:
+        journal_path(settings.latest_model_path).write_bytes(b"\x00garbage{")
+    restarted = Reconciler(settings)
+    restarted.reconcile()
+    b = put_model(folder, "b.tar.gz")
+    restarted.note_arrival("b.tar.gz", time.time())
+    restarted.reconcile()
+    assert content_of(settings.latest_model_path) == b
+    assert (folder / "b.tar.gz").exists()
+
+
+def test_a_record_whose_arrival_is_nan_is_no_time(tmp_path):
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    put_model(folder, "a.tar.gz", time.time() - 60)
+    Reconciler(settings).reconcile()
+    path = record_path(settings.latest_model_path)
+    data = json.loads(path.read_text())
+    data["arrived_at"] = math.nan
+    path.write_text(json.dumps(data))  # Python writes NaN, as a hostile writer may
+    restarted = Reconciler(settings)
+    restarted.reconcile()
+    b = put_model(folder, "b.tar.gz")
+    restarted.note_arrival("b.tar.gz", time.time())
+    restarted.reconcile()
+    assert content_of(settings.latest_model_path) == b
+    assert (folder / "b.tar.gz").exists()
+
+
+# -- 5. hostile state files ------------------------------------------------------------------
+
+def _valid_journal_with(**changes) -> bytes:
+    entry = {"at": 1.0, "seq": 1, "seen": 1.0, "ino": 1, "size": 1, "mtime_ns": 1,
+             "event_at": None}
+    data = {"version": 1, "seq": 1, "high_water": 1.0, "scanned_at": None,
+            "files": {"x.tar.gz": entry}}
+    for key, value in changes.items():
+        if key.startswith("entry_"):
+            entry[key[len("entry_"):]] = value
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+HOSTILE_JOURNALS = {
+    "deep": b"[" * 200_000,
+    "seq-infinity": _valid_journal_with().replace(b'"seq": 1,', b'"seq": Infinity,', 1),
+    "seq-401-digits": _valid_journal_with().replace(b'"seq": 1,', b'"seq": ' + b"9" * 401
+                                                    + b",", 1),
+    "at-soon": _valid_journal_with(entry_at="soon"),
+    "entry-not-a-dict": _valid_journal_with(files={"x.tar.gz": [1, 2, 3]}),
+    "files-a-list": _valid_journal_with(files=[1]),
+    "high-water-nan": _valid_journal_with().replace(b'"high_water": 1.0', b'"high_water": NaN'),
+    "not-an-object": b"[]",
+    "too-large": b" " * (9 * 1024 * 1024),
+}
+
+
+def _record_with(**changes) -> bytes:
+    """A record as the tool writes it, with fields changed."""
+    data = {"source": "a.tar.gz", "source_size": 1, "source_mtime_ns": 1, "source_inode": 1,
+            "arrived_at": 1.0, "published_at": 1.0, "latest_size": 1, "latest_mtime_ns": 1,
+            "latest_inode": 1, "duration_s": 0.0, "model_id": None, "trained_at": None,
+            "arrival_seq": 1}
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+HOSTILE_RECORDS = {
+    "deep": b"[" * 200_000,
+    "seq-infinity": _record_with().replace(b'"arrival_seq": 1', b'"arrival_seq": Infinity'),
+    "seq-401-digits": _record_with().replace(b'"arrival_seq": 1',
+                                                 b'"arrival_seq": ' + b"9" * 401),
+    "arrived-soon": _record_with(arrived_at="soon"),
+    "size-a-list": _record_with(latest_size=[1]),
+    "source-a-path": _record_with(source="../etc/passwd"),
+    "not-an-object": b'"a"',
+}
+
+
+def _assert_set_aside_and_published(settings, path: Path, model: bytes, caplog) -> None:
+    assert content_of(settings.latest_model_path) == model
+    assert path.with_name(path.name + ".rejected").exists()
+    warnings = [r for r in caplog.records
+                if r.levelno == logging.WARNING and "not a valid state file" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert path.name in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_JOURNALS))
+def test_a_hostile_journal_is_set_aside_and_rebuilt(tmp_path, kind, caplog):
+    caplog.set_level(logging.INFO)
+    settings = make_settings(tmp_path)
+    path = journal_path(settings.latest_model_path)
+    path.write_bytes(HOSTILE_JOURNALS[kind])
+    a = put_model(settings.target_dir, "a.tar.gz", time.time() - 60)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    reconciler.reconcile()  # once set aside, not reported again
+    _assert_set_aside_and_published(settings, path, a, caplog)
+    assert json.loads(path.read_bytes())["version"] == 1  # rebuilt
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_RECORDS))
+def test_a_hostile_record_is_set_aside_and_rebuilt(tmp_path, kind, caplog):
+    caplog.set_level(logging.INFO)
+    settings = make_settings(tmp_path)
+    path = record_path(settings.latest_model_path)
+    path.write_bytes(HOSTILE_RECORDS[kind])
+    a = put_model(settings.target_dir, "a.tar.gz", time.time() - 60)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    reconciler.reconcile()
+    _assert_set_aside_and_published(settings, path, a, caplog)
+    assert read_record(settings.latest_model_path).source == "a.tar.gz"  # rebuilt
+
+
+def _run_worker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", *args], cwd=tmp_path,
+                          env=tool_environment(tmp_path, TARGET_DIR=str(tmp_path / "models")),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", [("once",), ("once", "--dry-run"), ("status",)])
+def test_hostile_state_files_end_no_command_in_a_traceback(tmp_path, models, command):
+    latest = models / "latest.tar.gz"
+    a = put_model(models, "a.tar.gz", time.time() - 60)
+    latest.write_bytes(a)  # so that `status` reads the record
+    journal_path(latest).write_bytes(HOSTILE_JOURNALS["seq-infinity"])
+    record_path(latest).write_bytes(HOSTILE_RECORDS["deep"])
+    result = _run_worker(tmp_path, *command)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert "not a valid state file" in output
+    if command[0] == "once":
+        assert result.returncode == 0, output
+        assert "not a valid state file" in output
+        rejected = [p.name for p in models.iterdir() if p.name.endswith(".rejected")]
+        assert bool(rejected) == (command == ("once",)), rejected  # a dry run changes nothing
+
+
+def test_the_rotator_starts_over_hostile_state_files(start_tool, models):
+    """Today's failure: the rotator died at every start, the guard stopped supervisord."""
+    latest = models / "latest.tar.gz"
+    journal_path(latest).write_bytes(HOSTILE_JOURNALS["seq-infinity"])
+    record_path(latest).write_bytes(HOSTILE_RECORDS["deep"])
+    tool = start_tool()
+    tool.ready()
+    a = put_model(models, "a.tar.gz")
+    latest_is(models, a)
+    assert tool.output.count("not a valid state file") == 2, tool.output
+    assert tool.process.poll() is None
+
+
+# -- 7. a writer streaming into latest itself (issue 17 item 4) ----------------------------
+
+def test_a_writer_streaming_into_latest_with_pauses_is_never_replaced(start_tool, models):
+    """Rasa's --fixed-model-name latest: the same inode truncated and rewritten, here with
+    pauses (0.5 s) longer than THROTTLE_DELAY (300 ms). Nothing is published over it until
+    its close_write: no byte lost, latest never replaced mid-write."""
+    tool = start_tool(THROTTLE_DELAY="300")
+    tool.ready()
+    a = put_model(models, "a.tar.gz")
+    latest_is(models, a)
+    latest = models / "latest.tar.gz"
+    replaced = []
+    writing = threading.Event()
+    writing.set()
+
+    def watch(inode: int) -> None:
+        while writing.is_set():
+            try:
+                if os.stat(latest).st_ino != inode:
+                    replaced.append(time.monotonic())
+                    return
+            except FileNotFoundError:
+                replaced.append(time.monotonic())
+                return
+            time.sleep(0.02)
+
+    with open(latest, "w+b") as raw:  # O_TRUNC: the same inode, as Rasa opens it
+        watcher = threading.Thread(target=watch, args=(os.fstat(raw.fileno()).st_ino,),
+                                   daemon=True)
+        watcher.start()
+        write_model(raw, 600_000, model_id="streamed", chunks=6, chunk_pause_s=0.5)
+        raw.flush()
+        writing.clear()
+        watcher.join(5)
+        raw.seek(0)
+        written = raw.read()
+    assert replaced == [], "latest.tar.gz was replaced while its writer was writing it"
+    time.sleep(1)  # the close_write is taken in; latest stays the writer's model
+    latest_is(models, written)
+
+
+def test_a_temp_file_of_a_process_killed_mid_write_is_removed_at_the_next_reconcile(tmp_path):
+    """The reader now writes the journal at every arrival (through a temp file and a rename,
+    under the folder lock): a reader killed -9 inside that write leaves the temp file, and
+    the next reconcile, holding the lock, removes it (not only a rotator's restart)."""
+    settings = make_settings(tmp_path)
+    leftover = settings.target_dir / ".latest.tar.gz.tmp-0badf00d"
+    leftover.write_bytes(b'{"version": 1, "se')
+    a = put_model(settings.target_dir, "a.tar.gz", time.time() - 60)
+    Reconciler(settings).reconcile()
+    assert not leftover.exists()
+    assert content_of(settings.latest_model_path) == a
