@@ -703,3 +703,23 @@ def test_healthz_answers_while_every_place_is_taken(program):
         for sock in idle:
             sock.close()
     assert server.process.poll() is None, server.output
+
+
+def test_a_reconcile_holding_the_folder_lock_never_stalls_the_server(start_tool, models):
+    """What a replica loaded is written under the folder lock, which a reconcile holds
+    through a whole copy (minutes for a large model): the answers and /healthz go on, and the
+    load is recorded once the lock is free."""
+    from worker.folder import folder_lock
+    from worker.loadable import LoadableBook
+
+    tool, port = start_server(start_tool)
+    replica = Client(port)
+    publish(models, "20261126-101010-brave-fox.tar.gz", "fox")
+    etag = replica.request(etag=uuid.uuid4().hex)[1]["ETag"]
+    with folder_lock(models / "latest.tar.gz"):
+        assert replica.request(etag=etag, timeout=20)[0] == 304  # it loaded it
+        assert Client(port).request(path="/healthz", timeout=20)[:1] == (200,)
+    wait_for(lambda: LoadableBook.load(models / "latest.tar.gz").loaded is not None, 30,
+             message="the load recorded once the lock was free")
+    assert LoadableBook.load(models / "latest.tar.gz").loaded.name == \
+        "20261126-101010-brave-fox.tar.gz"
