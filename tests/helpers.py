@@ -159,7 +159,7 @@ class RunningTool(CollectedOutput):
         with self._lock:
             return len(self.lines)
 
-    def ready(self, timeout: float = 30.0) -> None:
+    def ready(self, timeout: float = 60.0) -> None:
         """Both programs RUNNING and the reader connected to the rotator."""
         self.wait_for_line("success: reader entered RUNNING", timeout)
         self.wait_for_line("success: rotator entered RUNNING", timeout)
