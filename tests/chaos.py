@@ -68,7 +68,7 @@ RESCAN_INTERVAL_S = 2
 POLL_S = 0.03
 # Events the reader had read (or the kernel still queued) when it died are gone with it: an
 # arrival this close before a reader's death is not certain.
-IN_FLIGHT_S = 1.5
+IN_FLIGHT_S = 1.0
 # Deletions are judged this long after they are seen, once the tool's log has caught up.
 JUDGE_AFTER_S = 3.0
 HEALTHY_WITHIN_S = 120.0
@@ -599,7 +599,9 @@ class Chaos:
 
     # -- writers -------------------------------------------------------------------------
 
-    def writer(self, kind: str, rng: random.Random, step: int, background: bool = True):
+    def writer(self, kind: str, rng: random.Random, step: int, background: bool = True,
+               avoid: str | None = None):
+        """One writer; a rollback brings back a model other than latest's and `avoid`."""
         name = f"{kind.replace('_', '-')}-{self.seed}-{step:04d}.tar.gz"
         if kind in ("stream", "truncated", "rewrite"):
             data, _ = self.new_model(rng, f"{kind}#{step}")
@@ -630,7 +632,9 @@ class Chaos:
             pick, by_mv, same_name = rng.random(), rng.random() < 0.3, rng.random() < 0.3
             with self.oracle.lock:
                 current = self.oracle.latest
-            older = [d for d in self.order if d != current]
+            with self.oracle.lock:
+                arrived = {m.digest for m in self.oracle.marks if m.kind == "arrival"}
+            older = [d for d in self.order if d in arrived and d not in (current, avoid)]
             if not older:
                 self.note("rollback: no older model yet")
                 return
@@ -858,7 +862,8 @@ class Chaos:
             if self.stop_rotator():
                 started = time.monotonic()
                 self.writer("rename_in", rng, step * 10, background=False)
-                self.writer("rollback", rng, step * 10 + 1, background=False)
+                self.writer("rollback", rng, step * 10 + 1, background=False,
+                            avoid=self.order[-1])
                 time.sleep(max(0.0, RESCAN_INTERVAL_S + extra - (time.monotonic() - started)))
                 self.cont_rotator()
                 self.note("  SIGCONT rotator")
@@ -866,7 +871,8 @@ class Chaos:
             self.note("fault a new model; 0.2 s later a rollback; 0.2 s later kill -9 rotator")
             self.writer("rename_in", rng, step * 10, background=False)
             time.sleep(0.2)
-            self.writer("rollback", rng, step * 10 + 1, background=False)
+            self.writer("rollback", rng, step * 10 + 1, background=False,
+                        avoid=self.order[-1])
             time.sleep(0.2)
             self.kill("rotator")
         self.wait_healthy(f"after {kind}")
