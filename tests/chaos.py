@@ -565,23 +565,28 @@ class Chaos:
         with self.oracle.lock:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self.oracle.writing(name, os.fstat(fd).st_ino, time.time())
-        written, whole = 0, True
+        # A writer closes right after its last byte (a whole file left open for longer than
+        # THROTTLE_DELAY may be taken as it is): the last piece and the close are one step.
+        end = len(data) if stop_at is None else stop_at
+        pieces = [data[start:min(end, start + size)]
+                  for start, size in zip(range(0, end, chunks[0]), chunks, strict=False)]
+        last = pieces.pop() if stop_at is None else b""
+        whole = stop_at is None
         try:
-            for size, stall in zip(chunks, stalls, strict=True):
-                end = len(data) if stop_at is None else min(len(data), stop_at)
-                piece = data[written:min(end, written + size)]
-                if piece:
-                    os.write(fd, piece)
-                    written += len(piece)
+            for piece, stall in zip(pieces, stalls, strict=False):
+                _write_all(fd, piece)
                 if stall:
                     time.sleep(stall)
-            if written < len(data):
-                whole = False
         except OSError as error:
-            whole = False
+            whole, last = False, b""
             self.note(f"  write of {name} failed ({error.strerror}): left truncated")
         with self.oracle.lock:
             certain = self.reader_up()
+            try:
+                _write_all(fd, last)
+            except OSError as error:
+                whole = False
+                self.note(f"  write of {name} failed ({error.strerror}): left truncated")
             inode = os.fstat(fd).st_ino
             os.close(fd)
             now = time.time()
@@ -984,6 +989,12 @@ class Chaos:
         lines.append("tool output (last 80 lines):")
         lines += [f"  | {line}" for line in output[-80:]]
         return "\n".join(lines)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 # -- running seeds ------------------------------------------------------------------------
