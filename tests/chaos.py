@@ -434,6 +434,7 @@ class Chaos:
         self.reader_down_at_watch: int | None = 0  # watching count to wait past; None: up
         self.last_kill = 0.0
         self.stopped_pid: int | None = None
+        self.faults: tuple[str, ...] = ()
         self._stop = threading.Event()
         self.tool = Tool(base, self.env)
         self.poller = threading.Thread(target=self._poll, daemon=True)
@@ -929,10 +930,12 @@ class Chaos:
 
     # -- the run -------------------------------------------------------------------------
 
-    def run(self, steps: int, seconds: float) -> int:
+    def run(self, steps: int, seconds: float, faults: tuple[str, ...] = ()) -> int:
+        """`faults`: only these kinds of fault (default: all); writers always."""
+        self.faults = faults
         weights = dict(WRITERS)
-        weights.update({k: v for k, v in FAULTS.items()
-                        if k != "full_disk" or self.fs == "tmpfs"})
+        weights.update({k: v for k, v in FAULTS.items() if (k in faults or not faults)
+                        and (k != "full_disk" or self.fs == "tmpfs")})
         kinds, chances = list(weights), list(weights.values())
         self.note(f"seed {self.seed}: PUBLISH_MODE={self.mode}, models on {self.fs}, "
                   f"THROTTLE_DELAY={THROTTLE_DELAY_MS} ms, RESCAN_INTERVAL={RESCAN_INTERVAL_S} s")
@@ -976,8 +979,9 @@ class Chaos:
                  f"{steps_done} steps (PUBLISH_MODE={self.mode}, models on {self.fs})"]
         if not oracle.violations:
             return lines[0]
+        only = f" --faults {','.join(self.faults)}" if self.faults else ""
         lines.append(f"replay: .venv/bin/python -m tests.chaos --seed {self.seed} --steps "
-                     f"{steps_done}")
+                     f"{steps_done} --mode {self.mode} --fs {self.fs}{only}")
         output = self.tool.output()
         for violation in oracle.violations:
             lines.append(f"VIOLATION at {violation.at - self.started:.3f}s "
@@ -1005,7 +1009,8 @@ def seed_settings(seed: int) -> tuple[str, str]:
     return rng.choice(("copy", "move")), rng.choice(("tmpfs", "disk"))
 
 
-def run_inside(seed: int, steps: int, seconds: float, mode: str, fs: str) -> dict:
+def run_inside(seed: int, steps: int, seconds: float, mode: str, fs: str,
+               faults: tuple[str, ...] = ()) -> dict:
     """One seed, in this process's own mount namespace (see main)."""
     base = Path(tempfile.mkdtemp(prefix="chaos-", dir="/tmp"))
     tmpfs = base / "tmpfs"
@@ -1017,7 +1022,7 @@ def run_inside(seed: int, steps: int, seconds: float, mode: str, fs: str) -> dic
     home, elsewhere = (tmpfs, disk) if fs == "tmpfs" else (disk, tmpfs)
     try:
         chaos = Chaos(seed, base, home, elsewhere, mode, fs)
-        done = chaos.run(steps, seconds)
+        done = chaos.run(steps, seconds, faults)
         print(chaos.report(done), flush=True)
         return {"seed": seed, "mode": mode, "fs": fs, "steps": done,
                 "counts": dict(chaos.counts), "transitions": chaos.oracle.transitions,
@@ -1048,14 +1053,21 @@ def main(argv: list[str] | None = None) -> int:
                         "from the seed)")
     parser.add_argument("--fs", choices=("tmpfs", "disk"), help="where the models folder "
                         "lives (default: from the seed)")
+    parser.add_argument("--faults", help="only these faults, comma-separated (default: all): "
+                        + ", ".join(FAULTS))
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds or "1")
+    faults = tuple(f for f in (args.faults or "").split(",") if f)
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        parser.error(f"--faults: unknown {unknown}; allowed: {', '.join(FAULTS)}")
     seconds = args.minutes * 60 / len(seeds) if args.minutes else 24 * 3600.0
     steps = args.steps or (10**9 if args.minutes else 40)
     if args.inside:
         mode, fs = seed_settings(seeds[0])
-        result = run_inside(seeds[0], steps, seconds, args.mode or mode, args.fs or fs)
+        result = run_inside(seeds[0], steps, seconds, args.mode or mode, args.fs or fs,
+                            faults)
         print("CHAOS-RESULT " + json.dumps(result), flush=True)
         return 1 if result["violations"] else 0
     if os.geteuid() != 0:
@@ -1068,7 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
                    "-m", "tests.chaos", "--inside", "--seed", str(seed), "--steps", str(steps)]
         if args.minutes:
             command += ["--minutes", str(seconds / 60)]
-        for option in ("mode", "fs"):
+        for option in ("mode", "fs", "faults"):
             if getattr(args, option):
                 command += [f"--{option}", getattr(args, option)]
         child = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
