@@ -976,7 +976,8 @@ class Chaos:
     def report(self, steps_done: int) -> str:
         oracle = self.oracle
         lines = [f"CHAOS seed {self.seed}: {len(oracle.violations)} violation(s) in "
-                 f"{steps_done} steps (PUBLISH_MODE={self.mode}, models on {self.fs})"]
+                 f"{steps_done} steps, {time.time() - self.started:.0f} s (PUBLISH_MODE="
+                 f"{self.mode}, models on {self.fs})"]
         if not oracle.violations:
             return lines[0]
         only = f" --faults {','.join(self.faults)}" if self.faults else ""
@@ -1025,6 +1026,7 @@ def run_inside(seed: int, steps: int, seconds: float, mode: str, fs: str,
         done = chaos.run(steps, seconds, faults)
         print(chaos.report(done), flush=True)
         return {"seed": seed, "mode": mode, "fs": fs, "steps": done,
+                "seconds": round(time.time() - chaos.started, 1),
                 "counts": dict(chaos.counts), "transitions": chaos.oracle.transitions,
                 "arrivals": sum(1 for m in chaos.oracle.marks if m.kind == "arrival"),
                 "violations": [[v.kind, v.detail] for v in chaos.oracle.violations]}
@@ -1099,6 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
         total.update(result.get("counts", {}))
     failed = [r["seed"] for r in results if r["violations"]]
     print(f"CHAOS SUMMARY: {len(results)} seed(s), {sum(r['steps'] for r in results)} steps, "
+          f"{sum(r.get('seconds', 0) for r in results) / 60:.1f} min, "
           f"{sum(r.get('arrivals', 0) for r in results)} arrivals; "
           + ", ".join(f"{k} {v}" for k, v in sorted(total.items())), flush=True)
     for result in results:
