@@ -374,14 +374,12 @@ class Tool:
         return fresh
 
     def pid(self, program: str) -> int | None:
+        """The program's pid among supervisord's children, read in /proc: no command to
+        start first, so a kill lands when the step means it to."""
         try:
-            result = subprocess.run(
-                [sys.executable, "-m", "worker", "supervisorctl", "pid", program],
-                cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=30)
-        except subprocess.TimeoutExpired:
+            return self.current.program_pid(program)
+        except AssertionError:  # not running within 30 s
             return None
-        text = result.stdout.strip()
-        return int(text) if text.isdigit() and int(text) > 0 else None
 
     def healthy(self) -> tuple[bool, str]:
         try:
@@ -682,7 +680,7 @@ class Chaos:
 
     # -- faults --------------------------------------------------------------------------
 
-    def kill(self, program: str) -> None:
+    def kill(self, program: str, pid: int | None = None) -> None:
         self.last_kill = time.time()
         if program == "supervisord":
             process = self.tool.current.process
@@ -693,7 +691,7 @@ class Chaos:
             self.note("  supervisord killed; started again (as --restart always does)")
             self.tool.start()
             return
-        pid = self.tool.pid(program)
+        pid = pid or self.tool.pid(program)
         if pid is None:
             self.note(f"  kill -9 {program}: no pid (not running)")
             return
@@ -875,12 +873,13 @@ class Chaos:
                 self.note("  SIGCONT rotator")
         elif kind == "kill_rotator_after_rollback":
             self.note("fault a new model; 0.2 s later a rollback; 0.2 s later kill -9 rotator")
+            rotator = self.tool.pid("rotator")
             self.writer("rename_in", rng, step * 10, background=False)
             time.sleep(0.2)
             self.writer("rollback", rng, step * 10 + 1, background=False,
                         avoid=self.order[-1])
             time.sleep(0.2)
-            self.kill("rotator")
+            self.kill("rotator", rotator)
         self.wait_healthy(f"after {kind}")
 
     def delete_latest_source(self) -> None:
@@ -934,8 +933,11 @@ class Chaos:
         """`faults`: only these kinds of fault (default: all); writers always."""
         self.faults = faults
         weights = dict(WRITERS)
-        weights.update({k: v for k, v in FAULTS.items() if (k in faults or not faults)
-                        and (k != "full_disk" or self.fs == "tmpfs")})
+        chosen = {k: v for k, v in FAULTS.items() if (k in faults or not faults)
+                  and (k != "full_disk" or self.fs == "tmpfs")}
+        if faults:  # a few faults chosen: still about one step in three is a fault
+            chosen = {k: sum(WRITERS.values()) / 2 / len(chosen) for k in chosen}
+        weights.update(chosen)
         kinds, chances = list(weights), list(weights.values())
         self.note(f"seed {self.seed}: PUBLISH_MODE={self.mode}, models on {self.fs}, "
                   f"THROTTLE_DELAY={THROTTLE_DELAY_MS} ms, RESCAN_INTERVAL={RESCAN_INTERVAL_S} s")
