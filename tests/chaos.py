@@ -1068,6 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--faults: unknown {unknown}; allowed: {', '.join(FAULTS)}")
     seconds = args.minutes * 60 / len(seeds) if args.minutes else 24 * 3600.0
     steps = args.steps or (10**9 if args.minutes else 40)
+    # Interrupted (SIGTERM), a run still stops its tool and removes its folders.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     if args.inside:
         mode, fs = seed_settings(seeds[0])
         result = run_inside(seeds[0], steps, seconds, args.mode or mode, args.fs or fs,
@@ -1090,12 +1092,16 @@ def main(argv: list[str] | None = None) -> int:
         child = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
         result = None
-        for line in child.stdout:
-            if line.startswith("CHAOS-RESULT "):
-                result = json.loads(line[len("CHAOS-RESULT "):])
-            else:
-                print(line, end="", flush=True)
-        child.wait()
+        try:
+            for line in child.stdout:
+                if line.startswith("CHAOS-RESULT "):
+                    result = json.loads(line[len("CHAOS-RESULT "):])
+                else:
+                    print(line, end="", flush=True)
+        finally:
+            if child.poll() is None:
+                child.terminate()
+            child.wait()
         results.append(result or {"seed": seed, "steps": 0, "counts": {},
                                   "violations": [["driver", f"exit {child.returncode}"]]})
     total = Counter()
