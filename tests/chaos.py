@@ -727,8 +727,20 @@ class Chaos:
                                  f"{answer[-400:]}")
         return False
 
-    def stop_rotator(self) -> int | None:
-        pid = self.tool.pid("rotator")
+    def wait_converged(self, within: float = 10.0) -> None:
+        """Until latest holds the last arrival (a reconcile just ended), at most `within`."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with self.oracle.lock:
+                acceptable = self.oracle.acceptable_latest()
+                if acceptable is None or self.oracle.latest in acceptable:
+                    self.note("  published")
+                    return
+            time.sleep(POLL_S)
+        self.note(f"  not published within {within:.0f} s")
+
+    def stop_rotator(self, pid: int | None = None) -> int | None:
+        pid = pid or self.tool.pid("rotator")
         if pid is not None:
             os.kill(pid, signal.SIGSTOP)
             self.stopped_pid = pid
@@ -860,12 +872,25 @@ class Chaos:
                 time.sleep(0.2)
                 self.touch_latest(how)
         elif kind == "rollback_while_stopped":
-            extra = rng.uniform(0.3, 1.0)
-            self.note("fault SIGSTOP rotator; a new model, then a rollback; SIGCONT after "
+            extra = rng.uniform(0.1, 1.5)
+            # Stopped right after a publish, the rotator's RESCAN_INTERVAL timer runs out
+            # about `extra` before SIGCONT; stopped at a random moment, up to 2 s earlier.
+            after_publish = rng.random() < 0.5
+            settle = rng.uniform(0.0, 1.5)
+            gap = rng.choice((0.0, 0.05))
+            self.note("fault SIGSTOP rotator" + (f" {settle:.2f} s after a publish"
+                                                 if after_publish else "")
+                      + f"; a new model, then a rollback {gap} s later; SIGCONT after "
                       f"RESCAN_INTERVAL + {extra:.2f} s")
-            if self.stop_rotator():
+            rotator = self.tool.pid("rotator")
+            if after_publish:
+                self.writer("rename_in", rng, step * 10 + 2, background=False)
+                self.wait_converged()
+                time.sleep(settle)
+            if rotator and self.stop_rotator(rotator):
                 started = time.monotonic()
                 self.writer("rename_in", rng, step * 10, background=False)
+                time.sleep(gap)
                 self.writer("rollback", rng, step * 10 + 1, background=False,
                             avoid=self.order[-1])
                 time.sleep(max(0.0, RESCAN_INTERVAL_S + extra - (time.monotonic() - started)))
@@ -975,12 +1000,12 @@ class Chaos:
             self.tool.stop()
         return done
 
-    def report(self, steps_done: int) -> str:
+    def report(self, steps_done: int, full: bool = False) -> str:
         oracle = self.oracle
         lines = [f"CHAOS seed {self.seed}: {len(oracle.violations)} violation(s) in "
                  f"{steps_done} steps, {time.time() - self.started:.0f} s (PUBLISH_MODE="
                  f"{self.mode}, models on {self.fs})"]
-        if not oracle.violations:
+        if not oracle.violations and not full:
             return lines[0]
         only = f" --faults {','.join(self.faults)}" if self.faults else ""
         lines.append(f"replay: .venv/bin/python -m tests.chaos --seed {self.seed} --steps "
@@ -993,8 +1018,9 @@ class Chaos:
                 lines += [f"    | {line}" for line in output if name in line][-12:]
         lines.append("step log:")
         lines += [f"  {entry}" for entry in self.log]
-        lines.append("tool output (last 80 lines):")
-        lines += [f"  | {line}" for line in output[-80:]]
+        shown = output if full else output[-80:]
+        lines.append(f"tool output ({'all' if full else 'last 80'} lines):")
+        lines += [f"  | {line}" for line in shown]
         return "\n".join(lines)
 
 
@@ -1013,7 +1039,7 @@ def seed_settings(seed: int) -> tuple[str, str]:
 
 
 def run_inside(seed: int, steps: int, seconds: float, mode: str, fs: str,
-               faults: tuple[str, ...] = ()) -> dict:
+               faults: tuple[str, ...] = (), full: bool = False) -> dict:
     """One seed, in this process's own mount namespace (see main)."""
     base = Path(tempfile.mkdtemp(prefix="chaos-", dir="/tmp"))
     tmpfs = base / "tmpfs"
@@ -1026,7 +1052,7 @@ def run_inside(seed: int, steps: int, seconds: float, mode: str, fs: str,
     try:
         chaos = Chaos(seed, base, home, elsewhere, mode, fs)
         done = chaos.run(steps, seconds, faults)
-        print(chaos.report(done), flush=True)
+        print(chaos.report(done, full), flush=True)
         return {"seed": seed, "mode": mode, "fs": fs, "steps": done,
                 "seconds": round(time.time() - chaos.started, 1),
                 "counts": dict(chaos.counts), "transitions": chaos.oracle.transitions,
@@ -1059,6 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
                         "lives (default: from the seed)")
     parser.add_argument("--faults", help="only these faults, comma-separated (default: all): "
                         + ", ".join(FAULTS))
+    parser.add_argument("--log", action="store_true", help="print the step log and the "
+                        "tool's output also when no violation was found")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds or "1")
@@ -1073,7 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inside:
         mode, fs = seed_settings(seeds[0])
         result = run_inside(seeds[0], steps, seconds, args.mode or mode, args.fs or fs,
-                            faults)
+                            faults, args.log)
         print("CHAOS-RESULT " + json.dumps(result), flush=True)
         return 1 if result["violations"] else 0
     if os.geteuid() != 0:
@@ -1089,6 +1117,8 @@ def main(argv: list[str] | None = None) -> int:
         for option in ("mode", "fs", "faults"):
             if getattr(args, option):
                 command += [f"--{option}", getattr(args, option)]
+        if args.log:
+            command.append("--log")
         child = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
         result = None
