@@ -6,6 +6,8 @@ small tmpfs for the full-disk fault and for moves across file systems):
 
     .venv/bin/python -m tests.chaos --seed 7 --steps 40          # one seed, replayable
     .venv/bin/python -m tests.chaos --seeds 100-109 --minutes 60  # the long run
+    .venv/bin/python -m tests.chaos --seeds 1-3 --steps 15 --faults touch_latest_after_arrival
+    (--log prints the step log and the tool's output of a passing seed too)
 
 What is driven (each step's choices come from `random.Random(f"{seed}:{step}")`, so a seed's
 first N steps are the same whatever happened at run time):
@@ -29,7 +31,9 @@ newer); after quiet, latest is the last arrival and no temporary file is left; a
 fault, `python -m worker status` says healthy again.
 
 An ARRIVAL is the moment a whole model appears under its final name: the close of an in-place
-write (also `mv` across file systems), or the rename. Ordered by one counter taken under the
+write (also `mv` across file systems), or the rename. Our in-place writers close right after
+their last byte, as Rasa does: a whole file left open longer than THROTTLE_DELAY may be taken
+as it is (README), so its arrival would be ambiguous. Ordered by one counter taken under the
 lock that also orders the poller's looks, so our order is the kernel's order of the events.
 An arrival is CERTAIN when the reader was watching (its "watching" line came after its last
 start) and did not die within IN_FLIGHT_S after it; otherwise the README's file-time rule may
