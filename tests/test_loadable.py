@@ -87,7 +87,7 @@ def test_a_bad_refusal_memory_is_set_aside_never_fatal(settings):
         book = LoadableBook.load(settings.latest_model_path)
         assert book.refused == {} and book.loaded is None
         assert "set aside" in book.problem
-        assert not path.exists() and path.with_name(path.name + ".bad").exists()
+        assert not path.exists() and path.with_name(path.name + ".rejected").exists()
     # The reconcile reports it once and goes on publishing.
     rasa_model(settings.target_dir / "a.tar.gz", "A")
     path.write_bytes(b"garbage")

@@ -13,8 +13,8 @@ not in RUN_DIR: RUN_DIR is a tmpfs in the image and is emptied at every containe
 while a refusal must outlive restarts of the rotator and of the container; the rotator, the
 model server (another program) and `status` all reach that folder. It is written atomically
 under the folder lock and read back as untrusted input: bounded size, every field checked; a
-file that fails the checks is set aside (renamed to `...loadable.json.bad`) and reported,
-never fatal.
+file that fails the checks is set aside (renamed to `...loadable.json.rejected`, as
+worker/statefile.py does with the record and the journal) and reported, never fatal.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 from worker.arrivals import write_atomically
 from worker.names import internal_prefix, temporary_name
 from worker.openfile import read_small_file
+from worker.statefile import REJECTED_SUFFIX
 
 MAX_BOOK_BYTES = 256 * 1024
 MAX_REFUSED = 200  # the oldest refusals are forgotten beyond this (then tried once more)
@@ -165,11 +166,11 @@ class LoadableBook:
             book.loaded = None if loaded is None else FileMark.checked(loaded)
         except ValueError as error:
             book.refused, book.loaded = {}, None
-            book.problem = f"not valid ({error}); set aside as {book.path.name}.bad"
+            book.problem = f"not valid ({error}); set aside as {book.path.name}{REJECTED_SUFFIX}"
             if not set_aside:
                 return book
             with contextlib.suppress(OSError):
-                os.replace(book.path, book.path.with_name(book.path.name + ".bad"))
+                os.replace(book.path, book.path.with_name(book.path.name + REJECTED_SUFFIX))
         return book
 
     def save(self) -> None:
