@@ -92,7 +92,10 @@ FAULTS = {"kill_reader": 3, "kill_rotator": 4, "kill_guard": 1, "kill_supervisor
           "person_delete": 4,
           # issue 16's three sequences, found from outside
           "touch_latest_after_arrival": 3, "rollback_while_stopped": 3,
-          "kill_rotator_after_rollback": 3}
+          "kill_rotator_after_rollback": 3,
+          # Only with --faults (weight 0 keeps the default mix, and so every seed, as it was):
+          # an mtime-only change of a model not yet published, then newer arrivals.
+          "touch_model_before_arrivals": 0}
 
 
 def build_model(rng: random.Random, model_id: str) -> bytes:
@@ -900,6 +903,22 @@ class Chaos:
                 time.sleep(max(0.0, RESCAN_INTERVAL_S + extra - (time.monotonic() - started)))
                 self.cont_rotator()
                 self.note("  SIGCONT rotator")
+        elif kind == "touch_model_before_arrivals":
+            how = rng.choice(("utime", "touch"))
+            self.note(f"fault a new model, {how} of it 0.05 s later, then a new model and a "
+                      "rollback")
+            self.writer("rename_in", rng, step * 10, background=False)
+            name = f"rename-in-{self.seed}-{step * 10:04d}.tar.gz"
+            time.sleep(0.05)
+            with self.oracle.lock:
+                certain = self.reader_up()
+                with contextlib.suppress(FileNotFoundError, subprocess.CalledProcessError):
+                    self.touch(self.models / name, how)
+                    self.oracle.touched(name, time.time(), certain)
+            time.sleep(0.05)
+            self.writer("rename_in", rng, step * 10 + 1, background=False)
+            self.writer("rollback", rng, step * 10 + 2, background=False,
+                        avoid=self.order[-1])
         elif kind == "kill_rotator_after_rollback":
             self.note("fault a new model; 0.2 s later a rollback; 0.2 s later kill -9 rotator")
             rotator = self.tool.pid("rotator")
