@@ -438,3 +438,39 @@ def test_a_temp_file_of_a_process_killed_mid_write_is_removed_at_the_next_reconc
     Reconciler(settings).reconcile()
     assert not leftover.exists()
     assert content_of(settings.latest_model_path) == a
+
+
+# -- found by the chaos suite after the fixes ----------------------------------------------
+
+def test_a_touch_of_a_model_after_the_reader_journaled_it_keeps_its_place(tmp_path):
+    """The reader journals X's event, then Y's and R's; X is touched before the rotator
+    takes in X's event. The same event with a new mtime keeps X's place in the order: it
+    must not sort after Y and R (which were then deleted as older than X)."""
+    settings = make_settings(tmp_path)
+    from worker.arrivals import ArrivalJournal
+
+    journal = ArrivalJournal(journal_path(settings.latest_model_path), "latest.tar.gz")
+    now = time.time()
+    journal.note_event("x.tar.gz", now, (1, 100, 1_000), now)  # by the reader
+    journal.note_event("y.tar.gz", now + 0.1, (2, 100, 2_000), now + 0.1)
+    journal.note_event("r.tar.gz", now + 0.2, (3, 100, 3_000), now + 0.2)
+    touched = journal.note_event("x.tar.gz", now, (1, 100, 9_000), now + 0.5)  # the rotator
+    assert touched.key < journal.entries["y.tar.gz"].key < journal.entries["r.tar.gz"].key
+    assert touched.mtime_ns == 9_000 and touched.seen == now + 0.5
+
+
+def test_a_touched_model_never_overtakes_the_models_after_it(start_tool, tmp_path, models):
+    """End to end, as the chaos suite found it: publish A; X arrives and is touched 0.05 s
+    later; then Y and a rollback R arrive. R is the last arrival: published, never deleted."""
+    tool = start_tool(PUBLISH_MODE="move")
+    tool.ready()
+    a = put_model(models, "a.tar.gz")
+    latest_is(models, a)
+    put_model(models, "x.tar.gz")
+    time.sleep(0.05)
+    os.utime(models / "x.tar.gz")
+    put_model(models, "y.tar.gz")
+    r = move_in(tmp_path, models, "r.tar.gz", HOUR)
+    latest_is(models, r)
+    time.sleep(2)  # quiet: still R
+    assert content_of(models / "latest.tar.gz") == r

@@ -157,6 +157,16 @@ class ArrivalJournal:
             # The same version announced again: a close without a write, or the reader's
             # event delivered after it was journaled.
             return known
+        entry = self.entries.get(name)
+        if entry is not None and entry.event_at == when:
+            # The very event the reader journaled, and the file's metadata changed since (a
+            # touch, `cp -p`, a backup restoring mtimes): it keeps its place in the order
+            # (else it would sort after every arrival journaled meanwhile); how long it has
+            # been unchanged counts from now.
+            ino, size, mtime_ns = version
+            self.entries[name] = replace(entry, ino=ino, size=size, mtime_ns=mtime_ns,
+                                         seen=now)
+            return self.entries[name]
         # New, or known only from a look at the folder (`once` ran before the rotator
         # took this event in): the event is the better news. `seen` is now, not `when`:
         # the file may have changed since the event.
