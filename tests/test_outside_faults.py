@@ -474,3 +474,54 @@ def test_a_touched_model_never_overtakes_the_models_after_it(start_tool, tmp_pat
     latest_is(models, r)
     time.sleep(2)  # quiet: still R
     assert content_of(models / "latest.tar.gz") == r
+
+
+def test_a_rollback_found_before_its_event_waits_for_it(tmp_path):
+    """The reader fell behind (blocked sending B to a stopped rotator, R's moved_to still
+    unread in inotify); at SIGCONT a reconcile finds R by a look, with its hour-old mtime.
+    R is kept until its event can come in, and the event makes it the last arrival."""
+    settings = make_settings(tmp_path, PUBLISH_MODE="move")
+    folder = settings.target_dir
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    a = put_model(folder, "a.tar.gz", clock[0] - 10)
+    reconciler.note_arrival("a.tar.gz", clock[0] - 10)
+    reconciler.reconcile()
+    assert content_of(settings.latest_model_path) == a
+    clock[0] += 5
+    b = put_model(folder, "b.tar.gz", clock[0])
+    reconciler.note_arrival("b.tar.gz", clock[0])
+    r = put_model(folder, "r.tar.gz", clock[0] - HOUR)  # moved in; its event not read yet
+    clock[0] += 1
+    outcome = reconciler.reconcile()
+    assert content_of(settings.latest_model_path) == b
+    assert (folder / "r.tar.gz").exists(), "a rollback deleted before its event came in"
+    assert outcome.recheck_at is not None
+    reconciler.note_arrival("r.tar.gz", clock[0] - 0.5)  # the event, read after SIGCONT
+    clock[0] += 0.5
+    reconciler.reconcile()
+    assert content_of(settings.latest_model_path) == r
+
+
+def test_a_file_found_late_whose_event_never_comes_is_pruned_after_the_grace(tmp_path):
+    """The same without an event (a file written by another host on a network volume, or
+    with the reader down): judged by its file time once the grace has passed."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    put_model(folder, "a.tar.gz", clock[0] - 10)
+    reconciler.note_arrival("a.tar.gz", clock[0] - 10)
+    reconciler.reconcile()
+    clock[0] += 5
+    b = put_model(folder, "b.tar.gz", clock[0])
+    reconciler.note_arrival("b.tar.gz", clock[0])
+    put_model(folder, "old.tar.gz", clock[0] - HOUR)  # no event will ever come
+    clock[0] += 1
+    outcome = reconciler.reconcile()
+    assert content_of(settings.latest_model_path) == b
+    assert (folder / "old.tar.gz").exists()
+    clock[0] = outcome.recheck_at + 0.01
+    reconciler.reconcile()
+    assert not (folder / "old.tar.gz").exists()
+    assert content_of(settings.latest_model_path) == b

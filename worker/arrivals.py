@@ -63,6 +63,9 @@ class Arrival:
     # For LATEST_KEY: the published model's fingerprint (worker/archive.py), so latest is
     # known by content even when the publish record is lost.
     digest: str | None = None
+    # Found by a look at the folder after an earlier complete look had not found it, and
+    # no event yet: its event may still be on its way (Reconciler._awaiting_event).
+    found_late: bool = False
 
     @property
     def key(self) -> tuple[float, int]:
@@ -125,7 +128,8 @@ class ArrivalJournal:
                 ino=whole(entry, "ino", 0), size=whole(entry, "size", 0),
                 mtime_ns=whole(entry, "mtime_ns"),
                 event_at=finite(entry, "event_at", optional=True),
-                digest=text(entry, "digest", optional=True, max_chars=128))
+                digest=text(entry, "digest", optional=True, max_chars=128),
+                found_late=entry.get("found_late", False) is True)
 
     def respect(self, arrival_key: tuple[float, int]) -> None:
         """An arrival handed out before (the publish record's): nothing learned from now on
@@ -184,7 +188,8 @@ class ArrivalJournal:
             at = self.scanned_at if self.scanned_at is not None else now
         else:
             at = mtime if self.scanned_at is None else max(mtime, self.scanned_at)
-        return self._add(name, at, version, seen=now, event_at=None)
+        return self._add(name, at, version, seen=now, event_at=None,
+                         found_late=self.scanned_at is not None)
 
     def seen_no_later_than(self, name: str, now: float) -> Arrival:
         """This host's clock jumped back past when `name` was first seen: how long it has
@@ -223,12 +228,12 @@ class ArrivalJournal:
 
 
     def _add(self, name: str, at: float, version: Version, seen: float,
-             event_at: float | None) -> Arrival:
+             event_at: float | None, found_late: bool = False) -> Arrival:
         self.seq += 1
         self.high_water = max(self.high_water, at)
         ino, size, mtime_ns = version
         entry = Arrival(at=at, seq=self.seq, seen=seen, ino=ino, size=size, mtime_ns=mtime_ns,
-                        event_at=event_at)
+                        event_at=event_at, found_late=found_late)
         self.entries[name] = entry
         return entry
 

@@ -51,6 +51,11 @@ from worker.statefile import report_invalid, set_aside
 
 # After a failed publish (disk full, permissions) try again this long after, at the latest.
 RETRY_AFTER_ERROR_S = 5.0
+# A file that appeared since the last look but whose event has not come yet (the reader is
+# behind: it was blocked sending to a stopped rotator, or it restarts) is not deleted for
+# this long after it was first seen: its event, when it comes, says when it really arrived
+# (a rollback moved in keeps its old mtime, and the file-time rule would call it older).
+EVENT_GRACE_S = 2.0
 # Errors that concern the folder, not one file: trying the next model would fail the same way.
 FOLDER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
@@ -552,6 +557,9 @@ class Reconciler:
                 continue
             if floor is None or arrival.key > floor:
                 continue  # arrived after what latest holds (or nothing is published): kept
+            if self._awaiting_event(arrival, now):
+                outcome.recheck(arrival.seen + self._event_grace_s())
+                continue  # found by a look, its event not in yet: it may be the newest
             if book is not None and book.is_loaded(model.name, model.inode, model.size,
                                                    model.mtime_ns):
                 continue  # the last model a replica loaded: latest returns to it if refused
@@ -559,6 +567,13 @@ class Reconciler:
                 kept += 1
                 continue
             self._delete(model, "older than the published model", "older", outcome, dry_run)
+
+    def _event_grace_s(self) -> float:
+        return max(self.settings.throttle_delay_s, EVENT_GRACE_S)
+
+    def _awaiting_event(self, arrival: Arrival, now: float) -> bool:
+        return (arrival.found_late and arrival.event_at is None
+                and now < arrival.seen + self._event_grace_s())
 
     def _delete(self, model: ModelFile, reason: str, label: str, outcome: Outcome,
                 dry_run: bool) -> None:
