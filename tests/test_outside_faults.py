@@ -312,7 +312,15 @@ HOSTILE_RECORDS = {
 }
 
 
-def _assert_set_aside_and_published(settings, path: Path, model: bytes, caplog) -> None:
+def _reconcile_over_hostile_state(settings, path: Path, content: bytes, caplog) -> None:
+    """`content` at the state file `path`; two reconciles publish a model all the same, the
+    file is set aside once (one WARNING naming it), never obeyed."""
+    caplog.set_level(logging.INFO)
+    path.write_bytes(content)
+    model = put_model(settings.target_dir, "a.tar.gz", time.time() - 60)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    reconciler.reconcile()  # once set aside, not reported again
     assert content_of(settings.latest_model_path) == model
     assert path.with_name(path.name + ".rejected").exists()
     warnings = [r for r in caplog.records
@@ -323,29 +331,17 @@ def _assert_set_aside_and_published(settings, path: Path, model: bytes, caplog) 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE_JOURNALS))
 def test_a_hostile_journal_is_set_aside_and_rebuilt(tmp_path, kind, caplog):
-    caplog.set_level(logging.INFO)
     settings = make_settings(tmp_path)
     path = journal_path(settings.latest_model_path)
-    path.write_bytes(HOSTILE_JOURNALS[kind])
-    a = put_model(settings.target_dir, "a.tar.gz", time.time() - 60)
-    reconciler = Reconciler(settings)
-    reconciler.reconcile()
-    reconciler.reconcile()  # once set aside, not reported again
-    _assert_set_aside_and_published(settings, path, a, caplog)
+    _reconcile_over_hostile_state(settings, path, HOSTILE_JOURNALS[kind], caplog)
     assert json.loads(path.read_bytes())["version"] == 1  # rebuilt
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE_RECORDS))
 def test_a_hostile_record_is_set_aside_and_rebuilt(tmp_path, kind, caplog):
-    caplog.set_level(logging.INFO)
     settings = make_settings(tmp_path)
-    path = record_path(settings.latest_model_path)
-    path.write_bytes(HOSTILE_RECORDS[kind])
-    a = put_model(settings.target_dir, "a.tar.gz", time.time() - 60)
-    reconciler = Reconciler(settings)
-    reconciler.reconcile()
-    reconciler.reconcile()
-    _assert_set_aside_and_published(settings, path, a, caplog)
+    _reconcile_over_hostile_state(settings, record_path(settings.latest_model_path),
+                                  HOSTILE_RECORDS[kind], caplog)
     assert read_record(settings.latest_model_path).source == "a.tar.gz"  # rebuilt
 
 
