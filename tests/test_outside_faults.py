@@ -521,3 +521,48 @@ def test_a_file_found_late_whose_event_never_comes_is_pruned_after_the_grace(tmp
     reconciler.reconcile()
     assert not (folder / "old.tar.gz").exists()
     assert content_of(settings.latest_model_path) == b
+
+
+def test_a_published_model_whose_event_comes_late_stays_latest(tmp_path):
+    """Chaos seed 110: the rotator, stopped, misses the reader's news. At SIGCONT a look finds
+    S (closed last) and a rollback R (old mtime), and publishes S by file times. Then the
+    reader's batch comes in, R before S: both are placed after the models known by then, and
+    S stays after R. Latest must stay S (it went to R for 0.3 s, then back to S)."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    put_model(folder, "a.tar.gz", time.time() - 300)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()  # a is published; a complete look at the folder
+    move_in(tmp_path, folder, "r.tar.gz", HOUR)
+    s = put_model(folder, "s.tar.gz", time.time() - 2)
+    reconciler.reconcile()  # found by a look, before their events
+    assert content_of(settings.latest_model_path) == s
+    when = time.time()
+    reconciler.note_arrival("r.tar.gz", when)
+    reconciler.note_arrival("s.tar.gz", when)
+    for _ in range(2):
+        reconciler.reconcile()
+        assert content_of(settings.latest_model_path) == s
+    assert not (folder / "r.tar.gz").exists()  # it arrived before s
+    assert read_record(settings.latest_model_path).source == "s.tar.gz"
+    # A restart (the record and journal as saved) keeps it so.
+    assert Reconciler(settings).reconcile().actions == []
+    assert content_of(settings.latest_model_path) == s
+
+
+def test_an_event_delivered_late_never_sorts_after_arrivals_seen_later(tmp_path):
+    """A killed reader's last batch reaches the rotator after the new reader journaled its
+    own: the old event takes its place before them, not after (the last arrival would then
+    be deleted as older). A clock that went back is another matter: news sorts last."""
+    from worker.arrivals import ArrivalJournal
+
+    settings = make_settings(tmp_path)
+    journal = ArrivalJournal(journal_path(settings.latest_model_path), "latest.tar.gz")
+    now = time.time()
+    journal.note_event("y.tar.gz", now + 1, (2, 100, 2_000), now + 1)  # the new reader
+    late = journal.note_event("x.tar.gz", now, (1, 100, 1_000), now + 2)  # the rotator
+    assert now <= late.at and late.key < journal.entries["y.tar.gz"].key
+    # The clock went back an hour: a new event at that time is still the newest news.
+    back = now - HOUR
+    news = journal.note_event("z.tar.gz", back, (3, 100, 3_000), back)
+    assert news.key > journal.entries["y.tar.gz"].key > journal.entries["x.tar.gz"].key

@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from worker.archive import ArchiveInfo, BrokenArchive, SourceChanged, check_archive
@@ -156,6 +156,8 @@ class Reconciler:
             self._fail_once(outcome, ("loadable", book.problem), book.path,
                             f"the refusal memory is {book.problem}")
         latest = self._what_latest_holds(models, arrivals, journal, outcome, dry_run, now)
+        latest = self._source_keeps_its_place(latest, models, arrivals, journal, outcome,
+                                              dry_run)
         if latest.settled:
             attempt = self._publish_newer(models, arrivals, latest, journal, outcome, dry_run,
                                           now, book)
@@ -297,6 +299,26 @@ class Reconciler:
                           extra={"event": "adopted", "fields": {"path": str(path)}})
             self.record = record
         return Latest(record)
+
+    def _source_keeps_its_place(self, latest, models, arrivals, journal, outcome,
+                                dry_run) -> Latest:
+        """The published source's own event was taken in after it was published: it was
+        found by a look first (the reader fell behind a stopped rotator), and the event then
+        placed it after the models known by then. Latest holds that model, so latest's place
+        moves with it: else a model that arrived before it would look newer than latest, be
+        published, and latest would then go back to the source."""
+        record = latest.record
+        source = next((m for m in models if record and record.is_source(m)), None)
+        if source is None or arrivals[source.name].key <= record.arrival_key:
+            return latest
+        arrival = arrivals[source.name]
+        record = replace(record, arrived_at=arrival.at, arrival_seq=arrival.seq)
+        if not dry_run:
+            journal.assign(LATEST_KEY, arrival, (record.latest_inode, record.latest_size,
+                                                 record.latest_mtime_ns), record.digest)
+            self._save_record(record, outcome)
+            self.record = record
+        return Latest(record, latest.settled)
 
     @staticmethod
     def _journal_latest(journal: ArrivalJournal, record: PublishRecord, st) -> None:
