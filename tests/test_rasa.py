@@ -510,6 +510,19 @@ def test_the_tool_syncs_each_replica_and_leaves_a_synced_one_alone_after_a_resta
         assert_no_secret(text)
 
 
+def test_rasa_is_sent_rasa_model_path_not_our_own_path(start_tool, models, stubs):
+    """Rasa's container mounts the volume elsewhere: the PUT names RASA_MODEL_PATH, the path
+    where Rasa finds the file, never LATEST_MODEL_PATH (ours, which Rasa cannot open)."""
+    rasa_side = "/app/models/latest.tar.gz"
+    stub = stubs(models={rasa_side: "fox"})
+    tool = start_tool(RASA_URL=stub.url, RASA_TOKEN=TOKEN, RASA_MODEL_PATH=rasa_side,
+                      RASA_SYNC_INTERVAL="0")
+    tool.ready()
+    write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
+    tool.wait_for_line(f"rasa {stub.url} serves the published model fox")
+    assert [call["body"] for call in stub.calls()] == [{"model_file": rasa_side}]
+
+
 def test_a_rasa_that_is_down_is_shown_but_does_not_fail_our_health(start_tool, models,
                                                                     tmp_path):
     down = closed_port_url()
