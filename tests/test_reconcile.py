@@ -567,3 +567,26 @@ def test_a_folder_at_the_record_or_journal_is_one_error_not_one_per_retry(settin
         failures += [a for a in reconciler.reconcile().actions if a.kind == "failed"]
     assert len(failures) == 1, [a.detail for a in failures]
     assert "tmp-" in failures[0].detail
+
+
+def test_a_close_without_a_write_is_no_new_arrival(settings, folder):
+    """A backup tool opens the published model's source read-write and closes it unchanged
+    (a close_write, no write) after a newer model arrived: the newer model is published, the
+    old one keeps its place in the order and is pruned; it never becomes latest again."""
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    old = add_model(folder, "old.tar.gz", age_s=10)
+    reconciler.note_arrival("old.tar.gz", clock[0] - 10)
+    reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == old.read_bytes()
+    clock[0] += 5
+    new = add_model(folder, "new.tar.gz", age_s=1)
+    reconciler.note_arrival("new.tar.gz", clock[0] - 1)
+    reconciler.note_arrival("old.tar.gz", clock[0] - 0.5)  # the backup's close, no write
+    outcome = reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == new.read_bytes()
+    assert kinds(outcome) == [("published", "new.tar.gz"), ("deleted", "old.tar.gz")], \
+        "the old model stayed, as if it had arrived after the new one"
+    clock[0] += 5
+    reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == new.read_bytes()
