@@ -175,6 +175,33 @@ def test_a_slow_write_survives_while_another_model_is_published(start_tool, mode
     assert tool.process.poll() is None
 
 
+def test_a_stream_of_arrivals_that_never_pauses_still_publishes(start_tool, models):
+    """The debounce cap: a new model every 0.2 s, never a pause of THROTTLE_DELAY (1.5 s),
+    must not postpone publishing for ever: a model is published while the stream goes on."""
+    tool = start_tool(THROTTLE_DELAY="1500")
+    tool.ready()
+    stopping = threading.Event()
+
+    def stream() -> None:
+        for index in range(10_000):
+            staging = models / ".incoming"  # not a model name: only the rename is news
+            write_model(staging, 1_000, model_id=f"stream-{index}")
+            os.rename(staging, models / f"stream-{index:05d}.tar.gz")
+            if stopping.wait(0.2):
+                return
+
+    writer = threading.Thread(target=stream, daemon=True)
+    writer.start()
+    try:
+        wait_for(lambda: (models / "latest.tar.gz").exists(), 60,
+                 message="a publish while models keep arriving")
+        assert writer.is_alive()
+    finally:
+        stopping.set()
+        writer.join(10)
+    tool.wait_for_line("published")
+
+
 def test_kill_9_reader_misses_nothing(start_tool, models):
     tool = start_tool()
     tool.ready()
