@@ -723,3 +723,95 @@ def test_a_reconcile_holding_the_folder_lock_never_stalls_the_server(start_tool,
              message="the load recorded once the lock was free")
     assert LoadableBook.load(models / "latest.tar.gz").loaded.name == \
         "20261126-101010-brave-fox.tar.gz"
+
+
+def test_the_connection_past_the_cap_takes_the_place_of_the_oldest_idle_one(program):
+    """With MAX_CONNECTIONS (256) open and none past its request, a new one closes the
+    oldest, and only it. The request deadline is lengthened so that only the cap can close
+    anything here."""
+    server = program(HEAD_TIMEOUT_S=600.0)
+    idle = []
+    try:
+        for _ in range(model_server.MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+        # The server holds all of them once it answers one more (which makes room).
+        status, _, body = Client(server.port).request(path="/healthz", timeout=30)
+        assert (status, body) == (200, b"ok\n")
+        assert idle[0].recv(1) == b"", "the oldest idle connection was not the one closed"
+        for sock in idle[1:]:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # still open, nothing sent: no other connection was closed
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def start_download(port: int) -> socket.socket:
+    """A client that asked for the model and reads only the first byte of the answer: its
+    connection is then past its request (downloading) for as long as it reads no more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /model HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(1) == b"H"
+    return sock
+
+
+def answer_size(sock: socket.socket, chunk_size: int = 1 << 20, pause_s: float = 0.0) -> int:
+    """How many bytes of body come until the server closes (the head is skipped); `pause_s`
+    after each read of at most `chunk_size`."""
+    head, body = b"", None
+    while chunk := sock.recv(chunk_size):
+        if body is None:
+            head += chunk
+            if b"\r\n\r\n" in head:
+                body = len(head.partition(b"\r\n\r\n")[2])
+        else:
+            body += len(chunk)
+        time.sleep(pause_s)
+    return body or 0
+
+
+def test_with_every_place_downloading_a_new_connection_is_closed_at_once(program, tmp_path):
+    """The cap, shortened to 3 through the module constant: 3 downloads in progress keep
+    their places, a 4th client is closed without an answer, and the downloads go on whole."""
+    size = 16 * 1024 * 1024  # more than the kernel's buffers hold: the downloads go on
+    a_published_file(tmp_path, size)
+    server = program(MAX_CONNECTIONS=3)
+    downloads = [start_download(server.port) for _ in range(3)]
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = extra.recv(1)
+            except ConnectionResetError:
+                answer = b""  # closed with our request unread: a reset, as good as a close
+            assert answer == b"", "a 4th connection was served"
+        for sock in downloads:
+            assert answer_size(sock) == size  # its first byte, "H", was read above
+    finally:
+        for sock in downloads:
+            sock.close()
+
+
+def test_a_slow_but_steady_download_is_never_cut(program, tmp_path):
+    """The send timeout counts from the client's last taking, not from the start: a client
+    that keeps reading a little at a time gets the whole model although its download lasts
+    several timeouts (1 s here, through the module constant; 60 s in the program)."""
+    size = 12 * 1024 * 1024
+    a_published_file(tmp_path, size)
+    server = program(SEND_TIMEOUT_S=1.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", server.port))
+    started = time.monotonic()
+    with sock:
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: x\r\n\r\n")
+        # A pause far shorter than the timeout between two takings.
+        body = answer_size(sock, chunk_size=64 * 1024, pause_s=0.02)
+    lasted = time.monotonic() - started
+    assert body == size, f"{body} of {size} bytes:\n{server.output}"
+    assert lasted > 2.0, f"the download took {lasted:.1f} s: too fast to show anything"
