@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_ROOT, model_bytes, set_mtime, write_model
+from tests.helpers import PROJECT_ROOT, model_bytes, run_worker, set_mtime, write_model
 from worker.archive import check_archive
 from worker.folder import list_models, read_record
 from worker.reconcile import RETRY_AFTER_ERROR_S, Reconciler
@@ -410,8 +410,7 @@ def test_once_with_a_fifo_at_the_lock_says_so_in_one_line(tmp_path):
     os.mkfifo(folder / ".latest.tar.gz.lock")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TARGET_DIR": str(folder),
            "RUN_DIR": str(tmp_path / "run")}
-    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = run_worker("once", cwd=tmp_path, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output, output

@@ -22,10 +22,10 @@ from tests.helpers import (
     CollectedOutput,
     _children,
     _cmdline,
-    content_of,
     end_process,
     tool_environment,
     wait_for,
+    wait_for_latest,
     write_model,
 )
 from worker import model_server
@@ -89,8 +89,8 @@ def publish(models: Path, name: str, model_id: str, size: int = 200_000,
     """Write a model the way Rasa does and wait until latest.tar.gz holds it."""
     write_model(models / name, size, model_id)
     expected = (models / name).read_bytes()
-    wait_for(lambda: content_of(models / "latest.tar.gz") == expected, timeout,
-             message=f"{name} published")
+    wait_for_latest(models, expected, timeout,
+                    message=f"{name} published")
     return expected
 
 
@@ -356,9 +356,7 @@ def test_token_is_required_and_never_printed(start_tool, models):
         answer = raw.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400") and TOKEN.encode() not in answer
     tool.wait_for_line("missing or wrong token (401)")
-    status_out = subprocess.run([sys.executable, "-m", "worker", "status", "--json"],
-                                env=tool.env, cwd=tool.workdir, capture_output=True,
-                                text=True, timeout=60)
+    status_out = tool.status("--json")
     tool.stop()
     assert TOKEN not in tool.output
     assert TOKEN not in status_out.stdout + status_out.stderr
@@ -484,13 +482,9 @@ def test_off_by_default_it_idles_as_sleep_and_supervisorctl_status_stays_0(start
     pss_kib = int(re.search(r"^Pss:\s+(\d+)", Path(f"/proc/{idle}/smaps_rollup").read_text(),
                             re.M).group(1))
     assert pss_kib < 2048, pss_kib  # not a Python interpreter (about 7 MiB)
-    env = dict(tool.env)
-    status = subprocess.run([sys.executable, "-m", "worker", "status"], env=env,
-                            cwd=tool.workdir, capture_output=True, text=True, timeout=60)
+    status = tool.status()
     assert status.returncode == 0, status.stdout + status.stderr
-    listed = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "status"],
-                            env=env, cwd=tool.workdir, capture_output=True, text=True,
-                            timeout=60)
+    listed = tool.supervisorctl("status")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert re.search(r"model-server\s+RUNNING", listed.stdout)
 
@@ -534,14 +528,13 @@ def test_a_replica_that_cannot_load_a_pulled_model_stops_the_rollout(start_tool,
     assert first.request(etag=good_etag)[0] == 200  # the canary downloads it ...
     assert first.request(etag=good_etag)[0] == 304  # ... and asks again with its old ETag
     tool.wait_for_line("refused by 127.0.0.1")
-    wait_for(lambda: content_of(models / "latest.tar.gz") == good, 30,
-             message="latest back to the good model")
+    wait_for_latest(models, good, 30,
+                    message="latest back to the good model")
     for _ in range(3):
         assert second.request(etag=good_etag)[0] == 304
         assert first.request(etag=good_etag)[0] == 304
     assert (models / "20261126-111111-calm-owl.tar.gz").exists()
-    status = subprocess.run([sys.executable, "-m", "worker", "status"], cwd=tmp_path,
-                            env=tool.env, capture_output=True, text=True, timeout=30)
+    status = tool.status()
     assert "not published (refused)" in status.stdout
     assert "calm-owl" in status.stdout
 

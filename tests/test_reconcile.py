@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import model_bytes, set_mtime, write_model
+from tests.helpers import model_bytes, run_worker, set_mtime, write_model
 from worker.archive import check_archive
 from worker.folder import publish_atomically, read_record, record_path
 from worker.reconcile import Reconciler
@@ -365,8 +365,6 @@ def rasa_would_load(folder: Path) -> Path:
 
 def run_once(settings, *args) -> str:
     """`python -m worker once`: a separate process with the same settings."""
-    import subprocess
-    import sys
 
     from tests.helpers import PROJECT_ROOT, environment_without_settings
 
@@ -375,8 +373,7 @@ def run_once(settings, *args) -> str:
                                      "KEEP_PREVIOUS", "RUN_DIR", "IGNORE_FILE_PATHS",
                                      "PUBLISH_MODE")},
            "PYTHONPATH": str(PROJECT_ROOT)}
-    result = subprocess.run([sys.executable, "-m", "worker", "once", *args], env=env,
-                            capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    result = run_worker("once", *args, cwd=PROJECT_ROOT, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
