@@ -238,6 +238,18 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def settings_in(tmp_path: Path, **settings: str):
+    """The tool's settings as its programs read them, for an instance in tmp_path: models in
+    tmp_path/models (made here), RUN_DIR tmp_path/run, then `settings` (variables by name).
+    Nothing from the caller's environment counts."""
+    from worker.settings import read_settings
+
+    result = read_settings({"TARGET_DIR": str(tmp_path / "models"),
+                            "RUN_DIR": str(tmp_path / "run"), **settings})
+    result.target_dir.mkdir(parents=True, exist_ok=True)
+    return result
+
+
 def tool_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
     """A clean environment for one instance: its own models folder and RUN_DIR."""
     env = environment_without_settings()

@@ -2,6 +2,7 @@
 
     python -m tests.mutation run [--modules worker/reconcile.py ...] [--tests "PYTEST ARGS"]
                                  [--jobs N] [--session DIR]
+    python -m tests.mutation recheck --tests "PYTEST ARGS" [--jobs N] [--session DIR]
     python -m tests.mutation report [--session DIR] [--diff]
 
 `run` copies the working tree (less .git, .venv and caches) into the session folder, and
@@ -11,7 +12,10 @@ database) stay outside it (default: a folder in the system's temporary directory
 the start). A `run` on a session that exists resumes it where it stopped (Ctrl-C is safe).
 `--jobs N` tests N mutants at once, each in its own copy (Cosmic Ray's http workers on
 127.0.0.1): worth it where the tests mostly wait (the Rasa tests), not where they compute.
-`report` prints each module's score and every surviving mutant (with --diff, its change).
+`recheck` tests each survivor again, against the current tree, with other (slower) tests:
+the fast set for the whole run, the broad one for the few it missed. `report` prints each
+module's score (after the recheck, where one ran) and every surviving mutant (with --diff,
+its change).
 
 Not part of `python -m pytest tests` nor of CI: a full run takes hours on two cores. Settings
 (operators left out, the timeout per mutant) are in tests/mutation.toml.
@@ -53,14 +57,19 @@ def main(argv: list[str] | None = None) -> int:
                      help="pytest's arguments in one string, e.g. \"tests/test_rasa.py -k "
                           "'not slow'\" (no-peer tests only)")
     run.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
+    recheck = commands.add_parser("recheck", help="the survivors against other tests")
+    recheck.add_argument("--tests", required=True, help="pytest's arguments in one string")
+    recheck.add_argument("--jobs", type=int, default=1, help="survivors tested at once")
     report = commands.add_parser("report", help="score per module and the survivors")
     report.add_argument("--diff", action="store_true", help="show each survivor's change")
-    for sub in (run, report):
+    for sub in (run, recheck, report):
         sub.add_argument("--session", type=Path,
                          default=Path(tempfile.gettempdir()) / "rasa-model-rotator-mutation")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_session(args.session, args.modules, args.tests, args.jobs)
+    if args.command == "recheck":
+        return recheck_survivors(args.session, args.tests, args.jobs)
     return print_report(args.session, args.diff)
 
 
@@ -140,6 +149,78 @@ def cosmic_ray(tool: str, *args, cwd: Path) -> None:
     subprocess.run([str(executable), *map(str, args)], cwd=cwd, check=True)
 
 
+def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
+    """Apply each survivor to a fresh copy of the tree and run `tests`; the outcomes go to
+    recheck.json in the session (a rerun skips the survivors already rechecked)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    record = session / "recheck.json"
+    done = json.loads(record.read_text()) if record.exists() else {}
+    todo = [m for m, _ in survivors_of(session) if mutant_id(m) not in done]
+    copies = queue_of_copies(session, jobs)
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               *shlex.split(tests)]
+    timeout = tomllib.loads(CONFIG.read_text())["cosmic-ray"]["timeout"]
+    lock = threading.Lock()
+
+    def recheck(mutation) -> None:
+        copy = copies.get()
+        module = copy / mutation["module_path"]
+        pristine = module.read_bytes()
+        try:
+            cosmic_ray("cosmic-ray", "apply", mutation["module_path"],
+                       mutation["operator_name"], mutation["occurrence"], cwd=copy)
+            try:
+                result = subprocess.run(command, cwd=copy, capture_output=True, timeout=timeout)
+                outcome = "survived" if result.returncode == 0 else "killed"
+            except subprocess.TimeoutExpired:
+                outcome = "killed"  # a hang: the tests' own deadlines would fail it
+        finally:
+            module.write_bytes(pristine)
+            copies.put(copy)
+        with lock:
+            done[mutant_id(mutation)] = outcome
+            record.write_text(json.dumps(done, indent=1))
+            print(f"{outcome}: {mutant_id(mutation)}", flush=True)
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(recheck, todo))
+    return print_report(session, diff=False)
+
+
+def queue_of_copies(session: Path, jobs: int):
+    """Fresh copies of the tree as it is now (the tests may have changed since the run)."""
+    import queue
+
+    copies: queue.Queue = queue.Queue()
+    for index in range(max(1, jobs)):
+        copy = session / f"recheck-{index}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(*NOT_COPIED))
+        copies.put(copy)
+    return copies
+
+
+def mutant_id(mutation: dict) -> str:
+    return (f"{mutation['module_path']}:{mutation['start_pos'][0]} "
+            f"{mutation['operator_name']} #{mutation['occurrence']}")
+
+
+def survivors_of(session: Path) -> list[tuple[dict, dict]]:
+    dump = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "dump",
+                           session / "session.sqlite"],
+                          capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if result is not None and result["worker_outcome"] != "skipped" \
+                and result["test_outcome"] == "survived":
+            found.append((item["mutations"][0], result))
+    return found
+
+
 def print_report(session: Path, diff: bool) -> int:
     database = session / "session.sqlite"
     if not database.exists():
@@ -148,6 +229,8 @@ def print_report(session: Path, diff: bool) -> int:
         return 2
     dump = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "dump", database],
                           capture_output=True, text=True, check=True).stdout
+    record = session / "recheck.json"
+    rechecked = json.loads(record.read_text()) if record.exists() else {}
     outcomes: dict[str, Counter] = {}
     survivors = []
     for line in dump.splitlines():
@@ -158,9 +241,12 @@ def print_report(session: Path, diff: bool) -> int:
             counts["pending"] += 1
         elif result["worker_outcome"] == "skipped":
             counts["skipped"] += 1
-        elif result["test_outcome"] == "survived":
+        elif result["test_outcome"] == "survived" \
+                and rechecked.get(mutant_id(mutation)) != "killed":
             counts["survived"] += 1
             survivors.append((mutation, result))
+        elif result["test_outcome"] == "survived":
+            counts["killed"] += 1  # by the recheck's tests
         else:
             counts[result["test_outcome"]] += 1  # killed, incompetent
     print(f"{'module':28} {'killed':>7} {'survived':>8} {'score':>6} {'pending':>7} "
@@ -172,8 +258,7 @@ def print_report(session: Path, diff: bool) -> int:
               f"{counts['pending']:7} {counts['incompetent']:11}")
     for mutation, result in sorted(survivors, key=lambda s: (s[0]["module_path"],
                                                               s[0]["start_pos"])):
-        print(f"survived: {mutation['module_path']}:{mutation['start_pos'][0]} "
-              f"{mutation['operator_name']} #{mutation['occurrence']}")
+        print(f"survived: {mutant_id(mutation)}")
         if diff and result.get("diff"):
             print(result["diff"])
     return 0

@@ -7,10 +7,9 @@ import logging
 import os
 import time
 
-from tests.helpers import tool_environment
+from tests.helpers import settings_in
 from worker.arrivals import MAX_ENTRIES, ArrivalJournal, journal_path
 from worker.reader import MAX_PENDING, Reader
-from worker.settings import read_settings
 
 
 def test_the_caps_are_the_readmes_10000():
@@ -57,8 +56,7 @@ def test_more_than_10000_undelivered_arrivals_become_one_rescan(tmp_path, caplog
     """The rotator is down (nothing serves the queue): the reader keeps its arrivals, up to
     MAX_PENDING; one more and it drops them for one rescan request. Real inotify, a real
     folder, the real Reader."""
-    settings = read_settings(tool_environment(tmp_path, TARGET_DIR=str(tmp_path / "models")))
-    settings.target_dir.mkdir()
+    settings = settings_in(tmp_path)
     settings.run_dir.mkdir(mode=0o700)
     reader = Reader(settings, logging.getLogger("test-reader"))
     reader.watch()

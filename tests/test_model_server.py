@@ -23,6 +23,7 @@ from tests.helpers import (
     _children,
     _cmdline,
     end_process,
+    settings_in,
     tool_environment,
     wait_for,
     wait_for_latest,
@@ -239,13 +240,10 @@ def test_many_replicas_asking_at_once_never_pass_the_limit(tmp_path):
     the same instant, with a thread switch every microsecond, get exactly one new model."""
     import logging
 
-    from worker.settings import read_settings
-
     models = tmp_path / "models"
     models.mkdir()
     write_model(models / "latest.tar.gz", 300_000, "m1")
-    settings = read_settings({"TARGET_DIR": str(models), "RUN_DIR": str(tmp_path / "run"),
-                              "MODEL_SERVER_BIND": "127.0.0.1"})
+    settings = settings_in(tmp_path, MODEL_SERVER_BIND="127.0.0.1")
     server = model_server.ModelServer(settings, logging.getLogger("test.model-server"))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     def slow_clock() -> float:

@@ -28,6 +28,7 @@ from tests.helpers import (
     model_bytes,
     model_files,
     set_mtime,
+    settings_in,
     tool_environment,
     wait_for_latest,
     write_model,
@@ -35,19 +36,14 @@ from tests.helpers import (
 from worker.arrivals import journal_path
 from worker.folder import read_record, record_path
 from worker.reconcile import Reconciler
-from worker.settings import read_settings
 
 DAY = 86_400.0
 HOUR = 3600.0
 
 
 def make_settings(tmp_path: Path, **overrides):
-    env = {"TARGET_DIR": str(tmp_path / "models"), "RUN_DIR": str(tmp_path / "run"),
-           "THROTTLE_DELAY": "300"}
-    env.update(overrides)
-    settings = read_settings(env)
-    settings.target_dir.mkdir(exist_ok=True)
-    return settings
+    """This file's default: a 0.3 s debounce."""
+    return settings_in(tmp_path, **{"THROTTLE_DELAY": "300", **overrides})
 
 
 def put_model(folder: Path, name: str, mtime: float | None = None) -> bytes:

@@ -6,22 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import model_bytes, run_worker, set_mtime, write_model
+from tests.helpers import model_bytes, run_worker, set_mtime, settings_in, write_model
 from worker.archive import check_archive
 from worker.folder import publish_atomically, read_record, record_path
 from worker.reconcile import Reconciler
-from worker.settings import read_settings
 
 HOUR = 3600
 
 
 def make_settings(tmp_path, **overrides):
-    env = {"TARGET_DIR": str(tmp_path / "models"), "RUN_DIR": str(tmp_path / "run"),
-           "THROTTLE_DELAY": "1000", "IGNORE_FILE_PATHS": str(tmp_path / "models" / "keep.tar.gz")}
-    env.update(overrides)
-    settings = read_settings(env)
-    settings.target_dir.mkdir(exist_ok=True)
-    return settings
+    """This file's defaults: a 1 s debounce, models/keep.tar.gz ignored."""
+    return settings_in(tmp_path, **{
+        "THROTTLE_DELAY": "1000",
+        "IGNORE_FILE_PATHS": str(tmp_path / "models" / "keep.tar.gz"), **overrides})
 
 
 def add_model(folder: Path, name: str, age_s: float = 60.0, model_id: str | None = None,
