@@ -349,7 +349,8 @@ def test_a_log_reader_that_dies_mid_run_ends_nothing(tmp_path, models):
                 assert chunk, seen.decode(errors="replace")
                 seen += chunk
         # The reader is gone now: every write to stdout fails with EPIPE.
-        restart = tool.supervisorctl("restart", "model-server")
+        restart = run_worker("supervisorctl", "restart", "model-server", cwd=tmp_path,
+                             env=tool.env)
         assert "started" in restart.stdout, restart.stdout + restart.stderr
         time.sleep(2)
         assert tool.process.poll() is None, tool.process.returncode
