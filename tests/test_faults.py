@@ -150,9 +150,11 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
         reader = open(folder / "latest.tar.gz", "rb")
         filler = disk / "filler"
         filler.write_bytes(b"x" * (free_bytes(disk) - pages))  # room for B's copy, no more
+        before = time.time()
         outcome = first.reconcile()
         steps = {"publish": {"actions": kinds(outcome), **snapshot(folder, contents),
-                             "free": free_bytes(disk)}}
+                             "free": free_bytes(disk),
+                             "retry_in": outcome.recheck_at and outcome.recheck_at - before}}
         restarted = Reconciler(settings)
         steps["restart"] = {"actions": kinds(restarted.reconcile()), **snapshot(folder, contents)}
         filler.unlink()
@@ -170,6 +172,7 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
     assert ["published", "b.tar.gz"] in [a[:2] for a in publish["actions"]], publish
     assert any(a[0] == "failed" and "record could not be saved" in a[2]
                for a in publish["actions"]), publish
+    assert publish["retry_in"] and publish["retry_in"] >= RETRY_AFTER_ERROR_S, publish
     for step in ("publish", "restart", "freed"):
         assert "b.tar.gz" in report[step]["files"], f"latest's source deleted at {step}"
         assert report[step]["latest"] == "b", report[step]
@@ -200,8 +203,10 @@ def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path)
             os.chmod(folder / "b.tar.gz", 0)
             steps = {}
             for step in ("unreadable", "again"):
-                steps[step] = {"actions": kinds(reconciler.reconcile()),
-                               **snapshot(folder, contents)}
+                before = time.time()
+                outcome = reconciler.reconcile()
+                steps[step] = {"actions": kinds(outcome), **snapshot(folder, contents),
+                               "retry_in": outcome.recheck_at and outcome.recheck_at - before}
             os.chmod(folder / "b.tar.gz", 0o644)
             steps["readable"] = {"actions": kinds(reconciler.reconcile()),
                                  **snapshot(folder, contents)}
@@ -220,6 +225,9 @@ def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path)
     assert any(a[0] == "failed" and "Permission denied" in a[2]
                for a in unreadable["actions"]), unreadable
     assert "b.tar.gz" in report["again"]["files"]
+    for step in ("unreadable", "again"):  # retried, but not in a tight loop
+        assert report[step]["retry_in"] and report[step]["retry_in"] >= RETRY_AFTER_ERROR_S, \
+            report[step]
     assert report["again"]["actions"] == [], "the same failure logged at every retry"
     readable = report["readable"]
     assert readable["latest"] == "b", readable
