@@ -584,3 +584,20 @@ def test_a_close_without_a_write_is_no_new_arrival(settings, folder):
     clock[0] += 5
     reconciler.reconcile()
     assert settings.latest_model_path.read_bytes() == new.read_bytes()
+
+
+def test_a_latest_written_in_place_is_looked_at_again_when_its_grace_ends(tmp_path):
+    """Another program streams into latest.tar.gz itself (Rasa's --fixed-model-name), no
+    close yet: it is left alone, and looked at again once it has been unchanged for
+    BROKEN_GRACE_PERIOD: not at once (a busy loop) and not later (a model left waiting)."""
+    settings = make_settings(tmp_path, BROKEN_GRACE_PERIOD="60")
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    add_model(settings.target_dir, "a.tar.gz", age_s=100)
+    reconciler.reconcile()
+    partial = model_bytes(50_000)[:-100]
+    settings.latest_model_path.write_bytes(partial)  # in place: the same file, truncated
+    set_mtime(settings.latest_model_path, clock[0] - 10)
+    outcome = reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == partial
+    assert outcome.recheck_at == pytest.approx(clock[0] + 60 - 10, abs=0.5)
