@@ -601,3 +601,17 @@ def test_a_latest_written_in_place_is_looked_at_again_when_its_grace_ends(tmp_pa
     outcome = reconciler.reconcile()
     assert settings.latest_model_path.read_bytes() == partial
     assert outcome.recheck_at == pytest.approx(clock[0] + 60 - 10, abs=0.5)
+
+
+def test_an_expired_broken_model_is_deleted_and_the_older_ones_after_it_too(tmp_path):
+    """The prune goes on past a broken archive it deletes: the older whole model behind it
+    goes in the same reconcile, not never."""
+    settings = make_settings(tmp_path, BROKEN_GRACE_PERIOD="60")
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "x.tar.gz", age_s=250, data=model_bytes(50_000)[:-100])
+    newest = add_model(folder, "n.tar.gz", age_s=200)
+    outcome = Reconciler(settings).reconcile()
+    assert settings.latest_model_path.read_bytes() == newest.read_bytes()
+    assert [(kind, name) for kind, name in kinds(outcome) if kind == "deleted"] == [
+        ("deleted", "x.tar.gz"), ("deleted", "a.tar.gz")]
