@@ -358,23 +358,11 @@ def test_bad_settings_start_nothing(start_tool, tmp_path, bad):
     assert not (tmp_path / "models").exists() and not (tmp_path / "run").exists()
 
 
-def _supervisorctl(tool, *args):
-    import subprocess
-    import sys
-
-
-    # supervisord's control socket has a password (RUN_DIR/supervisor.password): this
-    # command reads it (plain supervisorctl is refused).
-    return subprocess.run([sys.executable, "-m", "worker", "supervisorctl", *args],
-                          cwd=tool.workdir, env=tool.env, capture_output=True, text=True,
-                          timeout=30)
-
-
 @pytest.mark.parametrize("interval", ["1", "0"])
 def test_the_periodic_rescan_finds_a_model_no_event_announced(start_tool, models, interval):
     tool = start_tool(RESCAN_INTERVAL=interval)
     tool.ready()
-    assert _supervisorctl(tool, "stop", "reader").returncode == 0  # no more events
+    assert tool.supervisorctl("stop", "reader").returncode == 0  # no more events
     model = models / "unannounced.tar.gz"
     write_model(model, 100_000)
     if interval == "0":
@@ -442,7 +430,7 @@ def test_a_rollback_seen_while_the_rotator_was_down_survives_its_restart(start_t
     new = models / "new.tar.gz"
     write_model(new, 50_000, model_id="new")
     wait_for_latest(models, new.read_bytes())
-    assert _supervisorctl(tool, "stop", "rotator").returncode == 0
+    assert tool.supervisorctl("stop", "rotator").returncode == 0
     archive = tmp_path / "archive"
     archive.mkdir()
     old = archive / "old.tar.gz"
@@ -453,7 +441,7 @@ def test_a_rollback_seen_while_the_rotator_was_down_survives_its_restart(start_t
     journal = models / ".latest.tar.gz.arrivals.json"
     wait_for(lambda: '"old.tar.gz"' in (content_of(journal) or b"").decode(),
              message="the reader to keep the arrival it could not deliver")
-    assert _supervisorctl(tool, "start", "rotator").returncode == 0
+    assert tool.supervisorctl("start", "rotator").returncode == 0
     wait_for_latest(models, rolled_back)
     only_models(models, "old.tar.gz")
     assert "deleted" not in "".join(line for line in tool.lines if "old.tar.gz" in line)

@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.helpers import (
     content_of,
     model_bytes,
     model_files,
+    run_worker,
     set_mtime,
     settings_in,
     tool_environment,
@@ -336,12 +336,6 @@ def test_a_hostile_record_is_set_aside_and_rebuilt(tmp_path, kind, caplog):
     assert read_record(settings.latest_model_path).source == "a.tar.gz"  # rebuilt
 
 
-def _run_worker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker", *args], cwd=tmp_path,
-                          env=tool_environment(tmp_path, TARGET_DIR=str(tmp_path / "models")),
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("command", [("once",), ("once", "--dry-run"), ("status",)])
 def test_hostile_state_files_end_no_command_in_a_traceback(tmp_path, models, command):
     latest = models / "latest.tar.gz"
@@ -349,7 +343,8 @@ def test_hostile_state_files_end_no_command_in_a_traceback(tmp_path, models, com
     latest.write_bytes(a)  # so that `status` reads the record
     journal_path(latest).write_bytes(HOSTILE_JOURNALS["seq-infinity"])
     record_path(latest).write_bytes(HOSTILE_RECORDS["deep"])
-    result = _run_worker(tmp_path, *command)
+    result = run_worker(*command, cwd=tmp_path, timeout=120,
+                        env=tool_environment(tmp_path, TARGET_DIR=str(tmp_path / "models")))
     output = result.stdout + result.stderr
     assert "Traceback" not in output
     assert "not a valid state file" in output
