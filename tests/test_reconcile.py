@@ -615,3 +615,12 @@ def test_an_expired_broken_model_is_deleted_and_the_older_ones_after_it_too(tmp_
     assert settings.latest_model_path.read_bytes() == newest.read_bytes()
     assert [(kind, name) for kind, name in kinds(outcome) if kind == "deleted"] == [
         ("deleted", "x.tar.gz"), ("deleted", "a.tar.gz")]
+
+
+def test_a_copied_model_is_readable_by_everyone_and_keeps_its_other_bits(settings, folder):
+    """Rasa's trainer may write its models 0600; the published copy adds read for all (a
+    replica or the model server under another uid reads it) and keeps the source's bits."""
+    source = add_model(folder, "a.tar.gz")
+    os.chmod(source, 0o600)
+    Reconciler(settings).reconcile()
+    assert settings.latest_model_path.stat().st_mode & 0o777 == 0o644
