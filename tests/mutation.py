@@ -28,6 +28,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -90,6 +91,8 @@ def run_session(session: Path, modules: list[str], tests: str, jobs: int = 1) ->
     # Cosmic Ray rewrites a file in place and puts it back within the same second: a cached
     # .pyc with the same mtime and size would run the wrong code.
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    # A SIGTERM ends the run through `finally`, so the workers end with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workers = [start_worker(copy) for copy in copies] if jobs > 1 else []
     try:
         set_distributor(config, [url for url, _ in workers])
