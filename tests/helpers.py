@@ -101,6 +101,15 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
+def wait_for_latest(folder: Path, expected: bytes, timeout: float = 60.0,
+                    message: str = "") -> None:
+    """Wait until `folder`/latest.tar.gz holds exactly `expected`; fail with `message` (or a
+    plain one) at the deadline."""
+    latest = folder / "latest.tar.gz"
+    wait_for(lambda: content_of(latest) == expected, timeout,
+             message=message or f"{latest} to hold the expected model ({len(expected)} bytes)")
+
+
 def model_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tar.gz"))
 
@@ -136,6 +145,15 @@ class CollectedOutput:
             return "\n".join(self.lines)
 
 
+def run_worker(command: str, *args: str, cwd: Path, env: dict[str, str],
+               timeout: float = 60.0, python: str = sys.executable
+               ) -> subprocess.CompletedProcess:
+    """`python -m worker COMMAND ARGS...` (status, once, supervisorctl, ...) run to its end,
+    its stdout and stderr captured as text."""
+    return subprocess.run([python, "-m", "worker", command, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 class RunningTool(CollectedOutput):
     """`python -m worker` (supervisord with reader and rotator), as a user starts it."""
 
@@ -143,6 +161,7 @@ class RunningTool(CollectedOutput):
                  prefix: tuple[str, ...] = (), python: str = sys.executable):
         self.workdir = workdir
         self.env = env
+        self.python = python
         self.process = subprocess.Popen(
             [*prefix, python, "-m", "worker", *args], cwd=workdir, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -174,6 +193,24 @@ class RunningTool(CollectedOutput):
             return None
         return wait_for(lookup, 30, message=f"a running {name} program")
 
+    def command(self, command: str, *args: str, timeout: float = 60.0,
+                **settings: str) -> subprocess.CompletedProcess:
+        """`python -m worker COMMAND ...` beside this tool: its folder, its settings (and
+        `settings` on top), as an operator runs it."""
+        return run_worker(command, *args, cwd=self.workdir, env={**self.env, **settings},
+                          timeout=timeout, python=self.python)
+
+    def status(self, *args: str, **settings: str) -> subprocess.CompletedProcess:
+        return self.command("status", *args, **settings)
+
+    def once(self, *args: str, **settings: str) -> subprocess.CompletedProcess:
+        return self.command("once", *args, **settings)
+
+    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess:
+        """supervisorctl for this instance (`python -m worker supervisorctl` reads the control
+        socket's password from RUN_DIR; plain supervisorctl is refused)."""
+        return self.command("supervisorctl", *args)
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -199,6 +236,18 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def settings_in(tmp_path: Path, **settings: str):
+    """The tool's settings as its programs read them, for an instance in tmp_path: models in
+    tmp_path/models (made here), RUN_DIR tmp_path/run, then `settings` (variables by name).
+    Nothing from the caller's environment counts."""
+    from worker.settings import read_settings
+
+    result = read_settings({"TARGET_DIR": str(tmp_path / "models"),
+                            "RUN_DIR": str(tmp_path / "run"), **settings})
+    result.target_dir.mkdir(parents=True, exist_ok=True)
+    return result
 
 
 def tool_environment(tmp_path: Path, **settings: str) -> dict[str, str]:

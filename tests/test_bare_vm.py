@@ -11,7 +11,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from tests.helpers import PROJECT_ROOT, content_of, wait_for, write_model
+from tests.helpers import PROJECT_ROOT, run_worker, wait_for, wait_for_latest, write_model
 
 
 def alive(pid: int) -> bool:
@@ -76,16 +76,15 @@ def test_an_existing_supervisord_runs_the_include_file(tmp_path):
         assert re.search(r"rasa-model-rotator:rotator\s+RUNNING", status), status
         model = models / "20261126-101010-brave-fox.tar.gz"
         write_model(model, 100_000)
-        wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30,
-                 message="the model published")
+        wait_for_latest(models, model.read_bytes(), 30,
+                        message="the model published")
         rotator_log = wait_for(lambda: [p for p in logs.iterdir() if "rotator" in p.name
                                         and "published" in p.read_text()], 10,
                                message="the rotator's log file in childlogdir")
         assert rotator_log
         # status finds the system's supervisord through SUPERVISOR_SERVER_URL.
-        health = subprocess.run(
-            [sys.executable, "-m", "worker", "status"], cwd=install, capture_output=True,
-            text=True, timeout=30,
+        health = run_worker(
+            "status", cwd=install,
             env={**env, "SUPERVISOR_SERVER_URL": f"unix://{tmp_path}/supervisor.sock"})
         assert health.returncode == 0, health.stdout + health.stderr
         assert f"source: {model}" in health.stdout
@@ -117,7 +116,7 @@ def test_after_kill_9_of_supervisord_no_orphans_and_a_new_start_just_works(start
     again.ready()
     model = models / "20261126-101010-brave-fox.tar.gz"
     write_model(model, 50_000)
-    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30,
-             message=f"published after the restart\n{again.output}")
+    wait_for_latest(models, model.read_bytes(), 30,
+                    message=f"published after the restart\n{again.output}")
     assert again.process.poll() is None
     assert "another rotator is already serving" not in again.output, again.output

@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.test_loadable import rasa_model
-from tests.test_rasa import FAST, MODEL_PATH, Syncs, status_of
+from tests.test_rasa import FAST, MODEL_PATH, Syncs
 from worker.archive import check_archive
 from worker.canary import Canary
 from worker.rasa import RasaSync
@@ -156,7 +156,7 @@ def test_the_tool_never_publishes_a_refused_model_and_returns_to_the_good_one(
     time.sleep(1.0)
     assert check_archive(latest).model_id == "G" and (models / "old.tar.gz").exists()
     assert puts(first, second) == 0
-    report = json.loads(status_of(tool, tmp_path, "--json").stdout)
+    report = json.loads(tool.status("--json").stdout)
     entry, = [e for e in report["not_published"] if e["path"].endswith("old.tar.gz")]
     assert entry["reason"] == "version" and "3.5.0" in entry["detail"]
 
@@ -168,10 +168,10 @@ def test_the_tool_never_publishes_a_refused_model_and_returns_to_the_good_one(
     time.sleep(2.0)  # two more sync intervals
     assert puts(first, second) == 1
     assert (models / "bad.tar.gz").exists() and (models / "good.tar.gz").exists()
-    report = json.loads(status_of(tool, tmp_path, "--json").stdout)
+    report = json.loads(tool.status("--json").stdout)
     refused = [e for e in report["not_published"] if e["path"].endswith("bad.tar.gz")]
     assert refused and refused[0]["reason"] == "refused"
-    text = status_of(tool, tmp_path).stdout
+    text = tool.status().stdout
     assert "not published (refused)" in text and "bad.tar.gz" in text
 
     # 3. A restarted rotator does not try it again.

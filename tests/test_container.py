@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_ROOT, content_of, wait_for, write_model
+from tests.helpers import PROJECT_ROOT, wait_for, wait_for_latest, write_model
 
 UID, GID = 1000, 2000
 # Interpreters that a non-root user can run (the image's is /usr/local/bin/python).
@@ -270,8 +270,8 @@ def test_a_stdout_the_user_cannot_reopen_gets_our_relay_and_loses_nothing(contai
     model = models / "20261126-101010-brave-fox.tar.gz"
     write_model(model, 200_000)
     os.chown(model, UID, GID)
-    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30,
-             message=f"latest published\n{run.output}")
+    wait_for_latest(models, model.read_bytes(), 30,
+                    message=f"latest published\n{run.output}")
     assert os.stat(models / "latest.tar.gz").st_uid == UID
     wait_for(lambda: "rotator INFO published" in run.output, 10,
              message=f"the rotator's line through the relay\n{run.output}")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_ROOT, model_bytes, set_mtime, write_model
+from tests.helpers import PROJECT_ROOT, model_bytes, run_worker, set_mtime, write_model
 from worker.archive import check_archive
 from worker.folder import list_models, read_record
-from worker.reconcile import Reconciler
+from worker.reconcile import RETRY_AFTER_ERROR_S, Reconciler
 from worker.settings import read_settings
 
 UID, GID = 1000, 1000
@@ -103,9 +103,10 @@ def test_a_full_disk_during_the_copy_loses_nothing_and_is_retried(tmp_path):
         filler.write_bytes(b"x" * (free_bytes(disk) - 700_000))  # B fits, its copy does not
         steps = {}
         for step in ("full", "still-full"):
+            before = time.time()
             outcome = reconciler.reconcile()
             steps[step] = {"actions": kinds(outcome), **snapshot(folder, contents),
-                           "recheck": outcome.recheck_at is not None}
+                           "retry_in": outcome.recheck_at and outcome.recheck_at - before}
         steps["restarted-full"] = {"actions": kinds(Reconciler(settings).reconcile()),
                                    **snapshot(folder, contents)}
         filler.unlink()
@@ -117,7 +118,9 @@ def test_a_full_disk_during_the_copy_loses_nothing_and_is_retried(tmp_path):
     assert [a[0] for a in full["actions"]] == ["failed"], full
     assert "No space left on device" in full["actions"][0][2]
     assert full["latest"] == "a" and "b.tar.gz" in full["files"], full
-    assert full["recheck"], "a failed publish must be retried"
+    # Retried, but not at once (THROTTLE_DELAY is 0 here): a disk that stays full would
+    # otherwise cost a copy attempt in a tight loop.
+    assert full["retry_in"] and full["retry_in"] >= RETRY_AFTER_ERROR_S, full
     for step in ("full", "still-full", "restarted-full"):
         assert "b.tar.gz" in report[step]["files"], report[step]
         assert not [n for n in report[step]["files"] if ".tmp-" in n], report[step]
@@ -147,9 +150,11 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
         reader = open(folder / "latest.tar.gz", "rb")
         filler = disk / "filler"
         filler.write_bytes(b"x" * (free_bytes(disk) - pages))  # room for B's copy, no more
+        before = time.time()
         outcome = first.reconcile()
         steps = {"publish": {"actions": kinds(outcome), **snapshot(folder, contents),
-                             "free": free_bytes(disk)}}
+                             "free": free_bytes(disk),
+                             "retry_in": outcome.recheck_at and outcome.recheck_at - before}}
         restarted = Reconciler(settings)
         steps["restart"] = {"actions": kinds(restarted.reconcile()), **snapshot(folder, contents)}
         filler.unlink()
@@ -167,6 +172,7 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
     assert ["published", "b.tar.gz"] in [a[:2] for a in publish["actions"]], publish
     assert any(a[0] == "failed" and "record could not be saved" in a[2]
                for a in publish["actions"]), publish
+    assert publish["retry_in"] and publish["retry_in"] >= RETRY_AFTER_ERROR_S, publish
     for step in ("publish", "restart", "freed"):
         assert "b.tar.gz" in report[step]["files"], f"latest's source deleted at {step}"
         assert report[step]["latest"] == "b", report[step]
@@ -197,8 +203,10 @@ def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path)
             os.chmod(folder / "b.tar.gz", 0)
             steps = {}
             for step in ("unreadable", "again"):
-                steps[step] = {"actions": kinds(reconciler.reconcile()),
-                               **snapshot(folder, contents)}
+                before = time.time()
+                outcome = reconciler.reconcile()
+                steps[step] = {"actions": kinds(outcome), **snapshot(folder, contents),
+                               "retry_in": outcome.recheck_at and outcome.recheck_at - before}
             os.chmod(folder / "b.tar.gz", 0o644)
             steps["readable"] = {"actions": kinds(reconciler.reconcile()),
                                  **snapshot(folder, contents)}
@@ -217,6 +225,9 @@ def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path)
     assert any(a[0] == "failed" and "Permission denied" in a[2]
                for a in unreadable["actions"]), unreadable
     assert "b.tar.gz" in report["again"]["files"]
+    for step in ("unreadable", "again"):  # retried, but not in a tight loop
+        assert report[step]["retry_in"] and report[step]["retry_in"] >= RETRY_AFTER_ERROR_S, \
+            report[step]
     assert report["again"]["actions"] == [], "the same failure logged at every retry"
     readable = report["readable"]
     assert readable["latest"] == "b", readable
@@ -407,8 +418,7 @@ def test_once_with_a_fifo_at_the_lock_says_so_in_one_line(tmp_path):
     os.mkfifo(folder / ".latest.tar.gz.lock")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TARGET_DIR": str(folder),
            "RUN_DIR": str(tmp_path / "run")}
-    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = run_worker("once", cwd=tmp_path, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output, output

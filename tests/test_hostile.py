@@ -24,11 +24,11 @@ import pytest
 
 from tests.helpers import (
     PROJECT_ROOT,
-    content_of,
     model_bytes,
     set_mtime,
     tool_environment,
     wait_for,
+    wait_for_latest,
 )
 from worker.channel import QueueClient
 from worker.logs import printable
@@ -187,8 +187,8 @@ def test_crafted_queue_messages_are_dropped_and_publishing_goes_on(start_tool, t
     # A real model is still published, by the same rotator process.
     model = models / "20261126-101010-brave-fox.tar.gz"
     model.write_bytes(model_bytes())
-    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(),
-             message=f"the model published\n{tool.output}")
+    wait_for_latest(models, model.read_bytes(),
+                    message=f"the model published\n{tool.output}")
     assert tool.program_pid("rotator") == rotator
     assert "Traceback" not in tool.output
     # And the reader's real messages still count.
@@ -248,7 +248,7 @@ def test_a_forged_name_in_the_running_tools_log(start_tool, models):
     start = tool.line_count()
     name = "y\n" + FORGED.replace("forged", "forged2") + ".tar.gz"
     (models / name).write_bytes(model_bytes())
-    wait_for(lambda: content_of(models / "latest.tar.gz") == (models / name).read_bytes())
+    wait_for_latest(models, (models / name).read_bytes())
     published = tool.wait_for_line("INFO published", after=start)
     assert printable(str(models / name)) in published
     assert not any(line.startswith("2026-01-01") for line in tool.lines), tool.output
@@ -317,7 +317,7 @@ def test_the_rotator_publishes_without_metrics_when_its_port_is_taken(tmp_path, 
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         try:
-            wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes())
+            wait_for_latest(models, model.read_bytes())
             time.sleep(0.5)
             assert rotator.poll() is None, "the rotator ended"
         finally:
@@ -461,8 +461,8 @@ def test_a_flood_of_connections_under_a_process_limit_never_stops_publishing(sta
         assert tool.process.poll() is None, tool.output
         data = model_bytes(model_id="after-the-flood")
         (models / "20261202-030000-after.tar.gz").write_bytes(data)
-        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
-                 message=f"published after the flood\n{tool.output}")
+        wait_for_latest(models, data, 60,
+                        message=f"published after the flood\n{tool.output}")
         assert "can't start new thread" not in tool.output
         assert "shutting down supervisord" not in tool.output
     finally:

@@ -13,16 +13,13 @@ import pytest
 from tests.helpers import (
     content_of,
     model_files,
+    run_worker,
     set_mtime,
     wait_for,
+    wait_for_latest,
     write_model,
 )
 from worker.archive import BrokenArchive, check_archive
-
-
-def latest_is(models: Path, source_bytes: bytes, timeout: float = 30) -> None:
-    wait_for(lambda: content_of(models / "latest.tar.gz") == source_bytes, timeout,
-             message="latest.tar.gz to hold the expected model")
 
 
 def only_models(models: Path, *names: str, timeout: float = 30) -> None:
@@ -79,11 +76,11 @@ def test_gradual_rasa_writes_never_show_a_partial_latest(start_tool, models):
     try:
         first = models / "20261126-101010-brave-fox.tar.gz"
         write_model(first, 6_000_000, chunks=6, chunk_pause_s=0.1)
-        latest_is(models, first.read_bytes())
+        wait_for_latest(models, first.read_bytes())
         reads_of_first = watcher.reads
         second = models / "20261126-101110-calm-cat.tar.gz"
         write_model(second, 6_000_000, chunks=6, chunk_pause_s=0.1)
-        latest_is(models, second.read_bytes())
+        wait_for_latest(models, second.read_bytes())
         only_models(models, second.name)
     finally:
         watcher.stop()
@@ -101,7 +98,7 @@ def test_a_model_renamed_in_is_published(start_tool, models):
     staging = models / ".incoming"  # does not match *.tar.gz: no event counts for it
     write_model(staging, 200_000)
     os.rename(staging, models / "renamed.tar.gz")
-    latest_is(models, (models / "renamed.tar.gz").read_bytes())
+    wait_for_latest(models, (models / "renamed.tar.gz").read_bytes())
     assert "published" in tool.wait_for_line("renamed.tar.gz")
 
 
@@ -113,7 +110,7 @@ def test_models_present_at_start_are_reconciled(start_tool, models):
     # mtime decides for files with no event: c, even though a was written last.
     newest = (models / "c.tar.gz").read_bytes()
     tool = start_tool()
-    latest_is(models, newest)
+    wait_for_latest(models, newest)
     only_models(models, "c.tar.gz")
     tool.wait_for_line("deleted")
 
@@ -127,10 +124,10 @@ def test_rollback_survives_a_restart_with_keep_previous(start_tool, models, tmp_
     write_model(old, 50_000, model_id="old")
     set_mtime(old, time.time() - 3600)
     write_model(models / "new.tar.gz", 50_000, model_id="new")
-    latest_is(models, (models / "new.tar.gz").read_bytes())
+    wait_for_latest(models, (models / "new.tar.gz").read_bytes())
     os.rename(old, models / "old.tar.gz")  # mv keeps the old mtime
     rolled_back = (models / "old.tar.gz").read_bytes()
-    latest_is(models, rolled_back)
+    wait_for_latest(models, rolled_back)
     tool.stop()
     restarted = start_tool(KEEP_PREVIOUS="1")
     restarted.ready()
@@ -145,7 +142,7 @@ def test_a_truncated_archive_is_never_published_and_deleted_after_grace(start_to
     tool.ready()
     whole = models / "whole.tar.gz"
     write_model(whole, 100_000)
-    latest_is(models, whole.read_bytes())
+    wait_for_latest(models, whole.read_bytes())
     killed = models / "killed.tar.gz"
     write_model(killed, 300_000, chunks=3, stop_after_chunk=2)  # closed mid-write
     tool.wait_for_line(f"skipped {killed}")
@@ -166,13 +163,40 @@ def test_a_slow_write_survives_while_another_model_is_published(start_tool, mode
     wait_for(lambda: slow.exists() and slow.stat().st_size > 0)
     quick = models / "quick.tar.gz"
     write_model(quick, 100_000)
-    latest_is(models, quick.read_bytes())
+    wait_for_latest(models, quick.read_bytes())
     time.sleep(1.0)  # more than three debounce delays with the slow file still open
     assert slow.exists(), "a file still being written was deleted"
     writer.join()
-    latest_is(models, slow.read_bytes())
+    wait_for_latest(models, slow.read_bytes())
     only_models(models, "slow.tar.gz")
     assert tool.process.poll() is None
+
+
+def test_a_stream_of_arrivals_that_never_pauses_still_publishes(start_tool, models):
+    """The debounce cap: a new model every 0.2 s, never a pause of THROTTLE_DELAY (1.5 s),
+    must not postpone publishing for ever: a model is published while the stream goes on."""
+    tool = start_tool(THROTTLE_DELAY="1500")
+    tool.ready()
+    stopping = threading.Event()
+
+    def stream() -> None:
+        for index in range(10_000):
+            staging = models / ".incoming"  # not a model name: only the rename is news
+            write_model(staging, 1_000, model_id=f"stream-{index}")
+            os.rename(staging, models / f"stream-{index:05d}.tar.gz")
+            if stopping.wait(0.2):
+                return
+
+    writer = threading.Thread(target=stream, daemon=True)
+    writer.start()
+    try:
+        wait_for(lambda: (models / "latest.tar.gz").exists(), 60,
+                 message="a publish while models keep arriving")
+        assert writer.is_alive()
+    finally:
+        stopping.set()
+        writer.join(10)
+    tool.wait_for_line("published")
 
 
 def test_kill_9_reader_misses_nothing(start_tool, models):
@@ -183,7 +207,7 @@ def test_kill_9_reader_misses_nothing(start_tool, models):
         os.kill(reader, signal.SIGKILL)
         model = models / f"while-reader-down-{round_}.tar.gz"
         write_model(model, 100_000)
-        latest_is(models, model.read_bytes())
+        wait_for_latest(models, model.read_bytes())
         wait_for(lambda r=reader: tool.program_pid("reader") != r)
     only_models(models, "while-reader-down-1.tar.gz")
 
@@ -196,13 +220,13 @@ def test_kill_9_rotator_misses_nothing_and_the_reader_reconnects(start_tool, mod
     # Written while the rotator is down: found by its start-up reconcile.
     down = models / "while-rotator-down.tar.gz"
     write_model(down, 100_000)
-    latest_is(models, down.read_bytes())
+    wait_for_latest(models, down.read_bytes())
     # Written after: reaches the new rotator only through the reader's reconnect
     # (the stale socket and the cached dead connection are both in the way).
     mark = tool.line_count()
     after = models / "after-restart.tar.gz"
     write_model(after, 100_000)
-    latest_is(models, after.read_bytes())
+    wait_for_latest(models, after.read_bytes())
     tool.wait_for_line("reconnected to the rotator", after=0)
     assert tool.program_pid("rotator") != rotator
     only_models(models, "after-restart.tar.gz")
@@ -214,7 +238,7 @@ def test_kill_9_rotator_in_the_middle_of_a_publish(start_tool, models, tmp_path)
     tool.ready()
     small = models / "small.tar.gz"
     write_model(small, 100_000)
-    latest_is(models, small.read_bytes())
+    wait_for_latest(models, small.read_bytes())
     staged = tmp_path / "big.tar.gz"
     write_model(staged, 400 * 1024 * 1024, chunks=8, compresslevel=1)
     rotator = tool.program_pid("rotator")
@@ -225,7 +249,7 @@ def test_kill_9_rotator_in_the_middle_of_a_publish(start_tool, models, tmp_path)
              message="a publish in progress")
     os.kill(rotator, signal.SIGKILL)
     assert content_of(models / "latest.tar.gz") == small.read_bytes(), "latest changed half-way"
-    latest_is(models, big.read_bytes(), timeout=60)
+    wait_for_latest(models, big.read_bytes(), timeout=60)
     wait_for(lambda: not temporary_files(models), message="the leftover temporary file removed")
     tool.wait_for_line("temporary file of an interrupted publish")
     only_models(models, "big.tar.gz")
@@ -245,7 +269,7 @@ def test_inotify_queue_overflow_triggers_a_rescan(start_tool, models):
         write_model(model, 100_000)  # its own event is among the dropped ones
     finally:
         os.kill(reader, signal.SIGCONT)
-    latest_is(models, model.read_bytes(), timeout=60)
+    wait_for_latest(models, model.read_bytes(), timeout=60)
     tool.wait_for_line("inotify queue overflowed")
     assert len(list(models.glob("noise-*.txt"))) == 17_000, "non-model files were touched"
 
@@ -255,7 +279,7 @@ def test_the_watched_folder_removed_and_created_again(start_tool, models):
     tool.ready()
     first = models / "first.tar.gz"
     write_model(first, 100_000)
-    latest_is(models, first.read_bytes())
+    wait_for_latest(models, first.read_bytes())
     for path in models.iterdir():
         path.unlink()
     models.rmdir()
@@ -264,7 +288,7 @@ def test_the_watched_folder_removed_and_created_again(start_tool, models):
     wait_for(lambda: tool.output.count("watching") >= 2, message="a new watch")
     second = models / "second.tar.gz"
     write_model(second, 100_000)
-    latest_is(models, second.read_bytes())
+    wait_for_latest(models, second.read_bytes())
 
 
 def test_sigterm_stops_everything_quickly_and_cleanly(start_tool, models, tmp_path):
@@ -286,8 +310,6 @@ def test_sigterm_stops_everything_quickly_and_cleanly(start_tool, models, tmp_pa
 
 
 def test_once_and_dry_run(models, tmp_path):
-    import subprocess
-    import sys
 
     from tests.helpers import tool_environment
 
@@ -298,8 +320,7 @@ def test_once_and_dry_run(models, tmp_path):
     env = tool_environment(tmp_path)
 
     def once(*args):
-        return subprocess.run([sys.executable, "-m", "worker", "once", *args], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=30)
+        return run_worker("once", *args, cwd=tmp_path, env=env)
 
     dry = once("--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -326,7 +347,7 @@ def test_two_instances_side_by_side(start_tool, tmp_path):
     for folder in folders:
         write_model(folder / "m.tar.gz", 50_000, model_id=folder.name)
     for folder in folders:
-        latest_is(folder, (folder / "m.tar.gz").read_bytes())
+        wait_for_latest(folder, (folder / "m.tar.gz").read_bytes())
 
 
 @pytest.mark.parametrize("bad", [{"THROTTLE_DELAY": "soon"}, {"KEEP_PREVIOUS": "-1"}])
@@ -337,30 +358,18 @@ def test_bad_settings_start_nothing(start_tool, tmp_path, bad):
     assert not (tmp_path / "models").exists() and not (tmp_path / "run").exists()
 
 
-def _supervisorctl(tool, *args):
-    import subprocess
-    import sys
-
-
-    # supervisord's control socket has a password (RUN_DIR/supervisor.password): this
-    # command reads it (plain supervisorctl is refused).
-    return subprocess.run([sys.executable, "-m", "worker", "supervisorctl", *args],
-                          cwd=tool.workdir, env=tool.env, capture_output=True, text=True,
-                          timeout=30)
-
-
 @pytest.mark.parametrize("interval", ["1", "0"])
 def test_the_periodic_rescan_finds_a_model_no_event_announced(start_tool, models, interval):
     tool = start_tool(RESCAN_INTERVAL=interval)
     tool.ready()
-    assert _supervisorctl(tool, "stop", "reader").returncode == 0  # no more events
+    assert tool.supervisorctl("stop", "reader").returncode == 0  # no more events
     model = models / "unannounced.tar.gz"
     write_model(model, 100_000)
     if interval == "0":
         time.sleep(3)  # what a 1 s rescan needs, three times over
         assert not (models / "latest.tar.gz").exists(), "published with the rescan off"
     else:
-        latest_is(models, model.read_bytes(), timeout=30)
+        wait_for_latest(models, model.read_bytes(), timeout=30)
 
 
 def test_move_mode_end_to_end(start_tool, models):
@@ -370,7 +379,7 @@ def test_move_mode_end_to_end(start_tool, models):
         model = models / f"{name}.tar.gz"
         write_model(model, 100_000)
         content = model.read_bytes()
-        latest_is(models, content)
+        wait_for_latest(models, content)
         assert not model.exists(), "the source should have been moved"
     assert model_files(models) == ["latest.tar.gz"]
     tool.wait_for_line("moved in")
@@ -387,7 +396,7 @@ def test_settings_from_an_env_file_reach_the_programs(start_tool, models, tmp_pa
     for name in ("a", "b", "c"):
         model = models / f"{name}.tar.gz"
         write_model(model, 50_000)
-        latest_is(models, model.read_bytes())
+        wait_for_latest(models, model.read_bytes())
     only_models(models, "b.tar.gz", "c.tar.gz")  # KEEP_PREVIOUS=1 kept b
     assert tool.wait_for_line('"event": "published"')  # LOG_FORMAT=json in the rotator
 
@@ -405,8 +414,8 @@ def test_a_failing_reconcile_is_retried_not_crashed(start_tool, models, tmp_path
     write_model(model, 50_000)
     tool.wait_for_line("reconcile failed")
     public.unlink()
-    wait_for(lambda: content_of(public / "latest.tar.gz") == model.read_bytes(), 30,
-             message=f"published once the folder can be made again\n{tool.output}")
+    wait_for_latest(public, model.read_bytes(), 30,
+                    message=f"published once the folder can be made again\n{tool.output}")
     assert tool.program_pid("rotator") == rotator, "the rotator was restarted"
 
 
@@ -420,8 +429,8 @@ def test_a_rollback_seen_while_the_rotator_was_down_survives_its_restart(start_t
     tool.ready()
     new = models / "new.tar.gz"
     write_model(new, 50_000, model_id="new")
-    latest_is(models, new.read_bytes())
-    assert _supervisorctl(tool, "stop", "rotator").returncode == 0
+    wait_for_latest(models, new.read_bytes())
+    assert tool.supervisorctl("stop", "rotator").returncode == 0
     archive = tmp_path / "archive"
     archive.mkdir()
     old = archive / "old.tar.gz"
@@ -432,8 +441,8 @@ def test_a_rollback_seen_while_the_rotator_was_down_survives_its_restart(start_t
     journal = models / ".latest.tar.gz.arrivals.json"
     wait_for(lambda: '"old.tar.gz"' in (content_of(journal) or b"").decode(),
              message="the reader to keep the arrival it could not deliver")
-    assert _supervisorctl(tool, "start", "rotator").returncode == 0
-    latest_is(models, rolled_back)
+    assert tool.supervisorctl("start", "rotator").returncode == 0
+    wait_for_latest(models, rolled_back)
     only_models(models, "old.tar.gz")
     assert "deleted" not in "".join(line for line in tool.lines if "old.tar.gz" in line)
 
@@ -445,7 +454,7 @@ def test_rasa_writing_latest_itself_is_never_overwritten(start_tool, models):
     tool.ready()
     for name in ("a", "b"):
         write_model(models / f"{name}.tar.gz", 50_000, model_id=name)
-        latest_is(models, (models / f"{name}.tar.gz").read_bytes())
+        wait_for_latest(models, (models / f"{name}.tar.gz").read_bytes())
     mark = tool.line_count()
     # Rasa's way: open the final path with O_TRUNC, stream for a while, close.
     write_model(models / "latest.tar.gz", 3_000_000, model_id="rasa", chunks=12,
@@ -465,7 +474,7 @@ def test_a_normal_start_logs_no_warning(start_tool, models):
     tool.ready()
     model = models / "m.tar.gz"
     write_model(model, 50_000)
-    latest_is(models, model.read_bytes())
+    wait_for_latest(models, model.read_bytes())
     warnings = [line for line in tool.lines
                 if " reader WARNING " in line or " rotator WARNING " in line]
     assert warnings == []

@@ -22,10 +22,11 @@ from tests.helpers import (
     CollectedOutput,
     _children,
     _cmdline,
-    content_of,
     end_process,
+    settings_in,
     tool_environment,
     wait_for,
+    wait_for_latest,
     write_model,
 )
 from worker import model_server
@@ -89,8 +90,8 @@ def publish(models: Path, name: str, model_id: str, size: int = 200_000,
     """Write a model the way Rasa does and wait until latest.tar.gz holds it."""
     write_model(models / name, size, model_id)
     expected = (models / name).read_bytes()
-    wait_for(lambda: content_of(models / "latest.tar.gz") == expected, timeout,
-             message=f"{name} published")
+    wait_for_latest(models, expected, timeout,
+                    message=f"{name} published")
     return expected
 
 
@@ -239,13 +240,10 @@ def test_many_replicas_asking_at_once_never_pass_the_limit(tmp_path):
     the same instant, with a thread switch every microsecond, get exactly one new model."""
     import logging
 
-    from worker.settings import read_settings
-
     models = tmp_path / "models"
     models.mkdir()
     write_model(models / "latest.tar.gz", 300_000, "m1")
-    settings = read_settings({"TARGET_DIR": str(models), "RUN_DIR": str(tmp_path / "run"),
-                              "MODEL_SERVER_BIND": "127.0.0.1"})
+    settings = settings_in(tmp_path, MODEL_SERVER_BIND="127.0.0.1")
     server = model_server.ModelServer(settings, logging.getLogger("test.model-server"))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     def slow_clock() -> float:
@@ -356,9 +354,7 @@ def test_token_is_required_and_never_printed(start_tool, models):
         answer = raw.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400") and TOKEN.encode() not in answer
     tool.wait_for_line("missing or wrong token (401)")
-    status_out = subprocess.run([sys.executable, "-m", "worker", "status", "--json"],
-                                env=tool.env, cwd=tool.workdir, capture_output=True,
-                                text=True, timeout=60)
+    status_out = tool.status("--json")
     tool.stop()
     assert TOKEN not in tool.output
     assert TOKEN not in status_out.stdout + status_out.stderr
@@ -484,13 +480,9 @@ def test_off_by_default_it_idles_as_sleep_and_supervisorctl_status_stays_0(start
     pss_kib = int(re.search(r"^Pss:\s+(\d+)", Path(f"/proc/{idle}/smaps_rollup").read_text(),
                             re.M).group(1))
     assert pss_kib < 2048, pss_kib  # not a Python interpreter (about 7 MiB)
-    env = dict(tool.env)
-    status = subprocess.run([sys.executable, "-m", "worker", "status"], env=env,
-                            cwd=tool.workdir, capture_output=True, text=True, timeout=60)
+    status = tool.status()
     assert status.returncode == 0, status.stdout + status.stderr
-    listed = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "status"],
-                            env=env, cwd=tool.workdir, capture_output=True, text=True,
-                            timeout=60)
+    listed = tool.supervisorctl("status")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert re.search(r"model-server\s+RUNNING", listed.stdout)
 
@@ -534,14 +526,13 @@ def test_a_replica_that_cannot_load_a_pulled_model_stops_the_rollout(start_tool,
     assert first.request(etag=good_etag)[0] == 200  # the canary downloads it ...
     assert first.request(etag=good_etag)[0] == 304  # ... and asks again with its old ETag
     tool.wait_for_line("refused by 127.0.0.1")
-    wait_for(lambda: content_of(models / "latest.tar.gz") == good, 30,
-             message="latest back to the good model")
+    wait_for_latest(models, good, 30,
+                    message="latest back to the good model")
     for _ in range(3):
         assert second.request(etag=good_etag)[0] == 304
         assert first.request(etag=good_etag)[0] == 304
     assert (models / "20261126-111111-calm-owl.tar.gz").exists()
-    status = subprocess.run([sys.executable, "-m", "worker", "status"], cwd=tmp_path,
-                            env=tool.env, capture_output=True, text=True, timeout=30)
+    status = tool.status()
     assert "not published (refused)" in status.stdout
     assert "calm-owl" in status.stdout
 
@@ -723,3 +714,95 @@ def test_a_reconcile_holding_the_folder_lock_never_stalls_the_server(start_tool,
              message="the load recorded once the lock was free")
     assert LoadableBook.load(models / "latest.tar.gz").loaded.name == \
         "20261126-101010-brave-fox.tar.gz"
+
+
+def test_the_connection_past_the_cap_takes_the_place_of_the_oldest_idle_one(program):
+    """With MAX_CONNECTIONS (256) open and none past its request, a new one closes the
+    oldest, and only it. The request deadline is lengthened so that only the cap can close
+    anything here."""
+    server = program(HEAD_TIMEOUT_S=600.0)
+    idle = []
+    try:
+        for _ in range(model_server.MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+        # The server holds all of them once it answers one more (which makes room).
+        status, _, body = Client(server.port).request(path="/healthz", timeout=30)
+        assert (status, body) == (200, b"ok\n")
+        assert idle[0].recv(1) == b"", "the oldest idle connection was not the one closed"
+        for sock in idle[1:]:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # still open, nothing sent: no other connection was closed
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def start_download(port: int) -> socket.socket:
+    """A client that asked for the model and reads only the first byte of the answer: its
+    connection is then past its request (downloading) for as long as it reads no more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /model HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(1) == b"H"
+    return sock
+
+
+def answer_size(sock: socket.socket, chunk_size: int = 1 << 20, pause_s: float = 0.0) -> int:
+    """How many bytes of body come until the server closes (the head is skipped); `pause_s`
+    after each read of at most `chunk_size`."""
+    head, body = b"", None
+    while chunk := sock.recv(chunk_size):
+        if body is None:
+            head += chunk
+            if b"\r\n\r\n" in head:
+                body = len(head.partition(b"\r\n\r\n")[2])
+        else:
+            body += len(chunk)
+        time.sleep(pause_s)
+    return body or 0
+
+
+def test_with_every_place_downloading_a_new_connection_is_closed_at_once(program, tmp_path):
+    """The cap, shortened to 3 through the module constant: 3 downloads in progress keep
+    their places, a 4th client is closed without an answer, and the downloads go on whole."""
+    size = 16 * 1024 * 1024  # more than the kernel's buffers hold: the downloads go on
+    a_published_file(tmp_path, size)
+    server = program(MAX_CONNECTIONS=3)
+    downloads = [start_download(server.port) for _ in range(3)]
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = extra.recv(1)
+            except ConnectionResetError:
+                answer = b""  # closed with our request unread: a reset, as good as a close
+            assert answer == b"", "a 4th connection was served"
+        for sock in downloads:
+            assert answer_size(sock) == size  # its first byte, "H", was read above
+    finally:
+        for sock in downloads:
+            sock.close()
+
+
+def test_a_slow_but_steady_download_is_never_cut(program, tmp_path):
+    """The send timeout counts from the client's last taking, not from the start: a client
+    that keeps reading a little at a time gets the whole model although its download lasts
+    several timeouts (1 s here, through the module constant; 60 s in the program)."""
+    size = 12 * 1024 * 1024
+    a_published_file(tmp_path, size)
+    server = program(SEND_TIMEOUT_S=1.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", server.port))
+    started = time.monotonic()
+    with sock:
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: x\r\n\r\n")
+        # A pause far shorter than the timeout between two takings.
+        body = answer_size(sock, chunk_size=64 * 1024, pause_s=0.02)
+    lasted = time.monotonic() - started
+    assert body == size, f"{body} of {size} bytes:\n{server.output}"
+    assert lasted > 2.0, f"the download took {lasted:.1f} s: too fast to show anything"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import content_of, wait_for, write_model
+from tests.helpers import wait_for_latest, write_model
 
 
 @pytest.mark.parametrize("rescan", ["1", "0"])
@@ -30,11 +30,11 @@ def test_a_model_under_a_tmpfs_mounted_over_the_folder(start_tool, models, resca
         time.sleep(3)  # three times what a 1 s rescan needs
         assert not (inside / "latest.tar.gz").exists(), "inotify should be blind here"
         return
-    wait_for(lambda: content_of(inside / "latest.tar.gz") == model.read_bytes(), 30,
-             message=f"the model on the mount published\n{tool.output}")
+    wait_for_latest(inside, model.read_bytes(), 30,
+                    message=f"the model on the mount published\n{tool.output}")
     assert not (models / "latest.tar.gz").exists(), "published outside the namespace"
     tool.wait_for_line("now names another folder")
     # And the next one on the mount too.
     second = inside / "20261126-101110-next.tar.gz"
     write_model(second, 100_000)
-    wait_for(lambda: content_of(inside / "latest.tar.gz") == second.read_bytes(), 30)
+    wait_for_latest(inside, second.read_bytes(), 30)

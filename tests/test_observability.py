@@ -13,13 +13,16 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import PROJECT_ROOT, content_of, model_bytes, wait_for, write_model
+from tests.helpers import (
+    PROJECT_ROOT,
+    content_of,
+    model_bytes,
+    run_worker,
+    wait_for,
+    wait_for_latest,
+    write_model,
+)
 from worker.folder import folder_lock
-
-
-def status(tool, *args, **env):
-    return subprocess.run([sys.executable, "-m", "worker", "status", *args], cwd=tool.workdir,
-                          env={**tool.env, **env}, capture_output=True, text=True, timeout=30)
 
 
 def context_switches(pid: int) -> int:
@@ -33,19 +36,19 @@ def context_switches(pid: int) -> int:
 def test_status_tells_what_is_published_and_what_runs(start_tool, models):
     tool = start_tool()
     tool.ready()
-    before = status(tool)
+    before = tool.status()
     assert before.returncode == 0, before.stdout + before.stderr
     assert "published: nothing yet" in before.stdout
     model = models / "20261126-101010-brave-fox.tar.gz"
     write_model(model, 100_000, model_id="fox-42")
-    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes())
-    text = status(tool)
+    wait_for_latest(models, model.read_bytes())
+    text = tool.status()
     assert text.returncode == 0
     assert "rasa-model-rotator: healthy" in text.stdout
     assert f"source: {model}" in text.stdout
     assert "model_id: fox-42" in text.stdout and "trained_at: 2026-11-26T10:10:10" in text.stdout
     assert "program reader: RUNNING" in text.stdout and "program rotator: RUNNING" in text.stdout
-    report = json.loads(status(tool, "--json").stdout)
+    report = json.loads(tool.status("--json").stdout)
     assert report["healthy"] is True
     assert report["published"]["source"] == str(model)
     assert report["published"]["size"] == model.stat().st_size
@@ -55,10 +58,8 @@ def test_status_tells_what_is_published_and_what_runs(start_tool, models):
 def test_status_is_unhealthy_when_a_program_is_down(start_tool):
     tool = start_tool()
     tool.ready()
-    ctl = [sys.executable, "-m", "worker", "supervisorctl"]
-    subprocess.run([*ctl, "stop", "reader"], env=tool.env, cwd=tool.workdir, check=True,
-                   capture_output=True)
-    result = status(tool)
+    assert tool.supervisorctl("stop", "reader").returncode == 0
+    result = tool.status()
     assert result.returncode == 1
     assert "UNHEALTHY" in result.stdout and "program reader is STOPPED" in result.stdout
 
@@ -66,9 +67,7 @@ def test_status_is_unhealthy_when_a_program_is_down(start_tool):
 def test_status_is_unhealthy_without_supervisord(tmp_path):
     from tests.helpers import tool_environment
 
-    result = subprocess.run([sys.executable, "-m", "worker", "status", "--json"], cwd=tmp_path,
-                            env=tool_environment(tmp_path), capture_output=True, text=True,
-                            timeout=30)
+    result = run_worker("status", "--json", cwd=tmp_path, env=tool_environment(tmp_path))
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["healthy"] is False and "supervisord not reachable" in report["problems"][0]
@@ -79,7 +78,7 @@ def test_json_logs_are_one_object_per_line(start_tool, models):
     tool.ready()
     model = models / "m.tar.gz"
     write_model(model, 50_000)
-    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes())
+    wait_for_latest(models, model.read_bytes())
     line = tool.wait_for_line('"event": "published"')
     entry = json.loads(line)
     assert {"time", "level", "program", "event", "message", "path"} <= set(entry)
@@ -131,11 +130,9 @@ def test_a_normal_start_has_no_crit_line_and_the_control_socket_wants_the_passwo
                             str(PROJECT_ROOT / "conf" / "supervisord.conf"), "status"],
                            env=tool.env, capture_output=True, text=True, timeout=30)
     assert plain.returncode != 0 and "RUNNING" not in plain.stdout, plain.stdout
-    ours = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "status"],
-                          cwd=tool.workdir, env=tool.env, capture_output=True, text=True,
-                          timeout=30)
+    ours = tool.supervisorctl("status")
     assert ours.returncode == 0 and re.search(r"rotator\s+RUNNING", ours.stdout), ours.stdout
-    report = status(tool, "--json")
+    report = tool.status("--json")
     assert report.returncode == 0
     assert password not in report.stdout + report.stderr + tool.output + ours.stdout
 
@@ -145,33 +142,33 @@ def test_status_says_starting_until_the_first_reconcile_is_done(start_tool, mode
     with folder_lock(latest):  # the rotator's start waits for this lock
         tool = start_tool()
         tool.wait_for_line("success: rotator entered RUNNING")
-        starting = status(tool)
+        starting = tool.status()
         assert starting.returncode == 1, starting.stdout
         assert "rasa-model-rotator: starting" in starting.stdout, starting.stdout
-        assert json.loads(status(tool, "--json").stdout)["state"] == "starting"
-    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy after the start")
+        assert json.loads(tool.status("--json").stdout)["state"] == "starting"
+    wait_for(lambda: tool.status().returncode == 0, 30, message="healthy after the start")
 
 
 def test_a_stopped_rotator_is_unhealthy(start_tool):
     tool = start_tool()
     tool.ready()
-    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy")
+    wait_for(lambda: tool.status().returncode == 0, 30, message="healthy")
     rotator = tool.program_pid("rotator")
     os.kill(rotator, signal.SIGSTOP)
     try:
-        stopped = status(tool)
+        stopped = tool.status()
         assert stopped.returncode == 1, stopped.stdout
         assert "rotator does not answer on its queue socket" in stopped.stdout, stopped.stdout
     finally:
         os.kill(rotator, signal.SIGCONT)
-    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy again after SIGCONT")
+    wait_for(lambda: tool.status().returncode == 0, 30, message="healthy again after SIGCONT")
 
 
 def test_a_rotator_blocked_in_a_reconcile_is_unhealthy_after_the_allowed_time(
         start_tool, models):
     tool = start_tool()
     tool.ready()
-    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy")
+    wait_for(lambda: tool.status().returncode == 0, 30, message="healthy")
     # Test-only knob for `status` alone: a 2 s base instead of 60 s (the rotator is unchanged).
     quick = {"ROTATOR_TEST_STUCK_BASE_S": "2"}
     with folder_lock(models / "latest.tar.gz"):  # the next reconcile blocks in flock()
@@ -180,23 +177,23 @@ def test_a_rotator_blocked_in_a_reconcile_is_unhealthy_after_the_allowed_time(
         wait_for(lambda: json.loads(state.read_text())["phase"] == "reconciling", 30,
                  message="the rotator inside a reconcile")
         stuck = wait_for(lambda: (lambda r: r if r.returncode == 1 else None)(
-            status(tool, **quick)), 30, message="unhealthy once the allowed time is over")
+            tool.status(**quick)), 30, message="unhealthy once the allowed time is over")
         assert "rotator stuck: one reconcile has taken" in stuck.stdout, stuck.stdout
         # With the real allowance (60 s + bytes at 2 MiB/s) a few seconds are not stuck.
-        assert status(tool).returncode == 0
-    wait_for(lambda: status(tool, **quick).returncode == 0, 30, message="healthy again")
+        assert tool.status().returncode == 0
+    wait_for(lambda: tool.status(**quick).returncode == 0, 30, message="healthy again")
 
 
 def test_an_idle_rotator_stays_healthy_and_is_not_woken_up(start_tool):
     tool = start_tool()
     tool.ready()
-    wait_for(lambda: status(tool).returncode == 0, 30, message="healthy")
+    wait_for(lambda: tool.status().returncode == 0, 30, message="healthy")
     rotator = tool.program_pid("rotator")
     before = context_switches(rotator)
     time.sleep(4)
     assert context_switches(rotator) - before < 3, "the idle rotator woke up"
     # Idle far longer than the allowed time of a reconcile is no sign of trouble.
-    assert status(tool, ROTATOR_TEST_STUCK_BASE_S="1").returncode == 0
+    assert tool.status(ROTATOR_TEST_STUCK_BASE_S="1").returncode == 0
 
 
 def test_status_prints_any_file_name(start_tool, models):
@@ -207,13 +204,13 @@ def test_status_prints_any_file_name(start_tool, models):
     with open(path, "wb") as out:
         out.write(model_bytes(50_000))
     wait_for(lambda: content_of(models / "latest.tar.gz") is not None, 30, message="published")
-    wait_for(lambda: "source:" in status(tool).stdout, 30, message="the record")
-    result = status(tool)
+    wait_for(lambda: "source:" in tool.status().stdout, 30, message="the record")
+    result = tool.status()
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     source = next(line for line in result.stdout.splitlines() if "source:" in line)
     assert source.endswith("20261126-evil\\n2026 rotator INFO forged \\xff\\x1b[31m.tar.gz"), source
     assert not any(line.startswith("2026 rotator") for line in result.stdout.splitlines())
-    assert json.loads(status(tool, "--json").stdout)["healthy"] is True
+    assert json.loads(tool.status("--json").stdout)["healthy"] is True
 
 
 def _redirected_run(tmp_path, mode: str):
@@ -308,8 +305,8 @@ def publishes_on(tmp_path, models, fd: int, chatter: int = 0, **settings) -> Non
         time.sleep(3)
         data = model_bytes(model_id="read-or-not")
         (models / "20261202-101010-new.tar.gz").write_bytes(data)
-        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
-                 message="published while nobody reads stdout")
+        wait_for_latest(models, data, 60,
+                        message="published while nobody reads stdout")
         assert tool.process.poll() is None, tool.process.returncode
     finally:
         tool.stop()
@@ -352,16 +349,15 @@ def test_a_log_reader_that_dies_mid_run_ends_nothing(tmp_path, models):
                 assert chunk, seen.decode(errors="replace")
                 seen += chunk
         # The reader is gone now: every write to stdout fails with EPIPE.
-        restart = subprocess.run([sys.executable, "-m", "worker", "supervisorctl", "restart",
-                                  "model-server"], cwd=tmp_path, env=tool.env,
-                                 capture_output=True, text=True, timeout=60)
+        restart = run_worker("supervisorctl", "restart", "model-server", cwd=tmp_path,
+                             env=tool.env)
         assert "started" in restart.stdout, restart.stdout + restart.stderr
         time.sleep(2)
         assert tool.process.poll() is None, tool.process.returncode
         data = model_bytes(model_id="after-the-reader")
         (models / "20261202-101010-after.tar.gz").write_bytes(data)
-        wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
-                 message="published after the log reader died")
+        wait_for_latest(models, data, 60,
+                        message="published after the log reader died")
         assert tool.process.poll() is None, tool.process.returncode
     finally:
         tool.stop()

@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,27 +26,24 @@ from tests.helpers import (
     content_of,
     model_bytes,
     model_files,
+    run_worker,
     set_mtime,
+    settings_in,
     tool_environment,
-    wait_for,
+    wait_for_latest,
     write_model,
 )
 from worker.arrivals import journal_path
 from worker.folder import read_record, record_path
 from worker.reconcile import Reconciler
-from worker.settings import read_settings
 
 DAY = 86_400.0
 HOUR = 3600.0
 
 
 def make_settings(tmp_path: Path, **overrides):
-    env = {"TARGET_DIR": str(tmp_path / "models"), "RUN_DIR": str(tmp_path / "run"),
-           "THROTTLE_DELAY": "300"}
-    env.update(overrides)
-    settings = read_settings(env)
-    settings.target_dir.mkdir(exist_ok=True)
-    return settings
+    """This file's default: a 0.3 s debounce."""
+    return settings_in(tmp_path, **{"THROTTLE_DELAY": "300", **overrides})
 
 
 def put_model(folder: Path, name: str, mtime: float | None = None) -> bytes:
@@ -89,11 +85,6 @@ class LatestHistory(threading.Thread):
         self.stopping.set()
         self.join(10)
         return self.held
-
-
-def latest_is(folder: Path, data: bytes, timeout: float = 60) -> None:
-    wait_for(lambda: content_of(folder / "latest.tar.gz") == data, timeout,
-             message="latest.tar.gz to hold the expected model")
 
 
 # -- 1. a touch of latest is no arrival ----------------------------------------------------
@@ -144,12 +135,12 @@ def test_a_touch_with_the_touch_command_from_outside(start_tool, models):
     tool = start_tool(PUBLISH_MODE="move")
     tool.ready()
     a = put_model(models, "a.tar.gz")
-    latest_is(models, a)
+    wait_for_latest(models, a)
     lines = tool.line_count()
     b = put_model(models, "b.tar.gz")
     time.sleep(0.2)
     subprocess.run(["touch", str(models / "latest.tar.gz")], check=True)
-    latest_is(models, b)
+    wait_for_latest(models, b)
     assert "written by another program" not in "\n".join(tool.lines[lines:])
 
 
@@ -163,7 +154,7 @@ def test_a_stopped_rotator_keeps_a_rollback_that_arrived_while_it_was_stopped(
     tool = start_tool(RESCAN_INTERVAL="2")
     tool.ready()
     a = put_model(models, "a.tar.gz")
-    latest_is(models, a)
+    wait_for_latest(models, a)
     history = LatestHistory(models / "latest.tar.gz")
     history.start()
     rotator = tool.program_pid("rotator")
@@ -175,7 +166,7 @@ def test_a_stopped_rotator_keeps_a_rollback_that_arrived_while_it_was_stopped(
         time.sleep(4)  # the rescan timer runs out while the rotator is stopped
     finally:
         os.kill(rotator, signal.SIGCONT)
-    latest_is(models, r)
+    wait_for_latest(models, r)
     time.sleep(3)  # quiet again (and a rescan later): still R, never back to B
     held = history.stop()
     assert content_of(models / "latest.tar.gz") == r
@@ -192,7 +183,7 @@ def test_a_rotator_killed_within_throttle_delay_keeps_a_rollback(start_tool, tmp
     tool = start_tool(THROTTLE_DELAY="2000", KEEP_PREVIOUS="1")
     tool.ready()
     a = put_model(models, "a.tar.gz")
-    latest_is(models, a)
+    wait_for_latest(models, a)
     history = LatestHistory(models / "latest.tar.gz")
     history.start()
     rotator = tool.program_pid("rotator")
@@ -201,7 +192,7 @@ def test_a_rotator_killed_within_throttle_delay_keeps_a_rollback(start_tool, tmp
     r = move_in(tmp_path, models, "r.tar.gz", HOUR)
     time.sleep(0.2)
     os.kill(rotator, signal.SIGKILL)
-    latest_is(models, r)
+    wait_for_latest(models, r)
     # Today's code showed R for a moment, then went back to B and deleted R: look again
     # once the restarted rotator has taken in the reader's reconnection and gone quiet.
     tool.wait_for_line("rescan requested: reader reconnected", 60)
@@ -345,12 +336,6 @@ def test_a_hostile_record_is_set_aside_and_rebuilt(tmp_path, kind, caplog):
     assert read_record(settings.latest_model_path).source == "a.tar.gz"  # rebuilt
 
 
-def _run_worker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker", *args], cwd=tmp_path,
-                          env=tool_environment(tmp_path, TARGET_DIR=str(tmp_path / "models")),
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("command", [("once",), ("once", "--dry-run"), ("status",)])
 def test_hostile_state_files_end_no_command_in_a_traceback(tmp_path, models, command):
     latest = models / "latest.tar.gz"
@@ -358,7 +343,8 @@ def test_hostile_state_files_end_no_command_in_a_traceback(tmp_path, models, com
     latest.write_bytes(a)  # so that `status` reads the record
     journal_path(latest).write_bytes(HOSTILE_JOURNALS["seq-infinity"])
     record_path(latest).write_bytes(HOSTILE_RECORDS["deep"])
-    result = _run_worker(tmp_path, *command)
+    result = run_worker(*command, cwd=tmp_path, timeout=120,
+                        env=tool_environment(tmp_path, TARGET_DIR=str(tmp_path / "models")))
     output = result.stdout + result.stderr
     assert "Traceback" not in output
     assert "not a valid state file" in output
@@ -377,7 +363,7 @@ def test_the_rotator_starts_over_hostile_state_files(start_tool, models):
     tool = start_tool()
     tool.ready()
     a = put_model(models, "a.tar.gz")
-    latest_is(models, a)
+    wait_for_latest(models, a)
     assert tool.output.count("not a valid state file") == 2, tool.output
     assert tool.process.poll() is None
 
@@ -391,7 +377,7 @@ def test_a_writer_streaming_into_latest_with_pauses_is_never_replaced(start_tool
     tool = start_tool(THROTTLE_DELAY="300")
     tool.ready()
     a = put_model(models, "a.tar.gz")
-    latest_is(models, a)
+    wait_for_latest(models, a)
     latest = models / "latest.tar.gz"
     replaced = []
     writing = threading.Event()
@@ -420,7 +406,7 @@ def test_a_writer_streaming_into_latest_with_pauses_is_never_replaced(start_tool
         written = raw.read()
     assert replaced == [], "latest.tar.gz was replaced while its writer was writing it"
     time.sleep(1)  # the close_write is taken in; latest stays the writer's model
-    latest_is(models, written)
+    wait_for_latest(models, written)
 
 
 def test_a_temp_file_of_a_process_killed_mid_write_is_removed_at_the_next_reconcile(tmp_path):
@@ -461,13 +447,13 @@ def test_a_touched_model_never_overtakes_the_models_after_it(start_tool, tmp_pat
     tool = start_tool(PUBLISH_MODE="move")
     tool.ready()
     a = put_model(models, "a.tar.gz")
-    latest_is(models, a)
+    wait_for_latest(models, a)
     put_model(models, "x.tar.gz")
     time.sleep(0.05)
     os.utime(models / "x.tar.gz")
     put_model(models, "y.tar.gz")
     r = move_in(tmp_path, models, "r.tar.gz", HOUR)
-    latest_is(models, r)
+    wait_for_latest(models, r)
     time.sleep(2)  # quiet: still R
     assert content_of(models / "latest.tar.gz") == r
 

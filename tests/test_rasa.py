@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import content_of, wait_for, write_model
+from tests.helpers import content_of, wait_for, wait_for_latest, write_model
 from worker.liveness import read_state
 from worker.rasa import RasaSync, Timing, display_url
 from worker.rasa_client import RasaClient, Secrets
@@ -460,11 +460,6 @@ def test_the_client_never_raises(tmp_path):
 
 # -- the tool end to end ----------------------------------------------------------------------
 
-def status_of(tool, tmp_path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker", "status", *args], cwd=tmp_path,
-                          env=tool.env, capture_output=True, text=True, timeout=30)
-
-
 def test_the_tool_syncs_each_replica_and_leaves_a_synced_one_alone_after_a_restart(
         start_tool, models, stubs, tmp_path):
     first, second = stubs(), stubs(status_script=[503])
@@ -474,16 +469,16 @@ def test_the_tool_syncs_each_replica_and_leaves_a_synced_one_alone_after_a_resta
     tool.ready()
     model = models / "20261126-101010-brave-fox.tar.gz"
     write_model(model, 100_000, model_id="fox")
-    wait_for(lambda: content_of(models / "latest.tar.gz") == model.read_bytes(), 30)
+    wait_for_latest(models, model.read_bytes(), 30)
     tool.wait_for_line(f"rasa {first.url} serves the published model fox")
     tool.wait_for_line(f"rasa {second.url}/ serves the published model fox")
     for stub in (first, second):
         (call,) = stub.calls()
         assert call["body"] == {"model_file": str(models / "latest.tar.gz")}
         assert call["query"] == {"token": [TOKEN]}
-    status = status_of(tool, tmp_path)
+    status = tool.status()
     assert f"rasa {second.url}/: in-sync, serves fox" in status.stdout, status.stdout
-    report = json.loads(status_of(tool, tmp_path, "--json").stdout)
+    report = json.loads(tool.status("--json").stdout)
     by_url = {r["url"]: r for r in report["rasa"]}
     assert by_url[first.url]["in_sync"] and by_url[first.url]["model_id"] == "fox"
     assert by_url[first.url]["converged_at"] and by_url[first.url]["last_swap"]["status"] == 204
@@ -503,11 +498,24 @@ def test_the_tool_syncs_each_replica_and_leaves_a_synced_one_alone_after_a_resta
     again = start_tool(**settings)
     again.ready()
     wait_for(lambda: first.status_checks() > checks and second.status_checks() > checks, 30)
-    wait_for(lambda: json.loads(status_of(again, tmp_path, "--json").stdout)["rasa"][0]
+    wait_for(lambda: json.loads(again.status("--json").stdout)["rasa"][0]
              .get("in_sync"), 30)
     assert len(first.calls()) == 1 and len(second.calls()) == 1
     for text in (tool.output, again.output, status.stdout, status.stderr):
         assert_no_secret(text)
+
+
+def test_rasa_is_sent_rasa_model_path_not_our_own_path(start_tool, models, stubs):
+    """Rasa's container mounts the volume elsewhere: the PUT names RASA_MODEL_PATH, the path
+    where Rasa finds the file, never LATEST_MODEL_PATH (ours, which Rasa cannot open)."""
+    rasa_side = "/app/models/latest.tar.gz"
+    stub = stubs(models={rasa_side: "fox"})
+    tool = start_tool(RASA_URL=stub.url, RASA_TOKEN=TOKEN, RASA_MODEL_PATH=rasa_side,
+                      RASA_SYNC_INTERVAL="0")
+    tool.ready()
+    write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
+    tool.wait_for_line(f"rasa {stub.url} serves the published model fox")
+    assert [call["body"] for call in stub.calls()] == [{"model_file": rasa_side}]
 
 
 def test_a_rasa_that_is_down_is_shown_but_does_not_fail_our_health(start_tool, models,
@@ -517,8 +525,8 @@ def test_a_rasa_that_is_down_is_shown_but_does_not_fail_our_health(start_tool, m
                       RASA_RETRY_FOR="1", RASA_TOKEN=TOKEN)
     tool.ready()
     write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
-    wait_for(lambda: f"rasa {down}: down" in status_of(tool, tmp_path).stdout, 30)
-    status = status_of(tool, tmp_path)
+    wait_for(lambda: f"rasa {down}: down" in tool.status().stdout, 30)
+    status = tool.status()
     assert status.returncode == 0, status.stdout
     assert f"rasa {down}: down" in status.stdout
     assert "last error" in status.stdout

@@ -6,22 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import model_bytes, set_mtime, write_model
+from tests.helpers import model_bytes, run_worker, set_mtime, settings_in, write_model
 from worker.archive import check_archive
 from worker.folder import publish_atomically, read_record, record_path
 from worker.reconcile import Reconciler
-from worker.settings import read_settings
 
 HOUR = 3600
 
 
 def make_settings(tmp_path, **overrides):
-    env = {"TARGET_DIR": str(tmp_path / "models"), "RUN_DIR": str(tmp_path / "run"),
-           "THROTTLE_DELAY": "1000", "IGNORE_FILE_PATHS": str(tmp_path / "models" / "keep.tar.gz")}
-    env.update(overrides)
-    settings = read_settings(env)
-    settings.target_dir.mkdir(exist_ok=True)
-    return settings
+    """This file's defaults: a 1 s debounce, models/keep.tar.gz ignored."""
+    return settings_in(tmp_path, **{
+        "THROTTLE_DELAY": "1000",
+        "IGNORE_FILE_PATHS": str(tmp_path / "models" / "keep.tar.gz"), **overrides})
 
 
 def add_model(folder: Path, name: str, age_s: float = 60.0, model_id: str | None = None,
@@ -365,8 +362,6 @@ def rasa_would_load(folder: Path) -> Path:
 
 def run_once(settings, *args) -> str:
     """`python -m worker once`: a separate process with the same settings."""
-    import subprocess
-    import sys
 
     from tests.helpers import PROJECT_ROOT, environment_without_settings
 
@@ -375,8 +370,7 @@ def run_once(settings, *args) -> str:
                                      "KEEP_PREVIOUS", "RUN_DIR", "IGNORE_FILE_PATHS",
                                      "PUBLISH_MODE")},
            "PYTHONPATH": str(PROJECT_ROOT)}
-    result = subprocess.run([sys.executable, "-m", "worker", "once", *args], env=env,
-                            capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    result = run_worker("once", *args, cwd=PROJECT_ROOT, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -567,3 +561,66 @@ def test_a_folder_at_the_record_or_journal_is_one_error_not_one_per_retry(settin
         failures += [a for a in reconciler.reconcile().actions if a.kind == "failed"]
     assert len(failures) == 1, [a.detail for a in failures]
     assert "tmp-" in failures[0].detail
+
+
+def test_a_close_without_a_write_is_no_new_arrival(settings, folder):
+    """A backup tool opens the published model's source read-write and closes it unchanged
+    (a close_write, no write) after a newer model arrived: the newer model is published, the
+    old one keeps its place in the order and is pruned; it never becomes latest again."""
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    old = add_model(folder, "old.tar.gz", age_s=10)
+    reconciler.note_arrival("old.tar.gz", clock[0] - 10)
+    reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == old.read_bytes()
+    clock[0] += 5
+    new = add_model(folder, "new.tar.gz", age_s=1)
+    reconciler.note_arrival("new.tar.gz", clock[0] - 1)
+    reconciler.note_arrival("old.tar.gz", clock[0] - 0.5)  # the backup's close, no write
+    outcome = reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == new.read_bytes()
+    assert kinds(outcome) == [("published", "new.tar.gz"), ("deleted", "old.tar.gz")], \
+        "the old model stayed, as if it had arrived after the new one"
+    clock[0] += 5
+    reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == new.read_bytes()
+
+
+def test_a_latest_written_in_place_is_looked_at_again_when_its_grace_ends(tmp_path):
+    """Another program streams into latest.tar.gz itself (Rasa's --fixed-model-name), no
+    close yet: it is left alone, and looked at again once it has been unchanged for
+    BROKEN_GRACE_PERIOD: not at once (a busy loop) and not later (a model left waiting)."""
+    settings = make_settings(tmp_path, BROKEN_GRACE_PERIOD="60")
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    add_model(settings.target_dir, "a.tar.gz", age_s=100)
+    reconciler.reconcile()
+    partial = model_bytes(50_000)[:-100]
+    settings.latest_model_path.write_bytes(partial)  # in place: the same file, truncated
+    set_mtime(settings.latest_model_path, clock[0] - 10)
+    outcome = reconciler.reconcile()
+    assert settings.latest_model_path.read_bytes() == partial
+    assert outcome.recheck_at == pytest.approx(clock[0] + 60 - 10, abs=0.5)
+
+
+def test_an_expired_broken_model_is_deleted_and_the_older_ones_after_it_too(tmp_path):
+    """The prune goes on past a broken archive it deletes: the older whole model behind it
+    goes in the same reconcile, not never."""
+    settings = make_settings(tmp_path, BROKEN_GRACE_PERIOD="60")
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "x.tar.gz", age_s=250, data=model_bytes(50_000)[:-100])
+    newest = add_model(folder, "n.tar.gz", age_s=200)
+    outcome = Reconciler(settings).reconcile()
+    assert settings.latest_model_path.read_bytes() == newest.read_bytes()
+    assert [(kind, name) for kind, name in kinds(outcome) if kind == "deleted"] == [
+        ("deleted", "x.tar.gz"), ("deleted", "a.tar.gz")]
+
+
+def test_a_copied_model_is_readable_by_everyone_and_keeps_its_other_bits(settings, folder):
+    """Rasa's trainer may write its models 0600; the published copy adds read for all (a
+    replica or the model server under another uid reads it) and keeps the source's bits."""
+    source = add_model(folder, "a.tar.gz")
+    os.chmod(source, 0o600)
+    Reconciler(settings).reconcile()
+    assert settings.latest_model_path.stat().st_mode & 0o777 == 0o644

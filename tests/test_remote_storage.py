@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import content_of, model_bytes, tool_environment, wait_for, write_model
+from tests.helpers import (
+    model_bytes,
+    run_worker,
+    tool_environment,
+    wait_for,
+    wait_for_latest,
+    write_model,
+)
 from tests.real_rasa import free_port
 from tests.s3_server import (
     ACCESS_KEY,
@@ -309,11 +316,6 @@ def metrics(port: int) -> str:
         return answer.read().decode()
 
 
-def run_status(tool_env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker", "status"], cwd=cwd, env=tool_env,
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_the_tool_publishes_locally_while_the_endpoint_is_down_then_uploads(
         start_tool, tmp_path, s3, proxy):
     proxy.set("refuse")
@@ -324,11 +326,11 @@ def test_the_tool_publishes_locally_while_the_endpoint_is_down_then_uploads(
     models = tmp_path / "models"
     data = model_bytes(model_id="m1")
     (models / "20261202-010000-one.tar.gz").write_bytes(data)
-    wait_for(lambda: content_of(models / "latest.tar.gz") == data, 60,
-             message="published locally although the endpoint is down")
+    wait_for_latest(models, data, 60,
+                    message="published locally although the endpoint is down")
     tool.wait_for_line("remote storage: bucket 'models' key 'latest.tar.gz': cannot connect",
                        60)
-    status = run_status(tool_environment(tmp_path, **env), tmp_path)
+    status = run_worker("status", cwd=tmp_path, env=tool_environment(tmp_path, **env))
     assert status.returncode == 0, status.stdout + status.stderr  # healthy all the same
     assert "remote storage s3://models/latest.tar.gz at http://127.0.0.1" in status.stdout
     assert ": failing" in status.stdout and "(unreachable)" in status.stdout
@@ -341,7 +343,7 @@ def test_the_tool_publishes_locally_while_the_endpoint_is_down_then_uploads(
              message=f"the key holding the model\n{tool.output}")
     tool.wait_for_line("s3://models/latest.tar.gz now holds model_id m1", 60)
     status = wait_for(lambda: (lambda r: ": in-sync" in r.stdout and r)(
-        run_status(tool_environment(tmp_path, **env), tmp_path)), 30)
+        run_worker("status", cwd=tmp_path, env=tool_environment(tmp_path, **env))), 30)
     assert "holds model_id m1" in status.stdout
     wait_for(lambda: "rotator_remote_in_sync 1.0" in metrics(metrics_port), 30,
              message="in sync in the metrics")

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.helpers import tool_environment
+from tests.helpers import run_worker, tool_environment
 from worker.settings import SettingError, read_settings
 
 
@@ -353,8 +353,7 @@ def test_the_longest_allowed_latest_name_works_end_to_end(tmp_path):
     set_mtime(models / "a.tar.gz", time.time() - 60)
     latest = models / ("l" * (limit - 14))
     env = tool_environment(tmp_path, TARGET_DIR=str(models), LATEST_MODEL_PATH=str(latest))
-    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = run_worker("once", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert latest.read_bytes() == (models / "a.tar.gz").read_bytes()
     assert (models / f".{latest.name}.json").exists()
@@ -363,8 +362,7 @@ def test_the_longest_allowed_latest_name_works_end_to_end(tmp_path):
 def test_a_env_file_with_syntax_errors_is_refused_naming_file_and_line(tmp_path):
     (tmp_path / "bad.env").write_text('THROTTLE_DELAY=1000\nRASA_TOKEN="s3cret\nKEEP_PREVIOUS=2\n')
     env = tool_environment(tmp_path, ENV_FILE="bad.env")
-    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = run_worker("once", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "ENV_FILE='bad.env'" in result.stderr and "line 2" in result.stderr
@@ -376,8 +374,7 @@ def test_a_env_file_with_syntax_errors_is_refused_naming_file_and_line(tmp_path)
 def test_the_default_env_file_with_a_bad_line_is_refused_too(tmp_path):
     (tmp_path / ".env").write_text("KEEP_PREVIOUS=4\nthis line is not a setting\n")
     env = tool_environment(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = run_worker("once", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "'.env'" in result.stderr and "line 2" in result.stderr
@@ -434,9 +431,7 @@ def test_a_run_dir_too_long_for_its_sockets_is_refused(tmp_path):
 
 def test_a_env_file_that_is_not_utf8_is_one_line(tmp_path):
     (tmp_path / ".env").write_bytes(b"KEEP_PREVIOUS=1\nRASA_TOKEN=\xff\xfe\n")
-    result = subprocess.run([sys.executable, "-m", "worker", "once"], cwd=tmp_path,
-                            env=tool_environment(tmp_path), capture_output=True, text=True,
-                            timeout=30)
+    result = run_worker("once", cwd=tmp_path, env=tool_environment(tmp_path))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("rasa-model-rotator: ENV_FILE='.env'")

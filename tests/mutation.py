@@ -1,0 +1,271 @@
+"""The mutation check: Cosmic Ray over `worker/` with the tests that need no peer.
+
+    python -m tests.mutation run [--modules worker/reconcile.py ...] [--tests "PYTEST ARGS"]
+                                 [--jobs N] [--session DIR]
+    python -m tests.mutation recheck --tests "PYTEST ARGS" [--jobs N] [--session DIR]
+    python -m tests.mutation report [--session DIR] [--diff]
+
+`run` copies the working tree (less .git, .venv and caches) into the session folder, and
+Cosmic Ray mutates that copy, one change at a time, and runs the tests there: Cosmic Ray edits
+the source on disk, so it never touches the clone, and its scratch files (the copy, the session
+database) stay outside it (default: a folder in the system's temporary directory, printed at
+the start). A `run` on a session that exists resumes it where it stopped (Ctrl-C is safe).
+`--jobs N` tests N mutants at once, each in its own copy (Cosmic Ray's http workers on
+127.0.0.1): worth it where the tests mostly wait (the Rasa tests), not where they compute.
+`recheck` tests each survivor again, against the current tree, with other (slower) tests:
+the fast set for the whole run, the broad one for the few it missed. `report` prints each
+module's score (after the recheck, where one ran) and every surviving mutant (with --diff,
+its change).
+
+Not part of `python -m pytest tests` nor of CI: a full run takes hours on two cores. Settings
+(operators left out, the timeout per mutant) are in tests/mutation.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+from tests.helpers import PROJECT_ROOT
+
+CONFIG = PROJECT_ROOT / "tests" / "mutation.toml"
+# The folder rules and the Rasa side, with the no-peer tests that cover them.
+DEFAULT_MODULES = ("worker/reconcile.py", "worker/folder.py", "worker/arrivals.py",
+                   "worker/rasa.py", "worker/rasa_client.py")
+DEFAULT_TESTS = ("tests/test_reconcile.py", "tests/test_rasa.py", "tests/test_debounce.py")
+NOT_COPIED = (".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="mutate and test (resumes an existing session)")
+    run.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES))
+    run.add_argument("--tests", default=" ".join(DEFAULT_TESTS),
+                     help="pytest's arguments in one string, e.g. \"tests/test_rasa.py -k "
+                          "'not slow'\" (no-peer tests only)")
+    run.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
+    recheck = commands.add_parser("recheck", help="the survivors against other tests")
+    recheck.add_argument("--tests", required=True, help="pytest's arguments in one string")
+    recheck.add_argument("--jobs", type=int, default=1, help="survivors tested at once")
+    report = commands.add_parser("report", help="score per module and the survivors")
+    report.add_argument("--diff", action="store_true", help="show each survivor's change")
+    for sub in (run, recheck, report):
+        sub.add_argument("--session", type=Path,
+                         default=Path(tempfile.gettempdir()) / "rasa-model-rotator-mutation")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run_session(args.session, args.modules, args.tests, args.jobs)
+    if args.command == "recheck":
+        return recheck_survivors(args.session, args.tests, args.jobs)
+    return print_report(args.session, args.diff)
+
+
+def run_session(session: Path, modules: list[str], tests: str, jobs: int = 1) -> int:
+    copies = [session / f"copy-{index}" for index in range(max(1, jobs))]
+    database, config = session / "session.sqlite", session / "config.toml"
+    print(f"mutation session in {session}", flush=True)
+    if not database.exists():
+        shutil.rmtree(session, ignore_errors=True)
+        shutil.copytree(PROJECT_ROOT, copies[0], ignore=shutil.ignore_patterns(*NOT_COPIED))
+        write_config(config, modules, tests)
+        cosmic_ray("cosmic-ray", "init", config, database, cwd=copies[0])
+        cosmic_ray("cr-filter-operators", database, config, cwd=copies[0])
+        cosmic_ray("cr-filter-pragma", database, cwd=copies[0])
+    for copy in copies[1:]:
+        if not copy.exists():
+            shutil.copytree(copies[0], copy)
+    # Cosmic Ray rewrites a file in place and puts it back within the same second: a cached
+    # .pyc with the same mtime and size would run the wrong code.
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    # A SIGTERM ends the run through `finally`, so the workers end with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workers = [start_worker(copy) for copy in copies] if jobs > 1 else []
+    try:
+        set_distributor(config, [url for url, _ in workers])
+        cosmic_ray("cosmic-ray", "exec", config, database, cwd=copies[0])
+    finally:
+        for _, process in workers:
+            process.terminate()
+            process.wait(30)
+    return print_report(session, diff=False)
+
+
+def start_worker(copy: Path) -> tuple[str, subprocess.Popen]:
+    """An http worker that mutates and tests in `copy`; its URL once it listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([str(Path(sys.executable).parent / "cosmic-ray"), "http-worker",
+                                "--port", str(port)], cwd=copy,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"http://127.0.0.1:{port}", process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise SystemExit(f"the mutation worker in {copy} did not start") from None
+            time.sleep(0.2)
+
+
+def set_distributor(path: Path, worker_urls: list[str]) -> None:
+    """Local (one mutant at a time) without workers, else Cosmic Ray's http distributor."""
+    import toml
+
+    config = toml.loads(path.read_text())
+    section = config["cosmic-ray"]
+    section["distributor"] = ({"name": "http", "http": {"worker-urls": worker_urls}}
+                              if worker_urls else {"name": "local"})
+    path.write_text(toml.dumps(config))
+
+
+def write_config(path: Path, modules: list[str], tests: str) -> None:
+    import toml  # Cosmic Ray's own dependency; tomllib only reads
+
+    config = tomllib.loads(CONFIG.read_text())
+    section = config["cosmic-ray"]
+    section["module-path"] = modules
+    section["test-command"] = shlex.join(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *shlex.split(tests)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(toml.dumps(config))
+
+
+def cosmic_ray(tool: str, *args, cwd: Path) -> None:
+    executable = Path(sys.executable).parent / tool
+    subprocess.run([str(executable), *map(str, args)], cwd=cwd, check=True)
+
+
+def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
+    """Apply each survivor to a fresh copy of the tree and run `tests`; the outcomes go to
+    recheck.json in the session (a rerun skips the survivors already rechecked)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    record = session / "recheck.json"
+    done = json.loads(record.read_text()) if record.exists() else {}
+    todo = [m for m, _ in survivors_of(session) if mutant_id(m) not in done]
+    copies = queue_of_copies(session, jobs)
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               *shlex.split(tests)]
+    timeout = tomllib.loads(CONFIG.read_text())["cosmic-ray"]["timeout"]
+    lock = threading.Lock()
+
+    def recheck(mutation) -> None:
+        copy = copies.get()
+        module = copy / mutation["module_path"]
+        pristine = module.read_bytes()
+        try:
+            cosmic_ray("cosmic-ray", "apply", mutation["module_path"],
+                       mutation["operator_name"], mutation["occurrence"], cwd=copy)
+            try:
+                result = subprocess.run(command, cwd=copy, capture_output=True, timeout=timeout)
+                outcome = "survived" if result.returncode == 0 else "killed"
+            except subprocess.TimeoutExpired:
+                outcome = "killed"  # a hang: the tests' own deadlines would fail it
+        finally:
+            module.write_bytes(pristine)
+            copies.put(copy)
+        with lock:
+            done[mutant_id(mutation)] = outcome
+            record.write_text(json.dumps(done, indent=1))
+            print(f"{outcome}: {mutant_id(mutation)}", flush=True)
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(recheck, todo))
+    return print_report(session, diff=False)
+
+
+def queue_of_copies(session: Path, jobs: int):
+    """Fresh copies of the tree as it is now (the tests may have changed since the run)."""
+    import queue
+
+    copies: queue.Queue = queue.Queue()
+    for index in range(max(1, jobs)):
+        copy = session / f"recheck-{index}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(*NOT_COPIED))
+        copies.put(copy)
+    return copies
+
+
+def mutant_id(mutation: dict) -> str:
+    return (f"{mutation['module_path']}:{mutation['start_pos'][0]} "
+            f"{mutation['operator_name']} #{mutation['occurrence']}")
+
+
+def survivors_of(session: Path) -> list[tuple[dict, dict]]:
+    dump = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "dump",
+                           session / "session.sqlite"],
+                          capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if result is not None and result["worker_outcome"] != "skipped" \
+                and result["test_outcome"] == "survived":
+            found.append((item["mutations"][0], result))
+    return found
+
+
+def print_report(session: Path, diff: bool) -> int:
+    database = session / "session.sqlite"
+    if not database.exists():
+        print(f"no mutation session in {session}: run `python -m tests.mutation run` first",
+              file=sys.stderr)
+        return 2
+    dump = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "dump", database],
+                          capture_output=True, text=True, check=True).stdout
+    record = session / "recheck.json"
+    rechecked = json.loads(record.read_text()) if record.exists() else {}
+    outcomes: dict[str, Counter] = {}
+    survivors = []
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        mutation = item["mutations"][0]
+        counts = outcomes.setdefault(mutation["module_path"], Counter())
+        if result is None:
+            counts["pending"] += 1
+        elif result["worker_outcome"] == "skipped":
+            counts["skipped"] += 1
+        elif result["test_outcome"] == "survived" \
+                and rechecked.get(mutant_id(mutation)) != "killed":
+            counts["survived"] += 1
+            survivors.append((mutation, result))
+        elif result["test_outcome"] == "survived":
+            counts["killed"] += 1  # by the recheck's tests
+        else:
+            counts[result["test_outcome"]] += 1  # killed, incompetent
+    print(f"{'module':28} {'killed':>7} {'survived':>8} {'score':>6} {'pending':>7} "
+          f"{'incompetent':>11}")
+    for module, counts in sorted(outcomes.items()):
+        done = counts["killed"] + counts["survived"]
+        score = f"{100 * counts['killed'] / done:.0f} %" if done else "-"
+        print(f"{module:28} {counts['killed']:7} {counts['survived']:8} {score:>6} "
+              f"{counts['pending']:7} {counts['incompetent']:11}")
+    for mutation, result in sorted(survivors, key=lambda s: (s[0]["module_path"],
+                                                              s[0]["start_pos"])):
+        print(f"survived: {mutant_id(mutation)}")
+        if diff and result.get("diff"):
+            print(result["diff"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
