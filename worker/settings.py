@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import stat
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -520,11 +519,11 @@ def _check_creatable_dir(name: str, path: Path, shown: str | None = None) -> Non
 
 
 def default_run_dir(target_dir: Path) -> Path:
-    """One private folder per user and watched folder, so two instances never share one."""
-    # crc32, not hashlib: every program reads settings, and OpenSSL costs megabytes of memory.
-    digest = f"{zlib.crc32(str(target_dir).encode(errors='surrogateescape')):08x}"
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
-    return Path(os.path.realpath(base)) / f"rasa-model-rotator-{os.getuid()}-{digest}"
+    """One private folder per user and watched folder, so two instances never share one
+    (worker/runfiles.py derives it the same way for the health check)."""
+    from worker.runfiles import default_run_dir as derived
+
+    return Path(derived(str(target_dir)))
 
 
 def _check_run_dir(path: Path, shown: str, read_only: bool) -> None:
