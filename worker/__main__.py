@@ -3,7 +3,6 @@ once [--dry-run] | status [--json] | supervisorctl ...]`."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -36,7 +35,14 @@ def _end_with_supervisord() -> None:
         sys.exit(0)
 
 
-def main(argv: list[str] | None = None) -> int:
+# Started by supervisord with no other argument (and `run` by people): dispatched without
+# argparse, which would stay in each program's memory (1.4 MiB each) for nothing.
+PLAIN_COMMANDS = ("run", "reader", "rotator", "guard", "model-server")
+
+
+def _arguments(argv: list[str]):
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m worker",
         description="Publish the newest whole Rasa model under a fixed name; prune the rest.")
@@ -56,8 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     ctl = sub.add_parser("supervisorctl", help="supervisorctl for this instance's supervisord "
                                                 "(its password read from RUN_DIR)")
     ctl.add_argument("ctl_args", nargs=argparse.REMAINDER, help="e.g. status, restart rotator")
-    args = parser.parse_args(argv)
-    command = args.command or "run"
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == [] or (len(argv) == 1 and argv[0] in PLAIN_COMMANDS):
+        args = None
+        command = argv[0] if argv else "run"
+    else:
+        args = _arguments(argv)
+        command = args.command or "run"
 
     try:
         load_environment()

@@ -364,10 +364,14 @@ def _secret(env, name: str) -> str:
 
 
 def _rasa_version(env, name: str) -> str:
+    raw = _text(env, name)
+    if not raw:
+        return raw
+    # Only when set: worker/loadable.py brings the folder's archive and journal modules into
+    # every program's memory (supervisord's too).
     from worker.loadable import parse_version
 
-    raw = _text(env, name)
-    if raw and parse_version(raw) is None:
+    if parse_version(raw) is None:
         raise _refuse(name, raw)
     return raw
 
