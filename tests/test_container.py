@@ -287,7 +287,7 @@ def test_a_stdout_the_user_cannot_reopen_gets_our_relay_and_loses_nothing(contai
     assert status.returncode == 0 and model.name in status.stdout, status.stdout
     listed = run.supervisorctl("status")  # works in the container, as the README says
     assert listed.returncode == 0, listed.stdout + listed.stderr
-    for program in ("reader", "rotator", "guard"):
+    for program in ("reader", "rotator", "model-server"):
         assert re.search(rf"{program}\s+RUNNING", listed.stdout), listed.stdout
 
     programs = [run.program_pid("reader"), run.program_pid("rotator")]
