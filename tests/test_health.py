@@ -197,3 +197,20 @@ def test_the_light_check_imports_no_settings_folder_logic_or_logging(tmp_path):
     assert loaded == ["worker", "worker.liveness", "worker.runfiles",
                       "worker.text"], result.stdout + result.stderr
 
+
+
+def test_xmlrpc_answers_are_read_as_xmlrpc_client_reads_them():
+    import xmlrpc.client
+
+    from worker.health import _xmlrpc_answer
+
+    value = [{"name": "rotator", "pid": 12, "statename": "RUNNING", "ok": True,
+              "load": 0.5, "tags": ["a", "", "c"], "empty": {}, "text": "x < y & z"}]
+    body = xmlrpc.client.dumps((value,), methodresponse=True).encode()
+    assert _xmlrpc_answer(body) == value
+    untyped = (b"<?xml version='1.0'?><methodResponse><params><param><value>plain"
+               b"</value></param></params></methodResponse>")
+    assert _xmlrpc_answer(untyped) == "plain"
+    fault = xmlrpc.client.dumps(xmlrpc.client.Fault(10, "BAD_NAME"), methodresponse=True)
+    with pytest.raises(RuntimeError, match="BAD_NAME"):
+        _xmlrpc_answer(fault.encode())
