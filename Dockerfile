@@ -40,7 +40,7 @@ USER 1000:2000
 # does not answer) without its imports. Docker 20.10 has no --start-interval and runs the
 # first probe one interval after the start, so the interval is short; each probe costs a
 # `docker exec` (tens of ms of CPU in dockerd, containerd and runc), so once healthy for 10 s
-# a probe holds up to 55 s, checking every 5 s and answering at once when the verdict changes:
+# (and healthy at the previous probe) a probe holds up to 55 s, checking every 5 s and answering at once when the verdict changes:
 # one exec per ~56 s at idle. The timeout covers the hold and one slow check.
 HEALTHCHECK --interval=1s --timeout=70s --start-period=30s --retries=3 \
     CMD ["python", "-m", "worker.health", "--hold", "55"]

@@ -129,29 +129,37 @@ def test_garbage_or_hostile_run_dir_files_answer_like_status(start_tool, models,
     assert "supervisor.password in RUN_DIR is not trusted" in lines
 
 
-def test_a_holding_check_answers_at_once_when_the_rotator_stops(start_tool, models):
+def hold(tool, seconds: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "worker.health", "--hold", str(seconds)],
+                            cwd=tool.workdir, env=tool.env, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_holding_check_answers_at_once_when_the_rotator_stops_and_when_it_recovers(
+        start_tool, models):
     tool = start_tool()
     tool.ready()
     publish_one(tool)  # a second reconcile: healthy and settled, so the check holds
     wait_for(lambda: verdicts(tool)[0][0] == 0, 60, message=f"healthy\n{tool.output}")
-    holding = subprocess.Popen([sys.executable, "-m", "worker.health", "--hold", "240"],
-                               cwd=tool.workdir, env=tool.env, stdout=subprocess.PIPE,
-                               text=True)
+    first = hold(tool, 1)  # the first holding probe answers at once, and notes it
+    assert first.wait(60) == 0, first.communicate()
+    holding = hold(tool, 240)
+    rotator = tool.program_pid("rotator")
     try:
         time.sleep(1)
         assert holding.poll() is None, "a settled healthy check holds"
-        rotator = tool.program_pid("rotator")
         os.kill(rotator, signal.SIGSTOP)
-        try:
-            # Far less than the 240 s hold: the check sees the change on its next look.
-            out, _ = holding.communicate(timeout=90)
-        finally:
-            os.kill(rotator, signal.SIGCONT)
+        # Far less than the 240 s hold: the check sees the change on its next look.
+        out, _ = holding.communicate(timeout=90)
+        assert holding.returncode == 1 and "does not answer" in out, out
     finally:
+        os.kill(rotator, signal.SIGCONT)
         if holding.poll() is None:
             holding.kill()
             holding.wait()
-    assert holding.returncode == 1 and "does not answer" in out, out
+    # Healthy again, after an answer that was not: said at once, not after the hold.
+    recovered = hold(tool, 240)
+    out, _ = recovered.communicate(timeout=90)
+    assert recovered.returncode == 0 and "healthy" in out, out
 
 
 def test_bad_arguments_are_one_line_and_unhealthy(tmp_path):

@@ -14,10 +14,11 @@ logging. A probe then costs about as much CPU as starting Python itself.
 `--hold SECONDS` is for Docker, whose probes cost a `docker exec` each (tens of ms of CPU in
 dockerd, containerd and runc) and which runs the next probe one interval after the previous
 one ended. With a short interval the first healthy answer comes at once; once the tool has
-been healthy for SETTLED_S the probe holds: it checks again every RECHECK_S (one cheap call
-to supervisord and one to the rotator) and answers at once when the verdict changes, else
-healthy after SECONDS. So an idle container pays for one exec per SECONDS, and a failure is
-still seen within RECHECK_S.
+been healthy for SETTLED_S, and the previous probe answered healthy, the probe holds: it
+checks again every RECHECK_S (one cheap call to supervisord and one to the rotator) and
+answers at once when the verdict changes, else healthy after SECONDS. So an idle container
+pays for one exec per SECONDS, a failure is still seen within RECHECK_S, and a recovery is
+answered at once.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import time
 from worker import liveness
 from worker.runfiles import (
     CONTROL_PASSWORD_FILE,
+    Untrusted,
     connect_run_socket,
     control_credentials,
     read_run_file,
     run_dir_of,
+    write_run_file,
 )
 from worker.text import printable
 
@@ -43,6 +46,7 @@ MAX_RPC_ANSWER_BYTES = 4 * 1024 * 1024
 # "healthy" without waiting), then check again every RECHECK_S while holding.
 SETTLED_S = 10.0
 RECHECK_S = 5.0
+LAST_ANSWER_FILE = "health.last"  # what the last holding probe answered
 MAX_HOLD_S = 300
 
 
@@ -251,17 +255,37 @@ def settled(verdict: Verdict) -> bool:
 
 def check(run_dir, hold_s: float = 0.0) -> Verdict:
     """The verdict now; with `hold_s`, a settled healthy verdict is held (checked again every
-    RECHECK_S) until it changes or `hold_s` has passed."""
+    RECHECK_S) until it changes or `hold_s` has passed. Not after an answer that was not
+    healthy (RUN_DIR/LAST_ANSWER_FILE): a recovery is answered at once too."""
     verdict = judge_tool(run_dir)
-    if hold_s <= 0 or not settled(verdict):
-        return verdict
-    deadline = time.monotonic() + hold_s
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(RECHECK_S, left))
-        verdict = judge_tool(run_dir)
-        if not verdict.healthy:
-            break
+    if hold_s > 0 and settled(verdict) and _last_answer(run_dir) == "healthy":
+        deadline = time.monotonic() + hold_s
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(RECHECK_S, left))
+            verdict = judge_tool(run_dir)
+            if not verdict.healthy:
+                break
+    if hold_s > 0:
+        _note_answer(run_dir, "healthy" if verdict.healthy else "not healthy")
     return verdict
+
+
+def _last_answer(run_dir) -> str:
+    try:
+        return read_run_file(run_dir, LAST_ANSWER_FILE, 64).decode("ascii", "replace")
+    except (OSError, Untrusted):
+        return ""
+
+
+def _note_answer(run_dir, answer: str) -> None:
+    """Kept for the next probe, only by RUN_DIR's owner (a probe run by root leaves nothing
+    in another user's folder), and only when it changed."""
+    import contextlib
+
+    # A full or foreign RUN_DIR: the next probe does not hold, nothing worse.
+    if _last_answer(run_dir) != answer:
+        with contextlib.suppress(OSError, Untrusted):
+            write_run_file(run_dir, LAST_ANSWER_FILE, answer.encode())
 
 
 def _hold_seconds(argv: list[str]) -> float | None:

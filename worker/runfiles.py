@@ -85,6 +85,30 @@ def read_run_file(run_dir: os.PathLike | str, name: str, limit: int) -> bytes:
         os.close(fd)
 
 
+def write_run_file(run_dir: os.PathLike | str, name: str, data: bytes) -> None:
+    """Replace RUN_DIR/name with `data` (a new file, renamed into place), only when this user
+    owns RUN_DIR: never through a link, never into another user's folder (root running a
+    probe there)."""
+    dir_fd, owner = _open_run_dir(run_dir)
+    try:
+        if owner != os.geteuid():
+            raise Untrusted(f"RUN_DIR is owned by uid {owner}, not by this user")
+        temporary = f".{name}.{os.getpid()}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError:
+            os.unlink(temporary, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
+
+
 def read_run_json(run_dir: os.PathLike | str, name: str, limit: int):
     """RUN_DIR/name parsed as JSON (read as read_run_file does), nested at most
     MAX_JSON_DEPTH deep. Untrusted for anything else; FileNotFoundError when absent."""
