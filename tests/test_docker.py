@@ -21,8 +21,8 @@ from tests.helpers import PROJECT_ROOT, content_of, model_bytes, wait_for
 
 UID, GID = 1000, 2000
 RUN_DIR = "/tmp/rasa-model-rotator"
-FAST_HEALTH = ("--health-interval", "1s", "--health-retries", "1", "--health-timeout", "5s",
-               "--health-start-period", "30s")
+# The image's own interval (1 s) and timeout (above its probes' hold); one failure is enough.
+FAST_HEALTH = ("--health-retries", "1")
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -174,6 +174,22 @@ def test_pid1_publishes_reports_health_and_stops_quickly(run_container, tmp_path
     assert elapsed < 8, f"docker stop took {elapsed:.1f} s (Docker kills at 10 s)"
     assert container.inspect("{{.State.ExitCode}}") == "0"
     assert not [p for p in models.iterdir() if ".tmp-" in p.name]
+
+
+def test_the_images_own_healthcheck_sees_a_stopped_rotator_and_its_recovery(run_container,
+                                                                            tmp_path):
+    """The HEALTHCHECK as built (no --health-* option): healthy after the start (how soon is
+    a figure of tests/benchmark_lean.py), and, once its probes hold, still unhealthy for a
+    stopped rotator and healthy again after it goes on."""
+    models = owned_folder(tmp_path / "models")
+    container = run_container("-v", f"{models}:/app/models")
+    container.wait_health("healthy", 60)
+    publish_one(models, container)  # a second reconcile: the probes now hold
+    rotator = container.program_pid("rotator")
+    container.kill(rotator, "SIGSTOP")
+    container.wait_health("unhealthy", 90)
+    container.kill(rotator, "SIGCONT")
+    container.wait_health("healthy", 90)
 
 
 def test_a_crash_loop_ends_the_container_and_restart_always_brings_it_back(
