@@ -15,7 +15,7 @@ Prints:
 worker/ is compiled to bytecode first (as the image does at build time): without it every
 Python start compiles the modules it imports and the figures measure the compiler. The image
 is built from this checkout (tag rasa-model-rotator-bench:lean) unless --image names one.
-Takes about 6 minutes (`--quick`: about 2).
+Takes about 9 minutes (`--quick`: about 3).
 """
 
 from __future__ import annotations
@@ -171,9 +171,15 @@ def bench_docker(image: str, idle_s: float, cost_window_s: float) -> None:
         print("time to healthy (docker run to `healthy`): "
               + ", ".join(f"{s:.2f}" for s in seconds) + " s")
 
-        probed = docker(*run, image)
         quiet = docker(*run, "--no-healthcheck", image)
+        probed = None
         try:
+            # The daemons' own idle work, with no probe anywhere: subtracted below.
+            time.sleep(10)
+            before = daemons_cpu_s(quiet)[0]
+            time.sleep(cost_window_s / 2)
+            baseline_per_s = (daemons_cpu_s(quiet)[0] - before) / (cost_window_s / 2)
+            probed = docker(*run, image)
             wait_for(lambda: docker("inspect", "-f", "{{.State.Health.Status}}", probed)
                      == "healthy", 120, message="healthy")
             prefix = ("docker", "exec", probed)
@@ -193,32 +199,53 @@ def bench_docker(image: str, idle_s: float, cost_window_s: float) -> None:
                   "CPU in dockerd, containerd, the shim and its children")
             time.sleep(max(0.0, idle_s - 20))
             show_pss(f"the container after {idle_s:.0f} s", idle_pss(container_pid1(probed)))
-            # What the probed container adds: the daemons' CPU (all of it, so an upper bound:
-            # dockerd's own idle work counts too) and its shim's over the quiet one's.
-            daemons_before, probed_before = daemons_cpu_s(probed)
-            quiet_before = daemons_cpu_s(quiet)[1]
+            # What the probes cost: the daemons' CPU over their baseline, the probed shim's
+            # (runc and the exec'd checks, reaped) over the quiet one's, and the tool's own
+            # (supervisord and the rotator answering the holding checks) over the quiet one's.
+            snapshot = (daemons_cpu_s(probed), daemons_cpu_s(quiet)[1],
+                        tree_cpu_s(probed), tree_cpu_s(quiet))
             time.sleep(cost_window_s)
-            daemons_after, probed_after = daemons_cpu_s(probed)
-            added = (daemons_after - daemons_before + probed_after - probed_before
-                     - (daemons_cpu_s(quiet)[1] - quiet_before))
+            (daemons, probed_shim), quiet_shim = daemons_cpu_s(probed), daemons_cpu_s(quiet)[1]
+            parts = {"dockerd+containerd": daemons - snapshot[0][0]
+                     - baseline_per_s * cost_window_s,
+                     "shim, runc and the checks": probed_shim - snapshot[0][1]
+                     - (quiet_shim - snapshot[1]),
+                     "supervisord and programs": tree_cpu_s(probed) - snapshot[2]
+                     - (tree_cpu_s(quiet) - snapshot[3])}
+            added = sum(parts.values())
             share = added / cost_window_s * 100
             print(f"probe cost at idle (the image's HEALTHCHECK): {share:.2f} % of one core "
-                  f"({added:.2f} s of CPU over {cost_window_s:.0f} s; {share * 36:.1f} s per "
-                  "idle hour)")
+                  f"({added:.2f} s of CPU over {cost_window_s:.0f} s: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+                  + f"; {share * 36:.1f} s per idle hour)")
         finally:
-            docker("rm", "-f", probed, quiet)
+            docker("rm", "-f", quiet, *([probed] if probed else []))
+
+
+def tree_cpu_s(container_id: str) -> float:
+    """CPU seconds so far of the container's supervisord and the programs it runs."""
+    total = 0.0
+    for pid in tree(container_pid1(container_id)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter idle and cost windows")
     parser.add_argument("--no-docker", action="store_true", help="this machine only")
+    parser.add_argument("--docker-only", action="store_true", help="the container only")
     parser.add_argument("--image", help="measure this image instead of building one")
     args = parser.parse_args()
     idle_s, window_s = (10.0, 60.0) if args.quick else (60.0, 240.0)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(PROJECT_ROOT / "worker")],
                    check=True)
-    bench_vm(idle_s)
+    if not args.docker_only:
+        bench_vm(idle_s)
     if args.no_docker:
         return
     if subprocess.run(["docker", "version"], capture_output=True).returncode != 0:

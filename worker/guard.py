@@ -23,7 +23,6 @@ from collections import defaultdict, deque
 
 CRASH_LIMIT = 5  # unexpected exits of one program ...
 CRASH_WINDOW_S = 60.0  # ... within this many seconds: a crash loop
-GUARDED_EVENTS = ("PROCESS_STATE_FATAL", "PROCESS_STATE_EXITED")
 # Only the programs publishing depends on may end the container. The model server is a
 # convenience for Rasa's pull: whatever makes it fail (a flood of clients, a port taken),
 # ending the container for it would stop publishing too. Its FATAL state is logged and

@@ -1,4 +1,5 @@
-"""Reading what lies in RUN_DIR without trusting it (`status`, `supervisorctl`).
+"""Reading what lies in RUN_DIR without trusting it (`status`, the health check,
+`supervisorctl`), and where RUN_DIR is.
 
 `status` reads files the programs left in RUN_DIR (the control password, `rotator.state`,
 `rasa-replicas.json`) and talks to the sockets there. Run by root (`docker exec`), it reads
@@ -10,7 +11,8 @@ So every file is opened relative to RUN_DIR itself (opened once, no link followe
 O_NOFOLLOW|O_NONBLOCK, and must be a regular file with one name, owned by RUN_DIR's owner,
 no larger than asked; a socket must be a socket owned by that owner, and its server must run
 as that owner (SO_PEERCRED). JSON is parsed with its nesting bounded. Whatever fails is one
-`Untrusted` error naming the file and what was wrong.
+`Untrusted` error naming the file and what was wrong. The one file a reader writes (the
+health check's last answer) is written only by RUN_DIR's owner, never through a link.
 """
 
 from __future__ import annotations
