@@ -16,7 +16,7 @@ first N steps are the same whatever happened at run time):
   systems with `mv` (a copy into the final name, old mtime kept), truncated (a killed
   training), rollbacks (an older model's bytes, mtime an hour ago, renamed or `mv`-ed in),
   future mtimes, rewrites of an existing name in place;
-- faults: kill -9 of the reader, the rotator, the guard or supervisord (restarted at once, as
+- faults: kill -9 of the reader, the rotator or supervisord (restarted at once, as
   `--restart always` does; so is a supervisord the guard shut down), SIGSTOP/SIGCONT of the
   rotator, touch/chmod of latest and of models, a full tmpfs, deletions by a person; and the
   three everyday sequences of issue 16 (a touch of latest right after an arrival, a rollback
@@ -87,7 +87,7 @@ WATCHING_LINE = "for models matching"
 
 WRITERS = {"stream": 10, "rename_in": 10, "hidden_rename": 5, "cross_fs": 6, "truncated": 4,
            "rollback": 8, "future_mtime": 4, "rewrite": 2}
-FAULTS = {"kill_reader": 3, "kill_rotator": 4, "kill_guard": 1, "kill_supervisord": 2,
+FAULTS = {"kill_reader": 3, "kill_rotator": 4, "kill_supervisord": 2,
           "stop_rotator": 3, "touch_latest": 4, "chmod": 2, "touch_model": 2, "full_disk": 3,
           "person_delete": 4,
           # issue 16's three sequences, found from outside

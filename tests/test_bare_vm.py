@@ -106,7 +106,7 @@ def test_an_existing_supervisord_runs_the_include_file(tmp_path):
 def test_after_kill_9_of_supervisord_no_orphans_and_a_new_start_just_works(start_tool, models):
     tool = start_tool()
     tool.ready()
-    programs = [tool.program_pid(name) for name in ("reader", "rotator", "guard")]
+    programs = [tool.program_pid(name) for name in ("reader", "rotator")]
     os.kill(tool.process.pid, signal.SIGKILL)  # supervisord runs in `python -m worker`
     tool.process.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in programs), 10,

@@ -86,7 +86,7 @@ def test_json_logs_are_one_object_per_line(start_tool, models):
     entries = [json.loads(x) for x in tool.lines]  # every line, supervisord's included
     assert {e["program"] for e in entries} >= {"reader", "rotator", "supervisord"}
     spawned = [e for e in entries if e["program"] == "supervisord" and e["event"] == "spawned"]
-    assert {e["process"] for e in spawned} >= {"reader", "rotator", "guard"}
+    assert {e["process"] for e in spawned} >= {"reader", "rotator", "model-server"}
     assert all(e["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for e in entries)
 
 

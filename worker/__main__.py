@@ -1,9 +1,8 @@
-"""Command line: `python -m worker [run | reader | rotator | model-server | guard |
+"""Command line: `python -m worker [run | reader | rotator | model-server |
 once [--dry-run] | status [--json] | supervisorctl ...]`."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -36,7 +35,14 @@ def _end_with_supervisord() -> None:
         sys.exit(0)
 
 
-def main(argv: list[str] | None = None) -> int:
+# Started by supervisord with no other argument (and `run` by people): dispatched without
+# argparse, which would stay in each program's memory (1.4 MiB each) for nothing.
+PLAIN_COMMANDS = ("run", "reader", "rotator", "model-server")
+
+
+def _arguments(argv: list[str]):
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m worker",
         description="Publish the newest whole Rasa model under a fixed name; prune the rest.")
@@ -44,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run supervisord with the reader and the rotator (the default)")
     sub.add_parser("reader", help="the inotify reader program (started by supervisord)")
     sub.add_parser("rotator", help="the debouncing rotator program (started by supervisord)")
-    sub.add_parser("guard", help="event listener: stop supervisord when a program cannot "
-                                 "stay up (started by supervisord)")
     sub.add_parser("model-server", help="serve the published model to Rasa's model pull "
                                         "(MODEL_SERVER_PORT; started by supervisord)")
     once = sub.add_parser("once", help="reconcile the folder once, print each action, exit")
@@ -56,8 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     ctl = sub.add_parser("supervisorctl", help="supervisorctl for this instance's supervisord "
                                                 "(its password read from RUN_DIR)")
     ctl.add_argument("ctl_args", nargs=argparse.REMAINDER, help="e.g. status, restart rotator")
-    args = parser.parse_args(argv)
-    command = args.command or "run"
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == [] or (len(argv) == 1 and argv[0] in PLAIN_COMMANDS):
+        args = None
+        command = argv[0] if argv else "run"
+    else:
+        args = _arguments(argv)
+        command = args.command or "run"
 
     try:
         load_environment()
@@ -103,14 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_supervisord(settings)
     from worker.logs import setup_logging
 
-    log = setup_logging(command, settings.log_level,
-                        stream=sys.stderr if command == "guard" else None,
-                        log_format=settings.log_format)
+    log = setup_logging(command, settings.log_level, log_format=settings.log_format)
     if command in ("rotator", "once"):
         for warning in settings.warnings():
             log.warning("%s", warning, extra={"event": "setting_warning"})
     _stop_on_sigterm()
-    if command in ("reader", "rotator", "guard", "model-server"):
+    if command in ("reader", "rotator", "model-server"):
         _end_with_supervisord()
     if command in ("reader", "rotator") or (command == "once" and not args.dry_run):
         try:
@@ -126,10 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         from worker.rotator import run_rotator
 
         run_rotator(settings, log)
-    elif command == "guard":
-        from worker.guard import run_guard
-
-        run_guard(log)
     elif command == "model-server":
         from worker.model_server import run_model_server
 

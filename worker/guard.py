@@ -1,27 +1,28 @@
-"""An event listener that shuts supervisord down when a program publishing depends on cannot
-stay up (the reader or the rotator).
+"""Shuts supervisord down when a program publishing depends on cannot stay up (the reader or
+the rotator).
 
 Without it a program that exhausts its retries goes FATAL while supervisord keeps running:
 the container looks alive and does nothing. And a program that dies a moment after each
 start can pass supervisord's start check (it looks at children on a ~1 s tick), so its
 retries reset and it never becomes FATAL: we count such exits ourselves. Once supervisord
 is down the container ends, and its orchestrator restarts it and can alert.
+
+It runs inside supervisord (`python -m worker` runs supervisord in its own process), loaded
+through supervisord's documented plugin point, an `[rpcinterface:guard]` section
+(conf/supervisord.conf), whose factory supervisord calls once its event callbacks are reset.
+It subscribes to the process state events there and, on a verdict, sets supervisord's mood to
+shutdown, as the `supervisor.shutdown` call does. As an event listener program it was a
+process of its own holding 15 MiB (most of it `supervisor.childutils`' imports) to read two
+kinds of events.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import sys
 import time
 from collections import defaultdict, deque
 
-from supervisor import childutils
-
 CRASH_LIMIT = 5  # unexpected exits of one program ...
 CRASH_WINDOW_S = 60.0  # ... within this many seconds: a crash loop
-GUARDED_EVENTS = ("PROCESS_STATE_FATAL", "PROCESS_STATE_EXITED")
 # Only the programs publishing depends on may end the container. The model server is a
 # convenience for Rasa's pull: whatever makes it fail (a flood of clients, a port taken),
 # ending the container for it would stop publishing too. Its FATAL state is logged and
@@ -60,28 +61,47 @@ def verdict(event: str, fields: dict[str, str], counter: CrashCounter, now: floa
     return None
 
 
-def shut_down_supervisord(log: logging.Logger) -> None:
-    try:
-        childutils.getRPCInterface(os.environ).supervisor.shutdown()
-    except Exception as error:  # the control socket is gone: signal our parent instead
-        log.error("supervisord shutdown over RPC failed (%s); sending SIGTERM", error)
-        os.kill(os.getppid(), signal.SIGTERM)
+class Guard:
+    """Subscribed to supervisord's process state events in its own process; stops it on a
+    verdict. Its (empty) XML-RPC namespace is what the plugin point asks for."""
 
+    def __init__(self, supervisord, counter: CrashCounter | None = None):
+        from supervisor import events
 
-def run_guard(log: logging.Logger) -> None:
-    counter = CrashCounter()
-    while True:
-        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
-        event = headers.get("eventname", "")
-        fields = childutils.get_headers(payload)
-        reason = verdict(event, fields, counter, time.monotonic())
-        childutils.listener.ok(sys.stdout)
-        if event == "PROCESS_STATE_FATAL" and not reason:
-            log.error("program %s could not be kept running (FATAL); publishing goes on "
-                      "without it (`python -m worker supervisorctl start %s` once the cause "
-                      "is fixed)", fields.get("processname", "?"),
-                      fields.get("processname", "?"))
+        self.supervisord = supervisord
+        self.counter = counter or CrashCounter()
+        events.subscribe(events.ProcessStateFatalEvent, self.on_state)
+        events.subscribe(events.ProcessStateExitedEvent, self.on_state)
+
+    def on_state(self, event) -> None:
+        # Called inside supervisord's loop: whatever goes wrong here must not stop it.
+        try:
+            self._judge(event)
+        except Exception as error:
+            self.supervisord.options.logger.error(f"guard: {error!r}")
+
+    def _judge(self, event) -> None:
+        from supervisor import events
+        from supervisor.states import SupervisorStates
+
+        name = ("PROCESS_STATE_FATAL" if isinstance(event, events.ProcessStateFatalEvent)
+                else "PROCESS_STATE_EXITED")
+        program = event.process.config.name
+        fields = {"processname": program, "expected": "1" if getattr(event, "expected", 1)
+                  else "0"}
+        reason = verdict(name, fields, self.counter, time.monotonic())
+        logger = self.supervisord.options.logger
+        if name == "PROCESS_STATE_FATAL" and not reason:
+            logger.error(f"program {program} could not be kept running (FATAL); publishing "
+                         f"goes on without it (`python -m worker supervisorctl start "
+                         f"{program}` once the cause is fixed)")
         if reason:
-            log.error("shutting down supervisord: %s; the container's restart policy "
-                      "brings it back", reason)
-            shut_down_supervisord(log)
+            logger.error(f"shutting down supervisord: {reason}; the container's restart "
+                         "policy brings it back")
+            self.supervisord.options.mood = SupervisorStates.SHUTDOWN
+
+
+def make_guard(supervisord, **_config) -> Guard:
+    """supervisord's `supervisor.rpcinterface_factory` for the `[rpcinterface:guard]`
+    section: called once per start, after supervisord reset its event subscriptions."""
+    return Guard(supervisord)

@@ -13,14 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from worker.runfiles import CONTROL_PASSWORD_FILE, CONTROL_USERNAME, control_credentials
 from worker.settings import DEFAULTS, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUPERVISORD_CONF = PROJECT_ROOT / "conf" / "supervisord.conf"
-# supervisord's control socket asks for these (conf/supervisord.conf); the password is new at
-# every start, written 0600 in RUN_DIR for `status` and `python -m worker supervisorctl`.
-CONTROL_USERNAME = "rotator"
-CONTROL_PASSWORD_FILE = "supervisor.password"
 SUPERVISOR_PID_ENV = "ROTATOR_SUPERVISOR_PID"  # the programs end when this process is gone
 WRITABLE_POLL_S = 2.0
 
@@ -52,35 +49,10 @@ def write_control_password(run_dir: Path) -> str:
     return password
 
 
-def read_control_password(run_dir: Path) -> str | None:
-    """The control password, or None. Read as anything in RUN_DIR is (worker/runfiles.py):
-    root running `status` or `supervisorctl` on the image user's RUN_DIR never sends the
-    content of a file that user linked there."""
-    from worker.runfiles import Untrusted, read_run_file
-
-    try:
-        password = read_run_file(run_dir, CONTROL_PASSWORD_FILE, 256).decode("ascii").strip()
-    except (OSError, Untrusted, UnicodeDecodeError):
-        return None
-    return password if password.isalnum() else None
-
-
-def control_credentials(settings: Settings) -> tuple[str, str, str]:
-    """(server URL, username, password) for this instance's supervisord, or for the one named
-    by SUPERVISOR_SERVER_URL (with SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD, as supervisord
-    gives its children)."""
-    url = os.environ.get("SUPERVISOR_SERVER_URL")
-    if url:
-        return (url, os.environ.get("SUPERVISOR_USERNAME", ""),
-                os.environ.get("SUPERVISOR_PASSWORD", ""))
-    return (f"unix://{settings.run_dir}/supervisor.sock", CONTROL_USERNAME,
-            read_control_password(settings.run_dir) or "")
-
-
 def run_supervisorctl(settings: Settings, args: list[str]) -> int:
     """supervisorctl for this instance, in this process: the password never shows in a
     process list."""
-    url, username, password = control_credentials(settings)
+    url, username, password = control_credentials(settings.run_dir)
     os.environ.setdefault("RUN_DIR", str(settings.run_dir))  # conf/supervisord.conf names it
     from supervisor import supervisorctl
 

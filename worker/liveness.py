@@ -23,7 +23,6 @@ import os
 import socket
 import struct
 import time
-from pathlib import Path
 
 STATE_FILE = "rotator.state"
 QUEUE_SOCKET = "queue.sock"  # worker/channel.py serves the queue here
@@ -45,14 +44,14 @@ STARTING, RECONCILING, IDLE = "starting", "reconciling", "idle"
 class LivenessMarks:
     """The rotator's side: records its phase in RUN_DIR/rotator.state."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / STATE_FILE
+    def __init__(self, run_dir: os.PathLike | str):
+        self.path = os.path.join(run_dir, STATE_FILE)
         self.reconciles = 0
 
     def starting(self) -> None:
         self._write(STARTING, 0)
 
-    def reconcile_begins(self, folder: Path) -> None:
+    def reconcile_begins(self, folder: os.PathLike | str) -> None:
         self._write(RECONCILING, _bytes_in(folder))
 
     def reconcile_ends(self) -> None:
@@ -62,16 +61,17 @@ class LivenessMarks:
     def _write(self, phase: str, work_bytes: int) -> None:
         state = {"pid": os.getpid(), "phase": phase, "since": time.monotonic(),
                  "since_wall": time.time(), "bytes": work_bytes, "reconciles": self.reconciles}
-        temporary = self.path.with_name(f".{STATE_FILE}.{os.getpid()}")
+        temporary = os.path.join(os.path.dirname(self.path), f".{STATE_FILE}.{os.getpid()}")
         try:
-            temporary.write_text(json.dumps(state))
+            with open(temporary, "w") as out:
+                out.write(json.dumps(state))
             os.replace(temporary, self.path)
         except OSError:
             # RUN_DIR is full or gone: status will say so; the rotator's work goes on.
             pass
 
 
-def _bytes_in(folder: Path) -> int:
+def _bytes_in(folder: os.PathLike | str) -> int:
     """The most a reconcile may have to read: all regular files directly in the folder."""
     total = 0
     try:
@@ -90,7 +90,7 @@ def _bytes_in(folder: Path) -> int:
 MAX_STATE_BYTES = 4096
 
 
-def read_state(run_dir: Path) -> dict | None:
+def read_state(run_dir: os.PathLike | str) -> dict | None:
     """The rotator's marks, read as anything in RUN_DIR is (worker/runfiles.py: no link, no
     FIFO, bounded in size and depth); None when absent or not to be trusted (`judge` then
     says the rotator has not started yet, or is unreadable)."""
@@ -111,14 +111,14 @@ def allowed_seconds(work_bytes: int) -> float:
     return base + max(0, work_bytes) / STUCK_RATE_BYTES_PER_S
 
 
-def probe_answers(run_dir: Path, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+def probe_answers(run_dir: os.PathLike | str, timeout_s: float = PROBE_TIMEOUT_S) -> str:
     """'' when the rotator's queue socket answers a new connection with its challenge;
     otherwise why not. Needs no key: the challenge comes first, and closing then is harmless
     (the manager's connection thread catches the EOF)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(timeout_s)
     try:
-        probe.connect(str(run_dir / QUEUE_SOCKET))
+        probe.connect(os.path.join(run_dir, QUEUE_SOCKET))
         header = _receive(probe, 4)
         (length,) = struct.unpack("!i", header)
         first = _receive(probe, min(length, len(CHALLENGE)))
@@ -149,7 +149,8 @@ def _number(value) -> bool:
             and math.isfinite(value))
 
 
-def judge(state: dict | None, rotator_pid: int | None, run_dir: Path) -> tuple[str, str]:
+def judge(state: dict | None, rotator_pid: int | None,
+          run_dir: os.PathLike | str) -> tuple[str, str]:
     """(condition, reason): condition is 'ready', 'starting' or 'unhealthy'."""
     if rotator_pid is None:
         return "unhealthy", "rotator is not running"

@@ -1,4 +1,5 @@
-"""Reading what lies in RUN_DIR without trusting it (`status`, `supervisorctl`).
+"""Reading what lies in RUN_DIR without trusting it (`status`, the health check,
+`supervisorctl`), and where RUN_DIR is.
 
 `status` reads files the programs left in RUN_DIR (the control password, `rotator.state`,
 `rasa-replicas.json`) and talks to the sockets there. Run by root (`docker exec`), it reads
@@ -10,7 +11,8 @@ So every file is opened relative to RUN_DIR itself (opened once, no link followe
 O_NOFOLLOW|O_NONBLOCK, and must be a regular file with one name, owned by RUN_DIR's owner,
 no larger than asked; a socket must be a socket owned by that owner, and its server must run
 as that owner (SO_PEERCRED). JSON is parsed with its nesting bounded. Whatever fails is one
-`Untrusted` error naming the file and what was wrong.
+`Untrusted` error naming the file and what was wrong. The one file a reader writes (the
+health check's last answer) is written only by RUN_DIR's owner, never through a link.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ import os
 import socket
 import stat
 import struct
-from pathlib import Path
+import zlib
 
 MAX_JSON_DEPTH = 32
+# supervisord's control socket asks for these (conf/supervisord.conf); the password is new at
+# every start, written 0600 in RUN_DIR by worker/launcher.py.
+CONTROL_USERNAME = "rotator"
+CONTROL_PASSWORD_FILE = "supervisor.password"
 
 
 class Untrusted(Exception):
@@ -39,7 +45,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _open_run_dir(run_dir: Path) -> tuple[int, int]:
+def _open_run_dir(run_dir: os.PathLike | str) -> tuple[int, int]:
     """(descriptor of RUN_DIR, its owner's uid); RUN_DIR itself must not be a link."""
     try:
         fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -48,7 +54,7 @@ def _open_run_dir(run_dir: Path) -> tuple[int, int]:
     return fd, os.fstat(fd).st_uid
 
 
-def read_run_file(run_dir: Path, name: str, limit: int) -> bytes:
+def read_run_file(run_dir: os.PathLike | str, name: str, limit: int) -> bytes:
     """The content of RUN_DIR/name, a regular file of at most `limit` bytes owned by RUN_DIR's
     owner, never through a link, never blocking. FileNotFoundError when it is not there."""
     dir_fd, owner = _open_run_dir(run_dir)
@@ -81,7 +87,31 @@ def read_run_file(run_dir: Path, name: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_run_json(run_dir: Path, name: str, limit: int):
+def write_run_file(run_dir: os.PathLike | str, name: str, data: bytes) -> None:
+    """Replace RUN_DIR/name with `data` (a new file, renamed into place), only when this user
+    owns RUN_DIR: never through a link, never into another user's folder (root running a
+    probe there)."""
+    dir_fd, owner = _open_run_dir(run_dir)
+    try:
+        if owner != os.geteuid():
+            raise Untrusted(f"RUN_DIR is owned by uid {owner}, not by this user")
+        temporary = f".{name}.{os.getpid()}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError:
+            os.unlink(temporary, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def read_run_json(run_dir: os.PathLike | str, name: str, limit: int):
     """RUN_DIR/name parsed as JSON (read as read_run_file does), nested at most
     MAX_JSON_DEPTH deep. Untrusted for anything else; FileNotFoundError when absent."""
     data = read_run_file(run_dir, name, limit)
@@ -104,7 +134,7 @@ def _depth(value, level: int = 0) -> int:
     return level
 
 
-def connect_run_socket(run_dir: Path, name: str, timeout_s: float) -> socket.socket:
+def connect_run_socket(run_dir: os.PathLike | str, name: str, timeout_s: float) -> socket.socket:
     """A connection to the Unix socket RUN_DIR/name: a socket (not a link to one) owned by
     RUN_DIR's owner, served by a process of that owner (a link swapped in after the look
     leads to another server, whose owner differs)."""
@@ -126,7 +156,7 @@ def connect_run_socket(run_dir: Path, name: str, timeout_s: float) -> socket.soc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
-        sock.connect(str(run_dir / name))
+        sock.connect(os.path.join(run_dir, name))
         credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                       struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", credentials)
@@ -137,3 +167,48 @@ def connect_run_socket(run_dir: Path, name: str, timeout_s: float) -> socket.soc
         sock.close()
         raise
     return sock
+
+
+def default_run_dir(target_dir: str) -> str:
+    """One private folder per user and watched folder (its real path), so two instances never
+    share one."""
+    # crc32, not hashlib: every program reads settings, and OpenSSL costs megabytes of memory.
+    digest = f"{zlib.crc32(target_dir.encode(errors='surrogateescape')):08x}"
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
+    return os.path.join(os.path.realpath(base), f"rasa-model-rotator-{os.getuid()}-{digest}")
+
+
+def run_dir_of(env) -> str:
+    """RUN_DIR as worker/settings.py resolves it, without checking anything else: the real
+    path of the folder holding RUN_DIR (its last name kept, never followed), or the default
+    for TARGET_DIR. For the health check, which must not pay for reading every setting."""
+    raw = env.get("RUN_DIR", "")
+    if not raw:
+        return default_run_dir(os.path.realpath(env.get("TARGET_DIR", "models") or "."))
+    head, last = os.path.split(raw.rstrip("/") if raw != "/" else raw)
+    if last in ("", ".", ".."):
+        return os.path.realpath(raw)
+    return os.path.join(os.path.realpath(head or "."), last)
+
+
+def read_control_password(run_dir: os.PathLike | str) -> str | None:
+    """The control password, or None. Read as anything in RUN_DIR is: root running `status`
+    or `supervisorctl` on the image user's RUN_DIR never sends the content of a file that user
+    linked there."""
+    try:
+        password = read_run_file(run_dir, CONTROL_PASSWORD_FILE, 256).decode("ascii").strip()
+    except (OSError, Untrusted, UnicodeDecodeError):
+        return None
+    return password if password.isalnum() else None
+
+
+def control_credentials(run_dir: os.PathLike | str) -> tuple[str, str, str]:
+    """(server URL, username, password) for this instance's supervisord, or for the one named
+    by SUPERVISOR_SERVER_URL (with SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD, as supervisord
+    gives its children)."""
+    url = os.environ.get("SUPERVISOR_SERVER_URL")
+    if url:
+        return (url, os.environ.get("SUPERVISOR_USERNAME", ""),
+                os.environ.get("SUPERVISOR_PASSWORD", ""))
+    return (f"unix://{os.path.join(run_dir, 'supervisor.sock')}", CONTROL_USERNAME,
+            read_control_password(run_dir) or "")

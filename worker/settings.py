@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import stat
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,10 +364,14 @@ def _secret(env, name: str) -> str:
 
 
 def _rasa_version(env, name: str) -> str:
+    raw = _text(env, name)
+    if not raw:
+        return raw
+    # Only when set: worker/loadable.py brings the folder's archive and journal modules into
+    # every program's memory (supervisord's too).
     from worker.loadable import parse_version
 
-    raw = _text(env, name)
-    if raw and parse_version(raw) is None:
+    if parse_version(raw) is None:
         raise _refuse(name, raw)
     return raw
 
@@ -520,11 +523,11 @@ def _check_creatable_dir(name: str, path: Path, shown: str | None = None) -> Non
 
 
 def default_run_dir(target_dir: Path) -> Path:
-    """One private folder per user and watched folder, so two instances never share one."""
-    # crc32, not hashlib: every program reads settings, and OpenSSL costs megabytes of memory.
-    digest = f"{zlib.crc32(str(target_dir).encode(errors='surrogateescape')):08x}"
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
-    return Path(os.path.realpath(base)) / f"rasa-model-rotator-{os.getuid()}-{digest}"
+    """One private folder per user and watched folder, so two instances never share one
+    (worker/runfiles.py derives it the same way for the health check)."""
+    from worker.runfiles import default_run_dir as derived
+
+    return Path(derived(str(target_dir)))
 
 
 def _check_run_dir(path: Path, shown: str, read_only: bool) -> None:

@@ -1,10 +1,7 @@
 """`python -m worker status [--json]`: what is published, the last call to each Rasa server,
 and whether the programs are running and making progress. Exits non-zero unless healthy
-(also while starting), for health probes.
-
-It runs every few seconds in every container, so it imports only what it needs: the
-one XML-RPC call written out over supervisord's socket (not supervisor's own modules, not
-http.client), no logging."""
+(also while starting), with the verdict of worker/health.py, whose light check
+(`python -m worker.health`) is what Docker and Kubernetes run every few seconds. No logging."""
 
 from __future__ import annotations
 
@@ -12,123 +9,12 @@ import json
 import time
 
 from worker.folder import read_record, stat_or_none
+from worker.health import judge_tool
 from worker.rasa_state import read_replicas
 from worker.remote_state import read_remote_state
 from worker.runfiles import Untrusted
 from worker.settings import Settings
 from worker.text import printable
-
-REQUIRED_PROGRAMS = ("reader", "rotator")
-RPC_TIMEOUT_S = 5.0
-MAX_RPC_ANSWER_BYTES = 4 * 1024 * 1024
-
-
-def _rpc_call(url: str, username: str, password: str, method: str, sock=None):
-    """One XML-RPC call without parameters to supervisord at unix://PATH or http://HOST:PORT
-    (or on `sock`, connected already). The answer is bounded in size and time.
-
-    Written out rather than through xmlrpc.client, which imports http.client (and with it the
-    email parser and ssl): 15 ms of CPU at every health check, in every container."""
-    import base64
-    import socket
-    from xml.etree import ElementTree
-
-    body = (f'<?xml version="1.0"?><methodCall><methodName>{method}</methodName>'
-            f'<params/></methodCall>').encode()
-    head = ["POST /RPC2 HTTP/1.0", "Host: localhost", "Content-Type: text/xml",
-            f"Content-Length: {len(body)}"]
-    if username:
-        token = base64.b64encode(f"{username}:{password}".encode()).decode()
-        head.append(f"Authorization: Basic {token}")
-    if sock is not None:
-        pass
-    elif url.startswith("unix://"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(RPC_TIMEOUT_S)
-        sock.connect(url[len("unix://"):])
-    else:
-        host, _, port = url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
-        sock = socket.create_connection((host or "localhost", int(port or 80)), RPC_TIMEOUT_S)
-    with sock:
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        chunks, size = [], 0
-        deadline = time.monotonic() + RPC_TIMEOUT_S  # in all: a byte now and then is not enough
-        while True:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            if not chunk:  # HTTP/1.0: the server closes after its answer
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_RPC_ANSWER_BYTES:
-                raise ConnectionError(f"supervisord's answer exceeds {MAX_RPC_ANSWER_BYTES} "
-                                      "bytes")
-    answer = b"".join(chunks)
-    status_line, _, rest = answer.partition(b"\r\n")
-    parts = status_line.split(b" ", 2)
-    if len(parts) < 2 or parts[1] != b"200":
-        raise ConnectionError(f"supervisord answered {status_line.decode(errors='replace')!r}")
-    root = ElementTree.fromstring(rest.partition(b"\r\n\r\n")[2])
-    fault = root.find("fault/value")
-    if fault is not None:
-        raise RuntimeError(f"XML-RPC fault {_xmlrpc_value(fault)}")
-    return _xmlrpc_value(root.find("params/param/value"))
-
-
-def _xmlrpc_value(node):
-    if len(node) == 0:
-        return node.text or ""  # a <value> without a type is a string
-    typed = node[0]
-    if typed.tag in ("int", "i4"):
-        return int(typed.text)
-    if typed.tag == "boolean":
-        return typed.text == "1"
-    if typed.tag == "double":
-        return float(typed.text)
-    if typed.tag == "array":
-        return [_xmlrpc_value(value) for value in typed.findall("data/value")]
-    if typed.tag == "struct":
-        return {member.findtext("name"): _xmlrpc_value(member.find("value"))
-                for member in typed.findall("member")}
-    return typed.text or ""
-
-
-def program_states(settings: Settings) -> tuple[dict[str, dict] | None, str]:
-    import os
-
-    from worker.launcher import CONTROL_PASSWORD_FILE, control_credentials
-    from worker.runfiles import connect_run_socket, read_run_file
-
-    url, username, password = control_credentials(settings)
-    sock = None
-    try:
-        if not os.environ.get("SUPERVISOR_SERVER_URL"):
-            # Our own RUN_DIR: the password and the socket as worker/runfiles.py reads them,
-            # so root never sends a file its owner linked there, nor to a socket not theirs.
-            if not password:
-                read_run_file(settings.run_dir, CONTROL_PASSWORD_FILE, 256)  # says why
-                raise ValueError(f"{CONTROL_PASSWORD_FILE} in RUN_DIR is not a password")
-            sock = connect_run_socket(settings.run_dir, "supervisor.sock", RPC_TIMEOUT_S)
-        processes = _rpc_call(url, username, password, "supervisor.getAllProcessInfo", sock)
-    except Exception as error:  # socket missing, refused, credentials refused, an RPC fault
-        # Never the password: the error of a refused call names the URL without it.
-        return None, printable(f"supervisord not reachable at {url} "
-                               f"({_without(error, password)})")
-    programs = {}
-    for process in processes if isinstance(processes, list) else []:
-        if not isinstance(process, dict) or not isinstance(process.get("name"), str):
-            continue
-        pid = process.get("pid")
-        programs[printable(process["name"][:100])] = {
-            "state": printable(str(process.get("statename", "UNKNOWN"))[:40]),
-            "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-            "description": printable(str(process.get("description", ""))[:200])}
-    return programs, ""
-
-
-def _without(error: Exception, secret: str) -> str:
-    text = str(error)
-    return text.replace(secret, "***") if secret else text
 
 
 def published_model(settings: Settings) -> dict | None:
@@ -185,32 +71,9 @@ def _record_fields_shown(record) -> bool:
 
 
 def gather(settings: Settings) -> dict:
-    from worker import liveness
-
-    programs, problem = program_states(settings)
-    problems = [problem] if problem else []
-    condition, waiting = "unhealthy", ""
-    if programs is not None:
-        starting = []
-        for name in REQUIRED_PROGRAMS:
-            state = programs.get(name, {}).get("state", "missing")
-            if state == "STARTING":
-                starting.append(name)
-            elif state != "RUNNING":
-                problems.append(f"program {name} is {state}")
-        rotator = programs.get("rotator", {})
-        rotator_pid = rotator.get("pid") if rotator.get("state") == "RUNNING" else None
-        if rotator_pid:
-            condition, reason = liveness.judge(liveness.read_state(settings.run_dir),
-                                               rotator_pid, settings.run_dir)
-            if condition == "unhealthy":
-                problems.append(reason)
-            elif condition == "starting":
-                waiting = reason
-        if starting and not problems:
-            condition, waiting = "starting", f"program {', '.join(starting)} is STARTING"
-    if problems:
-        condition = "unhealthy"
+    verdict = judge_tool(settings.run_dir)
+    condition, waiting, problems = verdict.condition, verdict.waiting, verdict.problems
+    programs = verdict.programs
     # Rasa's replicas are shown, never counted against our health: restarting the rotator
     # would not bring a Rasa server back.
     try:
