@@ -35,7 +35,7 @@ USER 1000:2000
 # No VOLUME: it would leave an anonymous volume behind at every `docker rm`. Mount a host
 # folder (owned by 1000:2000) or a named volume at /app/models.
 
-# The light check (worker/health.py): the verdict of `status` (exit 1 while starting, when
+# The light check (worker/surface/health.py): the verdict of `status` (exit 1 while starting, when
 # supervisord does not answer, reader or rotator is not RUNNING, or the rotator is stuck or
 # does not answer) without its imports. Docker 20.10 has no --start-interval and runs the
 # first probe one interval after the start, so the interval is short; each probe costs a
@@ -43,7 +43,7 @@ USER 1000:2000
 # (and healthy at the previous probe) a probe holds up to 55 s, checking every 5 s and answering at once when the verdict changes:
 # one exec per ~56 s at idle. The timeout covers the hold and one slow check.
 HEALTHCHECK --interval=1s --timeout=70s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "worker.health", "--hold", "55"]
+    CMD ["python", "-m", "worker.surface.health", "--hold", "55"]
 
 # Exec form: `python -m worker` checks the settings and runs supervisord in its own process,
 # which is PID 1.

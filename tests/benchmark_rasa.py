@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from tests.test_real_rasa import Availability, Cluster
-from worker.archive import check_archive
+from worker.folder.archive import check_archive
 
 
 def when_each_serves(servers, model_id: str, timeout: float = 180) -> list[float]:

@@ -2,7 +2,7 @@
 `--quick`: smaller files, one run each).
 
 Against moto in server mode on 127.0.0.1 (tests/s3_server.py):
-- upload throughput: our upload (worker/s3.py `Bucket.upload`, what the rotator runs) of a
+- upload throughput: our upload (worker/remote/s3.py `Bucket.upload`, what the rotator runs) of a
   256 MiB incompressible file next to boto3's `upload_file` of the same file to the same
   server, alternating who goes first; the ratio ours / theirs of the times;
 - publish to key: the tool (`python -m worker`, REMOTE_STORAGE=aws) given a model, the time
@@ -38,7 +38,7 @@ def spread(values: list[float]) -> str:
 def bench_throughput(server: MotoServer, root: Path, size: int, runs: int) -> dict:
     import boto3  # noqa: F401 - as the rotator imports it
 
-    from worker.s3 import Bucket
+    from worker.remote.s3 import Bucket
 
     path = root / "big.bin"
     with open(path, "wb") as out:

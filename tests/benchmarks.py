@@ -216,9 +216,9 @@ def settle(stack: Stack, source: str) -> None:
 
 
 def bench_in_process(root: Path, size: int, runs: int) -> dict:
-    """The rotator's own publish step (check + copy + fsync, worker.archive.copy_verified)
+    """The rotator's own publish step (check + copy + fsync, worker.folder.archive.copy_verified)
     called directly, against cp + sync FILE, same source and target folder, alternating."""
-    from worker.archive import copy_verified
+    from worker.folder.archive import copy_verified
 
     folder = root / "in-process"
     folder.mkdir()

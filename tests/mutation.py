@@ -1,6 +1,6 @@
 """The mutation check: Cosmic Ray over `worker/` with the tests that need no peer.
 
-    python -m tests.mutation run [--modules worker/reconcile.py ...] [--tests "PYTEST ARGS"]
+    python -m tests.mutation run [--modules worker/folder/reconcile.py ...] [--tests "PYTEST ARGS"]
                                  [--jobs N] [--session DIR]
     python -m tests.mutation recheck --tests "PYTEST ARGS" [--jobs N] [--session DIR]
     python -m tests.mutation report [--session DIR] [--diff]
@@ -42,9 +42,18 @@ from tests.helpers import PROJECT_ROOT
 
 CONFIG = PROJECT_ROOT / "tests" / "mutation.toml"
 # The folder rules and the Rasa side, with the no-peer tests that cover them.
-DEFAULT_MODULES = ("worker/reconcile.py", "worker/folder.py", "worker/arrivals.py",
-                   "worker/rasa.py", "worker/rasa_client.py")
-DEFAULT_TESTS = ("tests/test_reconcile.py", "tests/test_rasa.py", "tests/test_debounce.py")
+DEFAULT_MODULES = (
+    "worker/folder/reconcile.py",
+    "worker/folder/files.py",
+    "worker/folder/arrivals.py",
+    "worker/rasa/sync.py",
+    "worker/rasa/client.py",
+)
+DEFAULT_TESTS = (
+    "tests/folder/test_reconcile.py",
+    "tests/rasa/test_rasa.py",
+    "tests/programs/test_debounce.py",
+)
 NOT_COPIED = (".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache")
 
 
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="mutate and test (resumes an existing session)")
     run.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES))
     run.add_argument("--tests", default=" ".join(DEFAULT_TESTS),
-                     help="pytest's arguments in one string, e.g. \"tests/test_rasa.py -k "
+                     help="pytest's arguments in one string, e.g. \"tests/rasa/test_rasa.py -k "
                           "'not slow'\" (no-peer tests only)")
     run.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
     recheck = commands.add_parser("recheck", help="the survivors against other tests")

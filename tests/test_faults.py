@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PROJECT_ROOT, model_bytes, run_worker, set_mtime, write_model
-from worker.archive import check_archive
-from worker.folder import list_models, read_record
-from worker.reconcile import RETRY_AFTER_ERROR_S, Reconciler
+from worker.folder.archive import check_archive
+from worker.folder.files import list_models, read_record
+from worker.folder.reconcile import RETRY_AFTER_ERROR_S, Reconciler
 from worker.settings import read_settings
 
 UID, GID = 1000, 1000
@@ -30,7 +30,7 @@ DEBIAN_PYTHON = "/usr/bin/python3.11"
 PRELUDE = textwrap.dedent('''
     import io, json, os, sys, tarfile, time
     from pathlib import Path
-    from worker.reconcile import Reconciler
+    from worker.folder.reconcile import Reconciler
     from worker.settings import read_settings
 
     def settings_for(folder, run, **extra):
@@ -136,7 +136,7 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
     written. latest holds B by then: B's source must stay (now and after a restart), no temp
     file may stay, and once space is back the record describes B again."""
     report = run_on_tmpfs(tmp_path, "4m", '''
-        from worker.folder import read_record
+        from worker.folder.files import read_record
         disk, run = Path(sys.argv[1]), Path(sys.argv[2])
         folder = disk / "models"
         folder.mkdir()
@@ -290,7 +290,7 @@ def test_a_fifo_swapped_in_for_a_model_during_a_reconcile_never_blocks(tmp_path)
     os.mkfifo(path)
     import threading
 
-    from worker.folder import publish_atomically
+    from worker.folder.files import publish_atomically
 
     errors = []
 

@@ -30,8 +30,8 @@ from tests.helpers import (
     wait_for,
     wait_for_latest,
 )
-from worker.channel import QueueClient
 from worker.logs import printable
+from worker.programs.channel import QueueClient
 from worker.settings import SettingError, default_run_dir, prepare_folders, read_settings
 
 OTHER_UID = 1000

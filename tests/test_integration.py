@@ -19,7 +19,7 @@ from tests.helpers import (
     wait_for_latest,
     write_model,
 )
-from worker.archive import BrokenArchive, check_archive
+from worker.folder.archive import BrokenArchive, check_archive
 
 
 def only_models(models: Path, *names: str, timeout: float = 30) -> None:

@@ -13,7 +13,7 @@ from tests.helpers import PROJECT_ROOT
 from tests.test_container import image_healthcheck
 
 # The shared-volume layouts; scale-out.yaml (no shared volume) has tests/test_scale_out.py,
-# remote-storage.yaml tests/test_remote_storage_manifest.py.
+# remote-storage.yaml tests/remote/test_remote_storage_manifest.py.
 MANIFESTS = sorted(p for p in (PROJECT_ROOT / "conf" / "kubernetes").glob("*.yaml")
                    if p.name not in ("scale-out.yaml", "remote-storage.yaml"))
 

@@ -33,9 +33,9 @@ from tests.helpers import (
     wait_for_latest,
     write_model,
 )
-from worker.arrivals import journal_path
-from worker.folder import read_record, record_path
-from worker.reconcile import Reconciler
+from worker.folder.arrivals import journal_path
+from worker.folder.files import read_record, record_path
+from worker.folder.reconcile import Reconciler
 
 DAY = 86_400.0
 HOUR = 3600.0
@@ -429,7 +429,7 @@ def test_a_touch_of_a_model_after_the_reader_journaled_it_keeps_its_place(tmp_pa
     takes in X's event. The same event with a new mtime keeps X's place in the order: it
     must not sort after Y and R (which were then deleted as older than X)."""
     settings = make_settings(tmp_path)
-    from worker.arrivals import ArrivalJournal
+    from worker.folder.arrivals import ArrivalJournal
 
     journal = ArrivalJournal(journal_path(settings.latest_model_path), "latest.tar.gz")
     now = time.time()
@@ -540,7 +540,7 @@ def test_an_event_delivered_late_never_sorts_after_arrivals_seen_later(tmp_path)
     """A killed reader's last batch reaches the rotator after the new reader journaled its
     own: the old event takes its place before them, not after (the last arrival would then
     be deleted as older). A clock that went back is another matter: news sorts last."""
-    from worker.arrivals import ArrivalJournal
+    from worker.folder.arrivals import ArrivalJournal
 
     settings = make_settings(tmp_path)
     journal = ArrivalJournal(journal_path(settings.latest_model_path), "latest.tar.gz")

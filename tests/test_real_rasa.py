@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import RunningTool, tool_environment, wait_for
+from tests.rasa.test_rasa import assert_no_secret
 from tests.real_rasa import RasaServer, greeting
-from tests.test_rasa import assert_no_secret
-from worker.archive import BrokenArchive, check_archive
+from worker.folder.archive import BrokenArchive, check_archive
 
 TOKEN = "s3cr3t t0k/en+%x"
 SYNC_INTERVAL_S = 2

@@ -18,7 +18,7 @@ import uuid
 
 from tests.helpers import content_of, wait_for
 from tests.real_rasa import RasaServer, free_port, greeting, make_project, train_with_cli
-from worker.archive import check_archive
+from worker.folder.archive import check_archive
 
 TOKEN = "pull-" + uuid.uuid4().hex
 

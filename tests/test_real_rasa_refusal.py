@@ -31,8 +31,8 @@ import pytest
 from tests.helpers import RunningTool, tool_environment, wait_for
 from tests.real_rasa import RasaServer, free_port, make_project, train_with_cli
 from tests.test_real_rasa_pull import Availability, SourceAddressRelay, sent_to
-from worker.archive import check_archive
-from worker.published import open_published
+from worker.folder.archive import check_archive
+from worker.folder.published import open_published
 
 SYNC_INTERVAL_S = 1
 BROKEN_MEMBER = "components/train_KeywordIntentClassifier0/KeywordIntentClassifier.json"

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_environment()
         if command == "run":
-            from worker.launcher import wait_until_target_writable
+            from worker.programs.launcher import wait_until_target_writable
 
             wait_until_target_writable(os.environ)
         # `status` only reads RUN_DIR: root may inspect the programs' (another user's) folder.
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as error:
         message = f"rasa-model-rotator: {error}"
         if command == "run":
-            from worker.launcher import unwritable_message, unwritable_target
+            from worker.programs.launcher import unwritable_message, unwritable_target
 
             target = unwritable_target(os.environ)
             if target is not None:
@@ -98,15 +98,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # The health check runs every few seconds: it imports only what it needs (no logging).
     if command == "status":
-        from worker.status import run_status
+        from worker.surface.status import run_status
 
         return run_status(settings, args.json)
     if command == "supervisorctl":
-        from worker.launcher import run_supervisorctl
+        from worker.programs.launcher import run_supervisorctl
 
         return run_supervisorctl(settings, args.ctl_args)
     if command == "run":
-        from worker.launcher import run_supervisord
+        from worker.programs.launcher import run_supervisord
 
         try:
             prepare_folders(settings)
@@ -130,19 +130,19 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", error)
             return 2
     if command == "reader":
-        from worker.reader import run_reader
+        from worker.programs.reader import run_reader
 
         run_reader(settings, log)
     elif command == "rotator":
-        from worker.rotator import run_rotator
+        from worker.programs.rotator import run_rotator
 
         run_rotator(settings, log)
     elif command == "model-server":
-        from worker.model_server import run_model_server
+        from worker.programs.model_server import run_model_server
 
         run_model_server(settings, log)
     elif command == "once":
-        from worker.reconcile import Reconciler
+        from worker.folder.reconcile import Reconciler
 
         try:
             outcome = Reconciler(settings, log).reconcile(dry_run=args.dry_run)

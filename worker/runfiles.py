@@ -27,7 +27,7 @@ import zlib
 
 MAX_JSON_DEPTH = 32
 # supervisord's control socket asks for these (conf/supervisord.conf); the password is new at
-# every start, written 0600 in RUN_DIR by worker/launcher.py.
+# every start, written 0600 in RUN_DIR by worker/programs/launcher.py.
 CONTROL_USERNAME = "rotator"
 CONTROL_PASSWORD_FILE = "supervisor.password"
 

@@ -152,7 +152,7 @@ DECLARED: tuple[Declared, ...] = (
              "spaces", "with RASA_URL: after a replica loads a new model, `POST /model/parse` "
              "with this text must answer, or the model counts as refused",
              shown_default="(none)"),
-    # Object storage for Rasa's `--remote-storage aws` (worker/remote_storage.py). The names
+    # Object storage for Rasa's `--remote-storage aws` (worker/remote/storage.py). The names
     # are Rasa's own (rasa/nlu/persistor.py), so one Secret/ConfigMap serves both containers.
     Declared("REMOTE_STORAGE", "", "empty (off) or " + ", ".join(REMOTE_STORAGES),
              "`aws`: also publish to S3-compatible object storage (AWS, MinIO, Ceph, R2) for "
@@ -182,7 +182,7 @@ SECRETS = tuple(declared.name for declared in DECLARED if declared.secret)
 DEBOUNCE_CAP_FACTOR = 4
 
 # Our own files beside LATEST_MODEL_PATH add at most this many bytes to its name: the publish
-# temporary file ".NAME.tmp-" + 8 hex digits (worker/folder.py); the lock and the record
+# temporary file ".NAME.tmp-" + 8 hex digits (worker/folder/files.py); the lock and the record
 # (".NAME.lock", ".NAME.json") add 6.
 OWN_NAME_EXTRA_BYTES = len(".") + len(".tmp-") + 8
 
@@ -367,9 +367,9 @@ def _rasa_version(env, name: str) -> str:
     raw = _text(env, name)
     if not raw:
         return raw
-    # Only when set: worker/loadable.py brings the folder's archive and journal modules into
+    # Only when set: worker/folder/loadable.py brings the folder's archive and journal modules into
     # every program's memory (supervisord's too).
-    from worker.loadable import parse_version
+    from worker.folder.loadable import parse_version
 
     if parse_version(raw) is None:
         raise _refuse(name, raw)

@@ -1,0 +1,1 @@
+"""Tests of worker.folder: the folder's rules on real temporary folders."""

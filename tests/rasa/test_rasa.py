@@ -1,0 +1,674 @@
+"""Rasa in sync: the per-replica controller against real HTTP servers on 127.0.0.1 that behave
+like Rasa 3.6 (tests/rasa_stub.py), and the tool end to end with them."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.helpers import content_of, wait_for, wait_for_latest, write_model
+from worker.rasa.client import RasaClient, Secrets
+from worker.rasa.sync import RasaSync, Timing, display_url
+from worker.surface.liveness import read_state
+
+TOKEN = "s3cr3t t0k/en+%&="
+MODEL_PATH = "/app/models/latest.tar.gz"
+FAST = Timing(backoff_first_s=0.05, backoff_max_s=0.2, poll_s=0.05)
+
+
+def token_forms(token: str = TOKEN) -> list[str]:
+    """Every way a server may echo the token: raw, percent-encoded (either case, `/` kept or
+    not, `+` or %20 for a space), encoded twice."""
+    quote, plus = urllib.parse.quote, urllib.parse.quote_plus
+    forms = {token, quote(token, safe=""), quote(token), plus(token), plus(token, safe="/"),
+             quote(token, safe="").lower(), quote(quote(token, safe=""), safe=""),
+             quote(token).replace("%20", "+")}
+    return sorted(forms)
+
+
+def assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets or (TOKEN,):
+        for form in token_forms(secret):
+            assert form not in text, f"secret form {form!r} printed:\n{text}"
+    # Partial leaks: the distinctive halves of the token never appear either.
+    assert "s3cr3t" not in text and "t0k" not in text, text
+
+
+@pytest.fixture
+def captured_log():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger(f"test.rasa.{time.monotonic_ns()}")
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    return log, stream
+
+
+class Syncs:
+    """RasaSync instances under test, with their reports collected per replica."""
+
+    def __init__(self, log):
+        self.log = log
+        self.made: list[RasaSync] = []
+        self.states: dict[str, object] = {}
+        self.history: list = []
+        self.lock = threading.Lock()
+
+    def report(self, state) -> None:
+        with self.lock:
+            self.states[state.url] = state
+            self.history.append(state)
+
+    def make(self, urls, token=TOKEN, retry_for=30.0, timeout=5.0, interval=0.0,
+             max_swapping=1, training_wait=30.0, timing=FAST) -> RasaSync:
+        sync = RasaSync(urls, MODEL_PATH, token, retry_for, timeout, self.log, self.report,
+                        sync_interval_s=interval, max_swapping=max_swapping,
+                        training_wait_s=training_wait, timing=timing)
+        self.made.append(sync)
+        return sync
+
+    def state(self, url):
+        with self.lock:
+            return self.states.get(display_url(url))
+
+    def in_sync(self, url, model_id) -> bool:
+        state = self.state(url)
+        return state is not None and state.in_sync and state.model_id == model_id
+
+
+@pytest.fixture
+def syncs(captured_log):
+    made = Syncs(captured_log[0])
+    yield made
+    for sync in made.made:
+        sync.stop()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# -- the controller rules ---------------------------------------------------------------------
+
+def test_a_replica_already_serving_the_published_model_gets_no_put(stubs, syncs):
+    stub = stubs(model_id="B", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("B", published=False)  # start, also after our own restart
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    sync.want("B", published=True)  # a publish of the same model changes nothing either
+    wait_for(lambda: stub.status_checks() >= 2, 10)
+    time.sleep(0.3)
+    assert stub.calls() == []
+    assert syncs.state(stub.url).converged_at is not None
+
+
+@pytest.mark.parametrize("serving", ["A", None], ids=["another-model", "no-model-409"])
+def test_a_replica_out_of_sync_gets_one_put_then_its_status_confirms(stubs, syncs, serving):
+    stub = stubs(model_id=serving, models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    (call,) = stub.calls()
+    assert call["body"] == {"model_file": MODEL_PATH}
+    assert call["query"] == {"token": [TOKEN]}
+    assert call["content_type"] == "application/json"
+    state = syncs.state(stub.url)
+    assert state.last_swap["outcome"] == "loaded" and state.last_swap["status"] == 204
+    # The slot is given back only after /status showed the new model.
+    statuses = [r["at"] for r in stub.calls("GET")]
+    assert any(at > call["at"] for at in statuses)
+
+
+def overlaps(loads) -> bool:
+    spans = sorted(span for stub_loads in loads for span in stub_loads)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize("max_swapping", [1, 3])
+def test_swaps_roll_one_replica_at_a_time(stubs, syncs, max_swapping):
+    replicas = [stubs(model_id="A", models={MODEL_PATH: "B"}, load_s=0.4) for _ in range(3)]
+    sync = syncs.make([r.url for r in replicas], max_swapping=max_swapping)
+    sync.want("B", published=True)
+    wait_for(lambda: all(syncs.in_sync(r.url, "B") for r in replicas), 20)
+    loads = [r.loads for r in replicas]
+    assert all(len(stub_loads) == 1 for stub_loads in loads)
+    # RASA_MAX_SWAPPING=1: never two loads at once; with 3 slots they do overlap (so the
+    # check can see an overlap when there is one).
+    assert overlaps(loads) == (max_swapping > 1), loads
+
+
+def test_a_replica_that_is_down_holds_no_slot(stubs, syncs):
+    hanging = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[("hang", 4)] * 3)
+    healthy = stubs(model_id="A", models={MODEL_PATH: "B"})
+    sync = syncs.make([closed_port_url(), hanging.url, healthy.url], timeout=10)
+    started = time.monotonic()
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(healthy.url, "B"), 10)
+    assert time.monotonic() - started < 3, "the healthy replica waited for a slot"
+    assert hanging.calls() == []
+
+
+def test_no_swap_while_training_jobs_run(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1)
+    sync = syncs.make([stub.url], training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and
+             syncs.state(stub.url).state == "waiting-for-training", 10)
+    time.sleep(0.5)
+    assert stub.calls() == [], "swapped while a training ran"
+    stub.training_jobs = 0
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 1
+    assert "RASA_TRAINING_WAIT" in captured_log[1].getvalue()
+
+
+def test_the_training_wait_is_bounded(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=2)
+    sync = syncs.make([stub.url], training_wait=1)
+    started = time.monotonic()
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert time.monotonic() - started >= 1
+    assert "swapping anyway" in captured_log[1].getvalue()
+
+
+def test_a_newer_publish_supersedes_the_retries(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "C"}, status_script=[503] * 3)
+    slow = Timing(backoff_first_s=4.0, backoff_max_s=8.0, poll_s=0.05)
+    sync = syncs.make([stub.url], timing=slow)
+    sync.want("B", published=True)
+    wait_for(lambda: stub.status_checks() >= 1, 10)
+    time.sleep(0.2)
+    stub.status_script.clear()
+    started = time.monotonic()
+    sync.want("C", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "C"), 10)
+    assert time.monotonic() - started < 1.5, "waited out the backoff of the old publish"
+    assert "supersedes" in captured_log[1].getvalue()
+
+
+def test_a_replica_restarted_with_another_model_is_brought_back(stubs, syncs):
+    stub = stubs(model_id="B", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url], interval=0.3)
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    first_converged = syncs.state(stub.url).converged_at
+    stub.model_id = "old"  # Rasa restarted and its --model rule picked something else
+    wait_for(lambda: len(stub.calls()) == 1 and syncs.in_sync(stub.url, "B"), 10)
+    assert syncs.state(stub.url).converged_at > first_converged
+
+
+def test_no_timer_when_the_sync_interval_is_0(stubs, syncs):
+    stub = stubs(model_id="B", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url], interval=0)
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    checks = stub.status_checks()
+    stub.model_id = "old"
+    time.sleep(1.0)
+    assert stub.status_checks() == checks and stub.calls() == []
+    sync.want("B", published=True)  # the next publish looks again
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+
+
+def test_a_load_rasa_refuses_is_not_repeated_until_the_next_publish(stubs, syncs):
+    stub = stubs(model_id="A")  # no such model where Rasa runs: 400, keeps "A"
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 3, 10)
+    assert len(stub.calls()) == 1, "every check cost the replica another failed load"
+    assert "RASA_MODEL_PATH" in syncs.state(stub.url).last_error
+    sync.want("B", published=True)
+    wait_for(lambda: len(stub.calls()) == 2, 10)
+
+
+def test_rasa_loading_another_model_than_published_is_reported_once(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "Z"})  # RASA_MODEL_PATH is another file
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).last_error, 10)
+    time.sleep(0.6)
+    assert len(stub.calls()) == 1
+    assert "serves model_id Z, not the published B" in syncs.state(stub.url).last_error
+
+
+def test_a_replica_that_restarts_right_after_our_load_is_brought_back(stubs, syncs):
+    """Rasa answered 204, then /status shows another file than RASA_MODEL_PATH: the replica
+    restarted with its own --model meanwhile (seen against real Rasa). That is no verdict on
+    RASA_MODEL_PATH: the next check swaps it again instead of waiting for the next publish."""
+    stub = stubs(script=[204], model_id="old", models={MODEL_PATH: "B"})  # 204, no load
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 2
+
+
+def test_a_model_without_model_id_gets_one_put_per_publish_and_none_at_start(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want(None, published=False)  # at start: cannot compare, so no outage for nothing
+    wait_for(lambda: stub.status_checks() >= 3, 10)
+    assert stub.calls() == []
+    assert syncs.state(stub.url).state == "no-model-id"
+    sync.want(None, published=True)
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() >= checks + 3, 10)
+    assert len(stub.calls()) == 1, "the timer repeated a blind PUT"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_and_403_point_at_rasa_token(stubs, syncs, captured_log, status):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[status])
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    time.sleep(0.3)
+    assert stub.calls() == [] and stub.status_checks() == 1
+    assert "RASA_TOKEN" in captured_log[1].getvalue()
+
+
+def test_retries_back_off_and_give_up_after_retry_for(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[503] * 1000)
+    sync = syncs.make([stub.url], retry_for=1.0)
+    sync.want("B", published=True)
+    wait_for(lambda: "RASA_RETRY_FOR" in captured_log[1].getvalue(), 10)
+    checks = stub.status_checks()
+    times = [r["at"] for r in stub.calls("GET")]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) > 2 * min(gaps), f"no backoff: {gaps}"
+    time.sleep(0.5)
+    assert stub.status_checks() == checks, "kept calling after giving up"
+    assert syncs.state(stub.url).state == "down"
+
+
+def test_a_put_timeout_is_retried_after_looking_again(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[("hang", 2)])
+    sync = syncs.make([stub.url], timeout=1.0)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 15)
+    assert len(stub.calls()) == 2
+
+
+# -- hostile URLs and responses: the thread survives, secrets stay hidden -------------------
+
+@pytest.mark.parametrize("url", [
+    "http://user:pa55word@127.0.0.1",  # no port: http.client took "pa55word@..." for a port
+    "http://user:pa55word@127.0.0.1:99999",
+    "http://user:pa55word@127.0.0.1:abc",
+    "http://user:pa55word@[::1",
+    "http://user:pa55word@bad host:5005",
+])
+def test_a_hostile_url_never_kills_the_thread_nor_shows_the_password(syncs, captured_log,
+                                                                     url):
+    sync = syncs.make([url], retry_for=0.3, interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: len(syncs.history) >= 4, 10)
+    (replica,) = sync.replicas
+    assert replica.is_alive()
+    count = len(syncs.history)
+    wait_for(lambda: len(syncs.history) > count, 10, message="the thread stopped checking")
+    assert replica.is_alive()
+    text = captured_log[1].getvalue() + json.dumps([s.as_dict() for s in syncs.history])
+    assert "pa55word" not in text, text
+
+
+def test_user_info_becomes_basic_auth_and_is_never_printed(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    url = stub.url.replace("http://", "http://ops:p%40ss%2Fw0rd@")
+    sync = syncs.make([url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    import base64
+    expected = "Basic " + base64.b64encode(b"ops:p@ss/w0rd").decode()
+    assert stub.calls()[0]["headers"]["Authorization"] == expected
+    text = captured_log[1].getvalue() + json.dumps([s.as_dict() for s in syncs.history])
+    for form in ("p@ss/w0rd", "p%40ss%2Fw0rd", "w0rd"):
+        assert form not in text
+
+
+@pytest.mark.parametrize("answer", [
+    ("raw", 200, "OK", "<html>not json</html>"),
+    ("raw", 200, "OK", "[1, 2]"),
+    ("raw", 200, "OK", '{"model_id": 7, "num_active_training_jobs": 0}'),
+    ("raw", 200, "OK", '{"model_id": "A", "num_active_training_jobs": -1}'),
+    ("raw", 200, "OK", '{"model_id": "A", "num_active_training_jobs": true}'),
+    ("raw", 200, "OK", "x" * 200_000),
+    ("raw", 200, "OK", "\x00\xff" * 10),
+    ("raw", 302, "Found", ""),
+    ("hang", 2),
+], ids=["html", "list", "id-int", "jobs-negative", "jobs-bool", "huge", "binary", "redirect",
+        "hang"])
+def test_a_hostile_status_answer_is_survived_and_then_converged(stubs, syncs, answer):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[answer] * 2)
+    sync = syncs.make([stub.url], timeout=1.0)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 20)
+    assert len(stub.calls()) == 1
+
+
+def test_a_redirect_is_not_followed(stubs, syncs):
+    elsewhere = stubs(model_id="A", models={MODEL_PATH: "B"})
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 302, "Found", "")] * 1000)
+    sync = syncs.make([stub.url], retry_for=0.5)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "down", 10)
+    assert elsewhere.requests == []
+
+
+@pytest.mark.parametrize("form", token_forms(), ids=range(len(token_forms())))
+def test_the_token_is_scrubbed_from_what_a_server_echoes(stubs, syncs, captured_log, form,
+                                                         tmp_path):
+    from worker.rasa.state import ReplicaBook
+
+    echo = ("raw", 401, f"Denied /model?token={form}", f"<p>token={form} refused</p>")
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 503, f"Busy {form}", f"retry {form}")], script=[echo])
+    book = ReplicaBook(tmp_path)
+    sync = syncs.make([stub.url])
+    original = syncs.report
+
+    def report(state):
+        original(state)
+        book.record(state)
+
+    for replica in sync.replicas:
+        replica.report = report
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    assert "Denied /model?token=***" in syncs.state(stub.url).last_error
+    assert_no_secret(captured_log[1].getvalue())
+    assert_no_secret(book.path.read_text())
+
+
+def test_a_model_id_echoing_the_token_or_forging_lines_is_shown_safely(stubs, syncs,
+                                                                       captured_log):
+    stub = stubs(model_id=f"{TOKEN}\nINFO forged line", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    text = captured_log[1].getvalue() + json.dumps([s.as_dict() for s in syncs.history])
+    assert_no_secret(text)
+    assert "\nINFO forged line" not in captured_log[1].getvalue()
+
+
+def test_the_server_echo_of_our_own_request_is_scrubbed(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[("echo", 403)])
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
+    assert "token=" in stub.calls()[0]["raw_path"]
+    assert_no_secret(captured_log[1].getvalue() + json.dumps(syncs.state(stub.url).as_dict()))
+
+
+def test_secrets_scrub_every_encoding_and_mixes():
+    secrets = Secrets(TOKEN)
+    for form in token_forms():
+        assert secrets.scrub(f"a {form} b") == "a *** b", form
+    mixed = "s3cr3t+t0k%2fen%2B%25%26%3D"
+    assert secrets.scrub(mixed) == "***"
+    assert secrets.scrub("nothing secret here") == "nothing secret here"
+    assert Secrets("").scrub("keep") == "keep"
+
+
+def test_a_failing_report_does_not_stop_the_replica(stubs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    log, stream = captured_log
+
+    def broken_report(state):
+        raise OSError(28, "No space left on device")
+
+    sync = RasaSync([stub.url], MODEL_PATH, TOKEN, 30, 5, log, broken_report,
+                    sync_interval_s=0, timing=FAST)
+    sync.want("B", published=True)
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    stub.model_id = "A"
+    sync.want("B", published=True)
+    wait_for(lambda: len(stub.calls()) == 2, 10, message="the second publish was not sent")
+    assert "could not record" in stream.getvalue()
+
+
+def test_display_url_hides_credentials_and_never_raises():
+    assert display_url("http://user:pw@rasa:5005/base") == "http://rasa:5005/base"
+    assert display_url("http://user:pw@rasa:abc") == "http://rasa:abc"
+    assert "pw" not in display_url("http://user:pw@[::1")
+
+
+def test_the_client_never_raises(tmp_path):
+    for url in ("http://u:p@127.0.0.1:99999", "http://[::1", "http://h:abc", "nonsense"):
+        answer = RasaClient(url, TOKEN, 1.0).status()
+        assert answer.status is None and answer.reason
+
+
+# -- the tool end to end ----------------------------------------------------------------------
+
+def test_the_tool_syncs_each_replica_and_leaves_a_synced_one_alone_after_a_restart(
+        start_tool, models, stubs, tmp_path):
+    first, second = stubs(), stubs(status_script=[503])
+    settings = dict(RASA_URL=f"{first.url},{second.url}/", RASA_TOKEN=TOKEN,
+                    RASA_SYNC_INTERVAL="0")
+    tool = start_tool(**settings)
+    tool.ready()
+    model = models / "20261126-101010-brave-fox.tar.gz"
+    write_model(model, 100_000, model_id="fox")
+    wait_for_latest(models, model.read_bytes(), 30)
+    tool.wait_for_line(f"rasa {first.url} serves the published model fox")
+    tool.wait_for_line(f"rasa {second.url}/ serves the published model fox")
+    for stub in (first, second):
+        (call,) = stub.calls()
+        assert call["body"] == {"model_file": str(models / "latest.tar.gz")}
+        assert call["query"] == {"token": [TOKEN]}
+    status = tool.status()
+    assert f"rasa {second.url}/: in-sync, serves fox" in status.stdout, status.stdout
+    report = json.loads(tool.status("--json").stdout)
+    by_url = {r["url"]: r for r in report["rasa"]}
+    assert by_url[first.url]["in_sync"] and by_url[first.url]["model_id"] == "fox"
+    assert by_url[first.url]["converged_at"] and by_url[first.url]["last_swap"]["status"] == 204
+    # A reconcile that changes nothing calls nobody. A broken model (within its grace
+    # period) wakes a reconcile that publishes nothing; the rotator's own count of ended
+    # reconciles shows it ran, so the check below follows one real reconcile.
+    ended = read_state(tmp_path / "run")["reconciles"]
+    checked = (first.status_checks(), second.status_checks())
+    (models / "20261126-101011-torn-owl.tar.gz").write_bytes(model.read_bytes()[:5000])
+    wait_for(lambda: read_state(tmp_path / "run")["reconciles"] > ended, 30)
+    assert content_of(models / "latest.tar.gz") == model.read_bytes()
+    assert len(first.calls()) == 1 and len(second.calls()) == 1
+    assert (first.status_checks(), second.status_checks()) == checked
+    assert tool.stop() == 0
+    # Our own restart: both replicas already serve the published model: no PUT, no outage.
+    checks = first.status_checks()
+    again = start_tool(**settings)
+    again.ready()
+    wait_for(lambda: first.status_checks() > checks and second.status_checks() > checks, 30)
+    wait_for(lambda: json.loads(again.status("--json").stdout)["rasa"][0]
+             .get("in_sync"), 30)
+    assert len(first.calls()) == 1 and len(second.calls()) == 1
+    for text in (tool.output, again.output, status.stdout, status.stderr):
+        assert_no_secret(text)
+
+
+def test_rasa_is_sent_rasa_model_path_not_our_own_path(start_tool, models, stubs):
+    """Rasa's container mounts the volume elsewhere: the PUT names RASA_MODEL_PATH, the path
+    where Rasa finds the file, never LATEST_MODEL_PATH (ours, which Rasa cannot open)."""
+    rasa_side = "/app/models/latest.tar.gz"
+    stub = stubs(models={rasa_side: "fox"})
+    tool = start_tool(RASA_URL=stub.url, RASA_TOKEN=TOKEN, RASA_MODEL_PATH=rasa_side,
+                      RASA_SYNC_INTERVAL="0")
+    tool.ready()
+    write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
+    tool.wait_for_line(f"rasa {stub.url} serves the published model fox")
+    assert [call["body"] for call in stub.calls()] == [{"model_file": rasa_side}]
+
+
+def test_a_rasa_that_is_down_is_shown_but_does_not_fail_our_health(start_tool, models,
+                                                                    tmp_path):
+    down = closed_port_url()
+    tool = start_tool(RASA_URL=f"http://ops:pa55word@{down.split('//')[1]}",
+                      RASA_RETRY_FOR="1", RASA_TOKEN=TOKEN)
+    tool.ready()
+    write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
+    wait_for(lambda: f"rasa {down}: down" in tool.status().stdout, 30)
+    status = tool.status()
+    assert status.returncode == 0, status.stdout
+    assert f"rasa {down}: down" in status.stdout
+    assert "last error" in status.stdout
+    for text in (tool.output, status.stdout):
+        assert "pa55word" not in text
+        assert_no_secret(text)
+
+
+def test_metrics_show_each_replica(start_tool, models, stubs, tmp_path):
+    stub = stubs()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tool = start_tool(RASA_URL=stub.url, METRICS_PORT=str(port))
+    tool.ready()
+    write_model(models / "20261126-101010-brave-fox.tar.gz", 10_000, model_id="fox")
+    tool.wait_for_line("serves the published model fox")
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    text = wait_for(lambda: (t := scrape()) and
+                    f'rotator_rasa_replica_in_sync{{replica="{stub.url}"}} 1.0' in t and t, 20)
+    assert f'rotator_rasa_replica_model_info{{model_id="fox",replica="{stub.url}"}} 1.0' in text
+    assert f'rotator_rasa_replica_up{{replica="{stub.url}"}} 1.0' in text
+    assert "rotator_rasa_replica_last_converged_timestamp_seconds" in text
+
+
+def test_the_token_is_not_in_a_settings_error(tmp_path):
+    from tests.helpers import tool_environment
+
+    env = tool_environment(tmp_path, RASA_URL=f"http://rasa:5005/?token={TOKEN}",
+                           RASA_TOKEN=TOKEN)
+    result = subprocess.run([sys.executable, "-m", "worker"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2
+    assert "RASA_URL" in result.stderr and TOKEN not in result.stderr
+
+
+# -- issue 18: what a hostile or unlucky peer sends back -------------------------------------
+
+def test_a_short_token_inside_the_model_id_is_compared_raw(stubs, syncs, captured_log):
+    """Item 3: RASA_TOKEN=abc123 and a model_id holding abc123. The replica already serving
+    that model gets no PUT (an outage for nothing) and is in sync; only output is scrubbed."""
+    model_id = "20261126-abc123-model"
+    stub = stubs(model_id=model_id, models={MODEL_PATH: model_id})
+    sync = syncs.make([stub.url], token="abc123")
+    sync.want(model_id, published=True)
+    wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).in_sync, 10)
+    time.sleep(0.3)
+    assert stub.calls() == []
+    assert syncs.state(stub.url).state == "in-sync"
+    assert syncs.state(stub.url).model_id == "20261126-***-model"
+    assert "abc123" not in captured_log[1].getvalue()
+
+
+class RawServer:
+    """A real TCP server on 127.0.0.1 that answers every connection with `answer` (bytes),
+    `pause_s` between its bytes (0: all at once)."""
+
+    def __init__(self, answer: bytes, pause_s: float = 0.0):
+        self.answer, self.pause_s = answer, pause_s
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                if not self.pause_s:
+                    conn.sendall(self.answer)
+                    return
+                for byte in self.answer:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.pause_s)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+SPACED_TOKEN = "Zq9 Wv  Öx&ä7Kp"
+HEX_TOKEN = "9f2c4e1a7b3d5f60" * 4  # what `openssl rand -hex 32` gives
+
+
+def echo_forms(token: str) -> dict[str, tuple[bytes, bytes]]:
+    """(reason phrase, body) of error answers echoing the token as servers do."""
+    json_message = json.dumps({"message": f"bad token {token}"})  # \u00d6 escapes
+    return {
+        "raw-utf8-reason": (f"Denied {token}".encode(), b""),
+        "text-runs-of-spaces": (b"Forbidden", f"bad token {token} refused".encode()),
+        "json-escape": (b"Forbidden", json_message.encode()),
+        "json-escape-upper": (b"Forbidden", json_message.replace("\\u00d6", "\\u00D6").encode()),
+        "html-entities": (b"Forbidden", html.escape(f"<p>{token}</p>").encode()),
+        "html-numeric": (b"Forbidden", "".join(f"&#{ord(c)};" for c in token).encode()),
+        "percent-plus": (b"Forbidden", urllib.parse.quote_plus(token).encode()),
+        "late-in-a-long-body": (b"Forbidden", (" " * 189 + "x" + token).encode()),
+        "at-190-hex": (b"Forbidden", ("y" * 190 + HEX_TOKEN).encode()),
+    }
+
+
+@pytest.mark.parametrize("form", list(echo_forms(SPACED_TOKEN)))
+def test_no_part_of_the_token_survives_any_echo(form):
+    """Item 2: scrubbed before any cut, in every decoded form; only a short excerpt kept."""
+    token = HEX_TOKEN if form == "at-190-hex" else SPACED_TOKEN
+    reason, body = echo_forms(SPACED_TOKEN)[form]
+    answer = (b"HTTP/1.1 403 " + reason + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    server = RawServer(answer)
+    try:
+        result = RasaClient(server.url, token, 5.0).put_model(MODEL_PATH)
+    finally:
+        server.close()
+    assert result.status == 403, result
+    assert "***" in result.reason, result.reason
+    pieces = {" ".join(token[i:i + 6].split()) for i in range(0, len(token) - 5)}
+    folded = " ".join(result.reason.split())
+    assert not [p for p in pieces if p in folded], result.reason
+    assert len(result.reason) <= 303
+
+
+def test_one_deadline_per_call_from_connect_to_the_last_byte():
+    """Item 7: an answer sent one byte at a time never stretches a call beyond RASA_TIMEOUT
+    (urllib's timeout is per read: each byte restarted it)."""
+    answer = b"HTTP/1.0 204 No Content\r\nServer: drip\r\n\r\n"
+    server = RawServer(answer, pause_s=0.5)  # about 20 s in all
+    try:
+        result = RasaClient(server.url, "", 2.0).put_model(MODEL_PATH)
+    finally:
+        server.close()
+    assert result.status is None, result
+    assert "RASA_TIMEOUT" in result.reason, result

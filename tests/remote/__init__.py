@@ -1,0 +1,1 @@
+"""Tests of worker.remote: the bucket against moto in server mode, the manifest."""

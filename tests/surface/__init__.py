@@ -1,0 +1,1 @@
+"""Tests of worker.surface: status, liveness and metrics of a running tool."""

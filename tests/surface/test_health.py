@@ -1,0 +1,224 @@
+"""The light health check (`python -m worker.surface.health`, worker/surface/health.py) against the
+tool started as a user starts it: it answers as `status` does (exit status and verdict line) in
+each state, and `--hold` answers at once when the verdict changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.helpers import model_bytes, tool_environment, wait_for
+from worker.runfiles import run_dir_of
+from worker.settings import read_settings
+
+
+def run(env: dict[str, str], cwd: Path, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *command], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def verdicts(tool) -> tuple[tuple[int, str], tuple[int, str]]:
+    """(exit status, verdict lines) of the light check and of `status`."""
+    light = run(tool.env, tool.workdir, "worker.surface.health")
+    full = run(tool.env, tool.workdir, "worker", "status")
+    return ((light.returncode, _verdict(light.stdout)), (full.returncode, _verdict(full.stdout)))
+
+
+def _verdict(output: str) -> str:
+    """The verdict word and its waiting/problem lines: what both commands print first."""
+    lines = output.splitlines()
+    return "\n".join([lines[0], *(line for line in lines[1:]
+                                  if line.startswith(("  waiting:", "  problem:")))])
+
+
+def assert_same(tool, word: str) -> tuple[int, str]:
+    light, full = verdicts(tool)
+    assert light == full, f"light check {light} but status {full}"
+    assert light[1].startswith(f"rasa-model-rotator: {word}"), light
+    assert light[0] == (0 if word == "healthy" else 1), light
+    return light
+
+
+def publish_one(tool) -> None:
+    models = tool.workdir / "models"
+    (models / "20261126-101010-brave-fox.tar.gz").write_bytes(model_bytes(10_000))
+    wait_for(lambda: (models / "latest.tar.gz").exists(), 60,
+             message=f"a model published\n{tool.output}")
+
+
+def test_healthy_answers_like_status(start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
+    assert_same(tool, "healthy")
+
+
+def test_no_run_dir_and_no_tool_answer_like_status(tmp_path, models):
+    not_started = SimpleNamespace(env=tool_environment(tmp_path), workdir=tmp_path)
+    assert not (tmp_path / "run").exists()
+    _, lines = assert_same(not_started, "UNHEALTHY")
+    assert "supervisord not reachable" in lines
+
+
+def test_starting_a_stopped_reader_and_a_stopped_rotator_answer_like_status(start_tool,
+                                                                            models):
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
+    run_dir = tool.workdir / "run"
+    rotator = tool.program_pid("rotator")
+
+    # Its marks say it is starting (as a rotator does until its queue socket is served).
+    (run_dir / "rotator.state").write_text(json.dumps(
+        {"pid": rotator, "phase": "starting", "since": time.monotonic(), "bytes": 0,
+         "reconciles": 0}))
+    _, lines = assert_same(tool, "starting")
+    assert "rotator is starting" in lines
+
+    stopped = run(tool.env, tool.workdir, "worker", "supervisorctl", "stop", "reader")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    _, lines = assert_same(tool, "UNHEALTHY")
+    assert "program reader is STOPPED" in lines
+    run(tool.env, tool.workdir, "worker", "supervisorctl", "start", "reader")
+
+    publish_one(tool)  # a reconcile writes the rotator's real marks again
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
+    os.kill(rotator, signal.SIGSTOP)
+    try:
+        _, lines = assert_same(tool, "UNHEALTHY")
+        assert "does not answer" in lines
+    finally:
+        os.kill(rotator, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("planted", ["garbage", "fifo", "link", "huge"])
+def test_garbage_or_hostile_run_dir_files_answer_like_status(start_tool, models, tmp_path,
+                                                             planted):
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
+    state = tool.workdir / "run" / "rotator.state"
+    state.unlink()
+    if planted == "garbage":
+        state.write_text('{"pid": ')
+    elif planted == "fifo":
+        os.mkfifo(state)
+    elif planted == "link":
+        secret = tmp_path / "secret.json"
+        secret.write_text(json.dumps({"pid": tool.program_pid("rotator"), "phase": "idle"}))
+        state.symlink_to(secret)
+    else:
+        state.write_text(" " * 100_000 + "{}")
+    light, _ = verdicts(tool)
+    assert light[0] == 1, light  # never healthy on marks it cannot trust
+    assert_same(tool, light[1].splitlines()[0].rsplit(" ", 1)[1])
+    # The password planted as a link to another file: both refuse to send it.
+    password = tool.workdir / "run" / "supervisor.password"
+    password.unlink()
+    password.symlink_to(tmp_path / "secret.json")
+    _, lines = assert_same(tool, "UNHEALTHY")
+    assert "supervisor.password in RUN_DIR is not trusted" in lines
+
+
+def hold(tool, seconds: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "worker.surface.health", "--hold", str(seconds)],
+                            cwd=tool.workdir, env=tool.env, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_holding_check_answers_at_once_when_the_rotator_stops_and_when_it_recovers(
+        start_tool, models):
+    tool = start_tool()
+    tool.ready()
+    publish_one(tool)  # a second reconcile: healthy and settled, so the check holds
+    wait_for(lambda: verdicts(tool)[0][0] == 0, 60, message=f"healthy\n{tool.output}")
+    first = hold(tool, 1)  # the first holding probe answers at once, and notes it
+    assert first.wait(60) == 0, first.communicate()
+    holding = hold(tool, 240)
+    rotator = tool.program_pid("rotator")
+    try:
+        time.sleep(1)
+        assert holding.poll() is None, "a settled healthy check holds"
+        os.kill(rotator, signal.SIGSTOP)
+        # Far less than the 240 s hold: the check sees the change on its next look.
+        out, _ = holding.communicate(timeout=90)
+        assert holding.returncode == 1 and "does not answer" in out, out
+    finally:
+        os.kill(rotator, signal.SIGCONT)
+        if holding.poll() is None:
+            holding.kill()
+            holding.wait()
+    # Healthy again, after an answer that was not: said at once, not after the hold.
+    recovered = hold(tool, 240)
+    out, _ = recovered.communicate(timeout=90)
+    assert recovered.returncode == 0 and "healthy" in out, out
+
+
+def test_bad_arguments_are_one_line_and_unhealthy(tmp_path):
+    env = tool_environment(tmp_path)
+    for args in (["--hold"], ["--hold", "x"], ["--hold", "100000"], ["--json"]):
+        result = run(env, tmp_path, "worker.surface.health", *args)
+        assert result.returncode == 1, result
+        assert result.stderr.count("\n") == 1 and "--hold SECONDS" in result.stderr, result
+
+
+@pytest.mark.parametrize("case", ["default", "relative", "trailing-slash", "linked-parent",
+                                  "xdg"])
+def test_run_dir_is_found_as_the_settings_find_it(tmp_path, monkeypatch, case):
+    real = tmp_path / "real"
+    (real / "models").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.chdir(tmp_path / "link")
+    env = {"TARGET_DIR": "models"}
+    if case == "relative":
+        env["RUN_DIR"] = "run"
+    elif case == "trailing-slash":
+        env["RUN_DIR"] = str(tmp_path / "link" / "run") + "/"
+    elif case == "linked-parent":
+        env["RUN_DIR"] = str(tmp_path / "link" / "sub" / ".." / "run")
+        (real / "sub").mkdir()
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # RUN_DIR must stay short
+        if case == "xdg":
+            os.symlink(short, Path(short) / "link")
+            monkeypatch.setenv("XDG_RUNTIME_DIR", str(Path(short) / "link" / "." / ""))
+        assert run_dir_of(env) == str(read_settings(env, read_only=True).run_dir)
+
+
+def test_the_light_check_imports_no_settings_folder_logic_or_logging(tmp_path):
+    env = tool_environment(tmp_path)
+    probe = ("import runpy, sys; sys.argv = ['worker.surface.health']\n"
+             "try:\n    runpy.run_module('worker.surface.health', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith('worker') or m in "
+             "('logging', 'dataclasses', 'pathlib', 'xml.etree.ElementTree', 'dotenv')))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    loaded = eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own list
+    assert loaded == ["worker", "worker.surface.liveness", "worker.runfiles",
+                      "worker.text"], result.stdout + result.stderr
+
+
+
+def test_xmlrpc_answers_are_read_as_xmlrpc_client_reads_them():
+    import xmlrpc.client
+
+    from worker.surface.health import _xmlrpc_answer
+
+    value = [{"name": "rotator", "pid": 12, "statename": "RUNNING", "ok": True,
+              "load": 0.5, "tags": ["a", "", "c"], "empty": {}, "text": "x < y & z"}]
+    body = xmlrpc.client.dumps((value,), methodresponse=True).encode()
+    assert _xmlrpc_answer(body) == value
+    untyped = (b"<?xml version='1.0'?><methodResponse><params><param><value>plain"
+               b"</value></param></params></methodResponse>")
+    assert _xmlrpc_answer(untyped) == "plain"
+    fault = xmlrpc.client.dumps(xmlrpc.client.Fault(10, "BAD_NAME"), methodresponse=True)
+    with pytest.raises(RuntimeError, match="BAD_NAME"):
+        _xmlrpc_answer(fault.encode())
