@@ -309,7 +309,7 @@ def bench_idle(root: Path, idle_s: float, samples: int) -> dict:
 def _cmd(pid: int) -> str:
     words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     text = " ".join(w.decode() for w in words if w)
-    for name in ("supervisord", "reader", "rotator", "guard", "cat"):
+    for name in ("supervisord", "reader", "rotator", "model-server", "sleep"):
         if name in text:
             return name
     return text[:30]

@@ -63,13 +63,10 @@ class _JsonFormatter(_ProgramFormatter):
         return json.dumps(_printable_value(entry))
 
 
-def setup_logging(program: str, level: str, stream=None, log_format: str = "text"
-                  ) -> logging.Logger:
-    """Configure the root logger for one program and return the program's logger.
-
-    Lines go to stdout, except for an event listener, whose stdout speaks supervisord's
-    listener protocol: it passes stderr."""
-    handler = logging.StreamHandler(stream or sys.stdout)
+def setup_logging(program: str, level: str, log_format: str = "text") -> logging.Logger:
+    """Configure the root logger for one program (lines go to stdout) and return the
+    program's logger."""
+    handler = logging.StreamHandler(sys.stdout)
     formatter = _JsonFormatter if log_format == "json" else _PlainFormatter
     handler.setFormatter(formatter(program))
     root = logging.getLogger()
