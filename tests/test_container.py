@@ -47,6 +47,13 @@ def image_healthcheck() -> list[str]:
     return json.loads(text[text.index("CMD") + 3:].strip())
 
 
+def light_check() -> list[str]:
+    """The image's health check without the hold that only Docker's probes need: what the
+    Kubernetes probes run."""
+    check = image_healthcheck()
+    return check[:check.index("--hold")] if "--hold" in check else check
+
+
 def image_env() -> dict[str, str]:
     text = dockerfile_instruction("ENV")
     return dict(re.findall(r"(\w+)=(\S+)", text))

@@ -577,10 +577,10 @@ def test_status_over_garbage_in_its_own_run_dir(start_tool, tmp_path):
     nested = "[" * 100_000
     cases = [
         ("rotator.state", nested),
-        ("rotator.state", json.dumps({"pid": rotator, "phase": "reconciling", "since": 1.0,
-                                      "reconciles": 1}).replace("}", ', "bytes": 1e999}')),
-        ("rotator.state", json.dumps({"pid": rotator, "phase": "idle", "since": "soon",
-                                      "reconciles": 1, "bytes": -1})),
+        ("rotator.state", f"pid={rotator} phase=reconciling since=1.0 reconciles=1 bytes=1e999"),
+        ("rotator.state", f"pid={rotator} phase=idle since=soon reconciles=1 bytes=-1"),
+        ("rotator.state", f"pid={rotator} phase=idle since=1e999 reconciles=1 bytes=0"),
+        ("rotator.state", json.dumps({"pid": rotator, "phase": "idle", "since": 1.0})),
         ("rotator.state", "fifo"),
         ("rotator.state", "x" * 100_000),
         ("rasa-replicas.json", nested),

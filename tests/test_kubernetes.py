@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.helpers import PROJECT_ROOT
-from tests.test_container import image_healthcheck
+from tests.test_container import light_check
 
 # The shared-volume layouts; scale-out.yaml (no shared volume) has tests/test_scale_out.py,
 # remote-storage.yaml tests/remote/test_remote_storage_manifest.py.
@@ -72,11 +72,10 @@ def test_the_rotator_container_is_locked_down_and_probed(path):
     tmp_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
     volume = next(v for v in pod["volumes"] if v["name"] == tmp_mount["name"])
     assert "emptyDir" in volume
-    # The image's light check, without the hold that only Docker's probes need.
-    light_check = image_healthcheck()[:image_healthcheck().index("--hold")]
-    assert container["livenessProbe"]["exec"]["command"] == light_check
+    check = light_check()
+    assert container["livenessProbe"]["exec"]["command"] == check
     # "starting" (exit 1) lasts until the first reconcile: liveness must not count it.
-    assert container["startupProbe"]["exec"]["command"] == light_check
+    assert container["startupProbe"]["exec"]["command"] == check
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     assert {"requests", "limits"} <= set(container["resources"])

@@ -18,7 +18,6 @@ health check's last answer) is written only by RUN_DIR's owner, never through a 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import stat
@@ -114,6 +113,8 @@ def write_run_file(run_dir: os.PathLike | str, name: str, data: bytes) -> None:
 def read_run_json(run_dir: os.PathLike | str, name: str, limit: int):
     """RUN_DIR/name parsed as JSON (read as read_run_file does), nested at most
     MAX_JSON_DEPTH deep. Untrusted for anything else; FileNotFoundError when absent."""
+    import json  # not at the top: the health check reads no JSON, and json imports re
+
     data = read_run_file(run_dir, name, limit)
     try:
         value = json.loads(data)

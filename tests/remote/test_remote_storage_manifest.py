@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.helpers import PROJECT_ROOT
-from tests.test_container import image_healthcheck
+from tests.test_container import light_check
 from tests.test_kubernetes import validate
 from tests.test_scale_out import env_of, pod_of, values_of
 from worker.settings import read_settings
@@ -88,8 +88,8 @@ def test_the_rotator_is_locked_down_and_probed(documents):
     security = sidecar["securityContext"]
     assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
     assert security["capabilities"]["drop"] == ["ALL"]
-    assert sidecar["livenessProbe"]["exec"]["command"] == image_healthcheck()
-    assert sidecar["startupProbe"]["exec"]["command"] == image_healthcheck()
+    assert sidecar["livenessProbe"]["exec"]["command"] == light_check()
+    assert sidecar["startupProbe"]["exec"]["command"] == light_check()
     assert "/tmp" in list(values_of("mountPath", sidecar))
 
 

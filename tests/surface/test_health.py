@@ -4,7 +4,6 @@ each state, and `--hold` answers at once when the verdict changes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 from tests.helpers import model_bytes, tool_environment, wait_for
 from worker.runfiles import run_dir_of
 from worker.settings import read_settings
+from worker.surface.liveness import format_state
 
 
 def run(env: dict[str, str], cwd: Path, *command: str) -> subprocess.CompletedProcess:
@@ -78,7 +78,7 @@ def test_starting_a_stopped_reader_and_a_stopped_rotator_answer_like_status(star
     rotator = tool.program_pid("rotator")
 
     # Its marks say it is starting (as a rotator does until its queue socket is served).
-    (run_dir / "rotator.state").write_text(json.dumps(
+    (run_dir / "rotator.state").write_text(format_state(
         {"pid": rotator, "phase": "starting", "since": time.monotonic(), "bytes": 0,
          "reconciles": 0}))
     _, lines = assert_same(tool, "starting")
@@ -109,15 +109,15 @@ def test_garbage_or_hostile_run_dir_files_answer_like_status(start_tool, models,
     state = tool.workdir / "run" / "rotator.state"
     state.unlink()
     if planted == "garbage":
-        state.write_text('{"pid": ')
+        state.write_text('pid=')
     elif planted == "fifo":
         os.mkfifo(state)
     elif planted == "link":
         secret = tmp_path / "secret.json"
-        secret.write_text(json.dumps({"pid": tool.program_pid("rotator"), "phase": "idle"}))
+        secret.write_text(format_state({"pid": tool.program_pid("rotator"), "phase": "idle"}))
         state.symlink_to(secret)
     else:
-        state.write_text(" " * 100_000 + "{}")
+        state.write_text(" " * 100_000 + "pid=1")
     light, _ = verdicts(tool)
     assert light[0] == 1, light  # never healthy on marks it cannot trust
     assert_same(tool, light[1].splitlines()[0].rsplit(" ", 1)[1])
@@ -198,11 +198,12 @@ def test_the_light_check_imports_no_settings_folder_logic_or_logging(tmp_path):
              "try:\n    runpy.run_module('worker.surface.health', run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
              "print(sorted(m for m in sys.modules if m.startswith('worker') or m in "
-             "('logging', 'dataclasses', 'pathlib', 'xml.etree.ElementTree', 'dotenv')))")
+             "('logging', 'dataclasses', 'pathlib', 'xml.etree.ElementTree', 'dotenv', "
+             "'json', 're', 'xmlrpc.client', 'http.client')))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     loaded = eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own list
-    assert loaded == ["worker", "worker.surface.liveness", "worker.runfiles",
+    assert loaded == ["worker", "worker.runfiles", "worker.surface", "worker.surface.liveness",
                       "worker.text"], result.stdout + result.stderr
 
 
@@ -222,3 +223,22 @@ def test_xmlrpc_answers_are_read_as_xmlrpc_client_reads_them():
     fault = xmlrpc.client.dumps(xmlrpc.client.Fault(10, "BAD_NAME"), methodresponse=True)
     with pytest.raises(RuntimeError, match="BAD_NAME"):
         _xmlrpc_answer(fault.encode())
+
+
+def test_the_rotator_s_marks_read_back_as_written_and_nothing_else():
+    """rotator.state is one line of name=value fields (no json in the check): what the rotator
+    writes reads back the same; anything else is no marks (None) or, for a known field with
+    a wrong value, its text (which `judge` calls unreadable)."""
+    from worker.surface.liveness import judge, parse_state
+
+    state = {"pid": 7, "phase": "idle", "since": 812.25, "since_wall": 1764662400.123456,
+             "bytes": 0, "reconciles": 3}
+    assert parse_state(format_state(state).encode()) == state
+    for not_marks in (b'{"pid": 7}', b"pid=7 pid=8", b"pid=7 owner=root", b"pid",
+                      "pid=7 phase=\u00e9".encode()):
+        assert parse_state(not_marks) is None, not_marks
+    for wrong in (b"pid=7 since=soon", b"pid=7 since=1e999", b"pid=7 since=nan",
+                  b"pid=7 since=1.0 bytes=-1", b"pid=7 since=1.0 bytes=99999999999999999999"):
+        assert judge(parse_state(wrong), 7, "/nonexistent") == (
+            "unhealthy", "rotator.state in RUN_DIR is unreadable"), wrong
+    assert judge(parse_state(b"pid=x since=1.0"), 7, "/nonexistent")[0] == "starting"

@@ -23,6 +23,7 @@ from tests.helpers import (
     write_model,
 )
 from worker.folder.files import folder_lock
+from worker.surface.liveness import parse_state
 
 
 def context_switches(pid: int) -> int:
@@ -174,7 +175,7 @@ def test_a_rotator_blocked_in_a_reconcile_is_unhealthy_after_the_allowed_time(
     with folder_lock(models / "latest.tar.gz"):  # the next reconcile blocks in flock()
         (models / "m.tar.gz").write_bytes(model_bytes(50_000))
         state = tool.workdir / "run" / "rotator.state"
-        wait_for(lambda: json.loads(state.read_text())["phase"] == "reconciling", 30,
+        wait_for(lambda: parse_state(state.read_bytes())["phase"] == "reconciling", 30,
                  message="the rotator inside a reconcile")
         stuck = wait_for(lambda: (lambda r: r if r.returncode == 1 else None)(
             tool.status(**quick)), 30, message="unhealthy once the allowed time is over")

@@ -3,7 +3,10 @@
 The rotator writes one small file, `RUN_DIR/rotator.state` (atomically: temporary + rename),
 only when something happens: at start, when a reconcile begins (with how many bytes it may
 have to read) and when it ends. Nothing is written while it is idle, so an idle rotator is
-never woken up on a timer to prove it is alive.
+never woken up on a timer to prove it is alive. It is one line of `name=value` fields
+(`pid=7 phase=idle since=812.5 since_wall=1764662400.0 bytes=0 reconciles=3`), not JSON: the
+health check that Docker and Kubernetes run reads it, and `json` (with the `re` it imports)
+would be a fifth of that check's CPU.
 
 `status` decides from the marks and one cheap probe:
 - starting: no mark from the rotator that supervisord runs now, or its first reconcile has
@@ -17,7 +20,6 @@ never woken up on a timer to prove it is alive.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -64,7 +66,7 @@ class LivenessMarks:
         temporary = os.path.join(os.path.dirname(self.path), f".{STATE_FILE}.{os.getpid()}")
         try:
             with open(temporary, "w") as out:
-                out.write(json.dumps(state))
+                out.write(format_state(state))
             os.replace(temporary, self.path)
         except OSError:
             # RUN_DIR is full or gone: status will say so; the rotator's work goes on.
@@ -88,19 +90,52 @@ def _bytes_in(folder: os.PathLike | str) -> int:
 
 
 MAX_STATE_BYTES = 4096
+WHOLE_FIELDS = ("pid", "bytes", "reconciles")
+TIME_FIELDS = ("since", "since_wall")
+PHASES = (STARTING, RECONCILING, IDLE)
+
+
+def format_state(state: dict) -> str:
+    return " ".join(f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"
+                    for name, value in state.items()) + "\n"
+
+
+def parse_state(data: bytes) -> dict | None:
+    """The fields of a `rotator.state` line; None when it is not one (not ASCII, a field
+    that is not `name=value`, an unknown or repeated name). A known field whose value is
+    not what it should be is kept as its text, so `judge` says the file is unreadable."""
+    try:
+        fields = data.decode("ascii").split()
+    except UnicodeDecodeError:
+        return None
+    state: dict = {}
+    for field in fields:
+        name, equals, value = field.partition("=")
+        if not equals or name in state or name not in (*WHOLE_FIELDS, *TIME_FIELDS, "phase"):
+            return None
+        state[name] = value
+        if name in WHOLE_FIELDS and value.isdigit() and len(value) <= 19:
+            state[name] = int(value)
+        elif name in TIME_FIELDS:
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                state[name] = number
+    return state
 
 
 def read_state(run_dir: os.PathLike | str) -> dict | None:
     """The rotator's marks, read as anything in RUN_DIR is (worker/runfiles.py: no link, no
-    FIFO, bounded in size and depth); None when absent or not to be trusted (`judge` then
-    says the rotator has not started yet, or is unreadable)."""
-    from worker.runfiles import Untrusted, read_run_json
+    FIFO, bounded in size); None when absent or not to be trusted (`judge` then says the
+    rotator has not started yet, or is unreadable)."""
+    from worker.runfiles import Untrusted, read_run_file
 
     try:
-        state = read_run_json(run_dir, STATE_FILE, MAX_STATE_BYTES)
+        return parse_state(read_run_file(run_dir, STATE_FILE, MAX_STATE_BYTES))
     except (OSError, Untrusted):
         return None
-    return state if isinstance(state, dict) else None
 
 
 def allowed_seconds(work_bytes: int) -> float:
