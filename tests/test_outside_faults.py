@@ -535,20 +535,3 @@ def test_a_published_model_whose_event_comes_late_stays_latest(tmp_path):
     assert Reconciler(settings).reconcile().actions == []
     assert content_of(settings.latest_model_path) == s
 
-
-def test_an_event_delivered_late_never_sorts_after_arrivals_seen_later(tmp_path):
-    """A killed reader's last batch reaches the rotator after the new reader journaled its
-    own: the old event takes its place before them, not after (the last arrival would then
-    be deleted as older). A clock that went back is another matter: news sorts last."""
-    from worker.folder.arrivals import ArrivalJournal
-
-    settings = make_settings(tmp_path)
-    journal = ArrivalJournal(journal_path(settings.latest_model_path), "latest.tar.gz")
-    now = time.time()
-    journal.note_event("y.tar.gz", now + 1, (2, 100, 2_000), now + 1)  # the new reader
-    late = journal.note_event("x.tar.gz", now, (1, 100, 1_000), now + 2)  # the rotator
-    assert now <= late.at and late.key < journal.entries["y.tar.gz"].key
-    # The clock went back an hour: a new event at that time is still the newest news.
-    back = now - HOUR
-    news = journal.note_event("z.tar.gz", back, (3, 100, 3_000), back)
-    assert news.key > journal.entries["y.tar.gz"].key > journal.entries["x.tar.gz"].key

@@ -174,16 +174,7 @@ class ArrivalJournal:
         # New, or known only from a look at the folder (`once` ran before the rotator
         # took this event in): the event is the better news. `seen` is now, not `when`:
         # the file may have changed since the event.
-        at = max(when, self.high_water)
-        # But an event delivered late (a killed reader's last batch, taken in by the rotator
-        # after the new reader journaled its own) never sorts after the arrivals the reader
-        # saw later: it takes its place just before them. An event time ahead of now is not
-        # "later": this host's clock went back since, and then news sorts last.
-        later = [a.at for other, a in self.entries.items() if other != name
-                 and a.event_at is not None and when < a.event_at <= now]
-        if later:
-            at = min(at, math.nextafter(min(later), -math.inf))
-        return self._add(name, at, version, seen=now, event_at=when)
+        return self._add(name, max(when, self.high_water), version, seen=now, event_at=when)
 
     def note_unseen(self, name: str, version: Version, now: float) -> Arrival:
         """A version of `name` that no event announced: the file-time rule."""
