@@ -164,7 +164,8 @@ def test_pid1_publishes_reports_health_and_stops_quickly(run_container, tmp_path
     container.kill(rotator, "SIGSTOP")
     container.wait_health("unhealthy", 30)
     stopped = container.exec("python", "-m", "worker", "status")
-    assert stopped.returncode == 1 and "does not answer" in stopped.stdout, stopped.stdout
+    assert stopped.returncode == 1 and "program rotator: pid" in stopped.stdout, stopped.stdout
+    assert "is stopped (SIGSTOP" in stopped.stdout, stopped.stdout
     container.kill(rotator, "SIGCONT")
     container.wait_health("healthy", 30)
 

@@ -7,7 +7,6 @@ Everything runs for real: `python -m worker` and its programs, another user (uid
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -147,8 +146,8 @@ def test_status_run_by_root_reads_the_run_dir_of_the_programs_user(tmp_path):
     result = run_worker(tmp_path, "status", "--json", env=env)
     assert result.returncode == 1, result.stderr  # no supervisord: unhealthy, but it answers
     report = json.loads(result.stdout)
-    assert "supervisord not reachable" in report["problems"][0]
-    assert f"{run_dir}/supervisor.sock" in report["problems"][0]
+    assert report["problems"][0] == ("supervisord is not running (no programs.state in "
+                                     f"RUN_DIR {run_dir})"), report
     # Never for the programs, which write there.
     for command in ((), ("once",), ("rotator",), ("reader",)):
         line = one_line_refusal(run_worker(tmp_path, *command, env=env), "RUN_DIR")
@@ -510,7 +509,9 @@ def test_root_s_status_trusts_nothing_the_run_dir_s_owner_planted(tmp_path, shar
     """Item 4: uid 1000 linked `supervisor.password` to a root-only file and served
     `supervisor.sock` itself: root's `status` sent that file as the Basic password. It also
     printed a root-only file behind a linked `rasa-replicas.json` and hung on a FIFO at
-    `rotator.state`."""
+    `rotator.state`. Now `status` sends nothing to supervisord (it reads `programs.state`),
+    so nothing reaches a socket uid 1000 serves, and it reads no password at all.
+    (root's `python -m worker supervisorctl` refuses another user's RUN_DIR outright.)"""
     if os.geteuid() != 0 or not os.path.exists(DEBIAN_PYTHON):
         pytest.fail(f"needs root and {DEBIAN_PYTHON} (for uid {OTHER_UID}), as CI has")
     run_dir = shared_tmp / "run"
@@ -522,9 +523,11 @@ def test_root_s_status_trusts_nothing_the_run_dir_s_owner_planted(tmp_path, shar
     listing.write_text(json.dumps([{"url": "http://root-only-host:5005", "state": "in-sync"}]))
     listing.chmod(0o600)
     (run_dir / "supervisor.password").symlink_to(secret)
+    (run_dir / "programs.state").symlink_to(secret)
     (run_dir / "rasa-replicas.json").symlink_to(listing)
     os.mkfifo(run_dir / "rotator.state")
-    for name in ("supervisor.password", "rasa-replicas.json", "rotator.state", ""):
+    for name in ("supervisor.password", "programs.state", "rasa-replicas.json",
+                 "rotator.state", ""):
         os.lchown(run_dir / name, OTHER_UID, OTHER_UID)
     log = run_dir / "requests.log"
     server = subprocess.Popen(
@@ -543,23 +546,21 @@ def test_root_s_status_trusts_nothing_the_run_dir_s_owner_planted(tmp_path, shar
             return b"".join(r.stdout + r.stderr for r in shown).decode()
 
         output = root_status()
-        assert b"RootOnlySecret42" not in (log.read_bytes() if log.exists() else b"")
+        assert not log.exists(), log.read_bytes()  # status calls nobody
         assert "RootOnlySecret42" not in output and "root-only-host" not in output
-        assert "supervisor.password in RUN_DIR is not trusted: a symbolic link" in output
-        # Now a password uid 1000 wrote itself (it knows it): sent, and the FIFO is survived.
-        (run_dir / "supervisor.password").unlink()
-        (run_dir / "supervisor.password").write_text("0123456789abcdef")
-        os.chown(run_dir / "supervisor.password", OTHER_UID, OTHER_UID)
+        assert "programs.state in RUN_DIR is not trusted: a symbolic link" in output
+        # A programs.state uid 1000 wrote, naming root's processes: not theirs, not healthy.
+        (run_dir / "programs.state").unlink()
+        (run_dir / "programs.state").write_text(
+            f"supervisord {os.getpid()}\nrotator RUNNING {os.getpid()} 1.0\n")
+        os.chown(run_dir / "programs.state", OTHER_UID, OTHER_UID)
         output += root_status()
-        sent = log.read_bytes() if log.exists() else b""
-        assert b"0123456789abcdef" in base64.b64decode(
-            sent.split(b"Authorization: Basic ")[1].split(b"\r\n")[0]), sent
+        assert (f"supervisord is not running (pid {os.getpid()} runs as uid 0, RUN_DIR is "
+                f"owned by uid {OTHER_UID})") in output
+        assert not log.exists(), log.read_bytes()
     finally:
         server.kill()
         server.wait(10)
-    assert b"RootOnlySecret42" not in sent
-    assert all(base64.b64encode(f"rotator:{text}".encode()) not in sent
-               for text in ("RootOnlySecret42", "RootOnlySecret42\n"))
     assert "RootOnlySecret42" not in output
     assert "root-only-host" not in output
     assert "rasa-replicas.json in RUN_DIR is not trusted: a symbolic link" in output

@@ -1,16 +1,15 @@
 """Reading what lies in RUN_DIR without trusting it (`status`, the health check,
 `supervisorctl`), and where RUN_DIR is.
 
-`status` reads files the programs left in RUN_DIR (the control password, `rotator.state`,
-`rasa-replicas.json`) and talks to the sockets there. Run by root (`docker exec`), it reads
+`status` reads files the programs left in RUN_DIR (`programs.state`, `rotator.state`,
+`rasa-replicas.json`), `supervisorctl` the control password. Run by root (`docker exec`), it reads
 the RUN_DIR of the image's user, who can plant anything in it: a link to a root-only file
 (whose content would then be sent as the password, or printed), a FIFO (a read that never
 returns), a huge or deeply nested file (a traceback), another user's socket.
 
 So every file is opened relative to RUN_DIR itself (opened once, no link followed), with
 O_NOFOLLOW|O_NONBLOCK, and must be a regular file with one name, owned by RUN_DIR's owner,
-no larger than asked; a socket must be a socket owned by that owner, and its server must run
-as that owner (SO_PEERCRED). JSON is parsed with its nesting bounded. Whatever fails is one
+no larger than asked. JSON is parsed with its nesting bounded. Whatever fails is one
 `Untrusted` error naming the file and what was wrong. The one file a reader writes (the
 health check's last answer) is written only by RUN_DIR's owner, never through a link.
 """
@@ -19,9 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
-import struct
 import zlib
 
 MAX_JSON_DEPTH = 32
@@ -133,41 +130,6 @@ def _depth(value, level: int = 0) -> int:
     if isinstance(value, list):
         return max([_depth(v, level + 1) for v in value] or [level + 1])
     return level
-
-
-def connect_run_socket(run_dir: os.PathLike | str, name: str, timeout_s: float) -> socket.socket:
-    """A connection to the Unix socket RUN_DIR/name: a socket (not a link to one) owned by
-    RUN_DIR's owner, served by a process of that owner (a link swapped in after the look
-    leads to another server, whose owner differs)."""
-    dir_fd, owner = _open_run_dir(run_dir)
-    try:
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise Untrusted(f"{name} in RUN_DIR cannot be looked at ({error.strerror})") from None
-    finally:
-        os.close(dir_fd)
-    if not stat.S_ISSOCK(st.st_mode):
-        raise Untrusted(f"{name} in RUN_DIR is not trusted: {_kind(st.st_mode)}")
-    if st.st_uid != owner:
-        raise Untrusted(f"{name} in RUN_DIR is not trusted: owned by uid {st.st_uid}, "
-                        f"RUN_DIR by uid {owner}")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    try:
-        sock.connect(os.path.join(run_dir, name))
-        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                      struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", credentials)
-        if uid != owner:
-            raise Untrusted(f"{name} in RUN_DIR is not trusted: served by uid {uid}, "
-                            f"RUN_DIR owned by uid {owner}")
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def default_run_dir(target_dir: str) -> str:

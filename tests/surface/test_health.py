@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,10 @@ def test_no_run_dir_and_no_tool_answer_like_status(tmp_path, models):
     not_started = SimpleNamespace(env=tool_environment(tmp_path), workdir=tmp_path)
     assert not (tmp_path / "run").exists()
     _, lines = assert_same(not_started, "UNHEALTHY")
-    assert "supervisord not reachable" in lines
+    assert "supervisord's state: RUN_DIR" in lines and "cannot be opened" in lines
+    (tmp_path / "run").mkdir(mode=0o700)
+    _, lines = assert_same(not_started, "UNHEALTHY")
+    assert "supervisord is not running (no programs.state in RUN_DIR" in lines
 
 
 def test_starting_a_stopped_reader_and_a_stopped_rotator_answer_like_status(start_tool,
@@ -95,38 +99,101 @@ def test_starting_a_stopped_reader_and_a_stopped_rotator_answer_like_status(star
     os.kill(rotator, signal.SIGSTOP)
     try:
         _, lines = assert_same(tool, "UNHEALTHY")
-        assert "does not answer" in lines
+        assert f"program rotator: pid {rotator} is stopped (SIGSTOP" in lines
     finally:
         os.kill(rotator, signal.SIGCONT)
 
 
-@pytest.mark.parametrize("planted", ["garbage", "fifo", "link", "huge"])
-def test_garbage_or_hostile_run_dir_files_answer_like_status(start_tool, models, tmp_path,
-                                                             planted):
+def test_a_rotator_that_does_not_answer_on_its_queue_socket_is_unhealthy(start_tool, models):
+    """A rotator that runs (not stopped, as /proc sees it) but whose queue socket takes a
+    connection and says nothing: what a frozen or wedged process looks like to the probe.
+    Made real by a listener that never answers, put in the queue socket's place."""
+    tool = start_tool()
+    tool.ready()
+    publish_one(tool)
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
+    queue = tool.workdir / "run" / "queue.sock"
+    (tool.workdir / "run" / "queue.sock.real").unlink(missing_ok=True)
+    queue.rename(tool.workdir / "run" / "queue.sock.real")
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        silent.bind(str(queue))
+        silent.listen(8)
+        _, lines = assert_same(tool, "UNHEALTHY")
+        assert "rotator does not answer on its queue socket within 2 s" in lines
+    finally:
+        silent.close()
+        queue.unlink()
+        (tool.workdir / "run" / "queue.sock.real").rename(queue)
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"healthy again\n{tool.output}")
+
+
+def test_supervisord_stopped_killed_or_a_program_stopped_is_unhealthy(start_tool, models):
+    """What supervisord wrote is checked against /proc: a SIGSTOPped supervisord restarts no
+    program, a SIGSTOPped reader reads no event, and after kill -9 of supervisord its file
+    still says RUNNING: each is unhealthy at once."""
     tool = start_tool()
     tool.ready()
     wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
-    state = tool.workdir / "run" / "rotator.state"
+    supervisord, reader = tool.process.pid, tool.program_pid("reader")
+    for pid, said in ((supervisord, f"supervisord (pid {supervisord}) is stopped"),
+                      (reader, f"program reader: pid {reader} is stopped")):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _, lines = assert_same(tool, "UNHEALTHY")
+            assert said in lines
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"healthy\n{tool.output}")
+    os.kill(supervisord, signal.SIGKILL)
+    tool.process.wait(10)
+    _, lines = assert_same(tool, "UNHEALTHY")
+    assert f"supervisord is not running (pid {supervisord} is gone)" in lines
+
+
+@pytest.mark.parametrize("planted", ["garbage", "fifo", "link", "huge"])
+@pytest.mark.parametrize("name", ["rotator.state", "programs.state"])
+def test_garbage_or_hostile_run_dir_files_answer_like_status(start_tool, models, tmp_path,
+                                                             planted, name):
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
+    state = tool.workdir / "run" / name
+    honest = state.read_text()
     state.unlink()
     if planted == "garbage":
-        state.write_text('pid=')
+        state.write_text('pid=' if name == "rotator.state" else honest.replace(" ", "  x ", 1))
     elif planted == "fifo":
         os.mkfifo(state)
     elif planted == "link":
-        secret = tmp_path / "secret.json"
-        secret.write_text(format_state({"pid": tool.program_pid("rotator"), "phase": "idle"}))
+        secret = tmp_path / "secret"
+        secret.write_text(honest)
         state.symlink_to(secret)
     else:
-        state.write_text(" " * 100_000 + "pid=1")
+        state.write_text(" " * 100_000 + honest)
     light, _ = verdicts(tool)
-    assert light[0] == 1, light  # never healthy on marks it cannot trust
+    assert light[0] == 1, light  # never healthy on a state it cannot trust
     assert_same(tool, light[1].splitlines()[0].rsplit(" ", 1)[1])
-    # The password planted as a link to another file: both refuse to send it.
-    password = tool.workdir / "run" / "supervisor.password"
-    password.unlink()
-    password.symlink_to(tmp_path / "secret.json")
-    _, lines = assert_same(tool, "UNHEALTHY")
-    assert "supervisor.password in RUN_DIR is not trusted" in lines
+    if planted == "link" and name == "programs.state":  # (marks not trusted: none, "starting")
+        assert f"{name} in RUN_DIR is not trusted: a symbolic link" in light[1]
+
+
+def test_programs_state_lines_are_read_back_and_nothing_else():
+    from worker.surface.program_states import Unreadable, parse
+
+    good = b"supervisord 41\nrotator RUNNING 42 1764662400.5\nreader STARTING 0 0.0\n"
+    assert parse(good) == (41, {"rotator": ("RUNNING", 42, 1764662400.5),
+                                "reader": ("STARTING", 0, 0.0)})
+    for bad in (b"", b"rotator RUNNING 42 1.0\n", b"supervisord 0\n", b"supervisord -1\n",
+                b"supervisord 41\nrotator RUNNING 42\n",
+                b"supervisord 41\nrotator RUNNING 42 1.0\nrotator RUNNING 43 1.0\n",
+                b"supervisord 41\nrotator DANCING 42 1.0\n",
+                b"supervisord 41\nrotator RUNNING -42 1.0\n",
+                b"supervisord 41\nrotator RUNNING 42 soon\n",
+                "supervisord 41\nrotat\u00f6r RUNNING 42 1.0\n".encode(),
+                b"supervisord 99999999999\n"):
+        with pytest.raises(Unreadable):
+            parse(bad)
 
 
 def hold(tool, seconds: int) -> subprocess.Popen:
@@ -150,7 +217,7 @@ def test_a_holding_check_answers_at_once_when_the_rotator_stops_and_when_it_reco
         os.kill(rotator, signal.SIGSTOP)
         # Far less than the 240 s hold: the check sees the change on its next look.
         out, _ = holding.communicate(timeout=90)
-        assert holding.returncode == 1 and "does not answer" in out, out
+        assert holding.returncode == 1 and f"pid {rotator} is stopped" in out, out
     finally:
         os.kill(rotator, signal.SIGCONT)
         if holding.poll() is None:
@@ -199,30 +266,14 @@ def test_the_light_check_imports_no_settings_folder_logic_or_logging(tmp_path):
              "except SystemExit:\n    pass\n"
              "print(sorted(m for m in sys.modules if m.startswith('worker') or m in "
              "('logging', 'dataclasses', 'pathlib', 'xml.etree.ElementTree', 'dotenv', "
-             "'json', 're', 'xmlrpc.client', 'http.client')))")
+             "'json', 're', 'xmlrpc.client', 'http.client', 'socket', 'enum', "
+             "'supervisor')))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     loaded = eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own list
     assert loaded == ["worker", "worker.runfiles", "worker.surface", "worker.surface.liveness",
-                      "worker.text"], result.stdout + result.stderr
+                      "worker.surface.program_states", "worker.text"], result.stdout + result.stderr
 
-
-
-def test_xmlrpc_answers_are_read_as_xmlrpc_client_reads_them():
-    import xmlrpc.client
-
-    from worker.surface.health import _xmlrpc_answer
-
-    value = [{"name": "rotator", "pid": 12, "statename": "RUNNING", "ok": True,
-              "load": 0.5, "tags": ["a", "", "c"], "empty": {}, "text": "x < y & z"}]
-    body = xmlrpc.client.dumps((value,), methodresponse=True).encode()
-    assert _xmlrpc_answer(body) == value
-    untyped = (b"<?xml version='1.0'?><methodResponse><params><param><value>plain"
-               b"</value></param></params></methodResponse>")
-    assert _xmlrpc_answer(untyped) == "plain"
-    fault = xmlrpc.client.dumps(xmlrpc.client.Fault(10, "BAD_NAME"), methodresponse=True)
-    with pytest.raises(RuntimeError, match="BAD_NAME"):
-        _xmlrpc_answer(fault.encode())
 
 
 def test_the_rotator_s_marks_read_back_as_written_and_nothing_else():

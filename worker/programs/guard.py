@@ -1,5 +1,5 @@
-"""Shuts supervisord down when a program publishing depends on cannot stay up (the reader or
-the rotator).
+"""Inside supervisord: shuts it down when a program publishing depends on cannot stay up
+(the reader or the rotator), and records the programs' states in RUN_DIR for the health check.
 
 Without it a program that exhausts its retries goes FATAL while supervisord keeps running:
 the container looks alive and does nothing. And a program that dies a moment after each
@@ -14,10 +14,15 @@ It subscribes to the process state events there and, on a verdict, sets supervis
 shutdown, as the `supervisor.shutdown` call does. As an event listener program it was a
 process of its own holding 15 MiB (most of it `supervisor.childutils`' imports) to read two
 kinds of events.
+
+At every state event it also writes `RUN_DIR/programs.state` (worker/surface/program_states.py):
+the health check and `status` read that file and /proc instead of asking supervisord over its
+control socket.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict, deque
 
@@ -62,23 +67,58 @@ def verdict(event: str, fields: dict[str, str], counter: CrashCounter, now: floa
 
 
 class Guard:
-    """Subscribed to supervisord's process state events in its own process; stops it on a
-    verdict. Its (empty) XML-RPC namespace is what the plugin point asks for."""
+    """Subscribed to supervisord's process state events in its own process: records every
+    change in RUN_DIR, stops supervisord on a verdict. Its (empty) XML-RPC namespace is what
+    the plugin point asks for."""
 
-    def __init__(self, supervisord, counter: CrashCounter | None = None):
+    def __init__(self, supervisord, run_dir: str | None = None,
+                 counter: CrashCounter | None = None):
         from supervisor import events
 
         self.supervisord = supervisord
+        self.run_dir = run_dir
         self.counter = counter or CrashCounter()
-        events.subscribe(events.ProcessStateFatalEvent, self.on_state)
-        events.subscribe(events.ProcessStateExitedEvent, self.on_state)
+        self._record_failing = False
+        events.subscribe(events.ProcessStateEvent, self.on_state)
+        self._safely(self.record)
 
     def on_state(self, event) -> None:
-        # Called inside supervisord's loop: whatever goes wrong here must not stop it.
+        from supervisor import events
+
+        if isinstance(event, (events.ProcessStateFatalEvent, events.ProcessStateExitedEvent)):
+            self._safely(self._judge, event)
+        self._safely(self.record)
+
+    def _safely(self, duty, *args) -> None:
+        # Called inside supervisord's loop: whatever goes wrong here must not stop it, and a
+        # failure of one duty must not skip the other.
         try:
-            self._judge(event)
+            duty(*args)
         except Exception as error:
             self.supervisord.options.logger.error(f"guard: {error!r}")
+
+    def record(self) -> None:
+        """RUN_DIR/programs.state as supervisord knows its programs now. A failure (RUN_DIR
+        full or gone) is logged when it starts and when it ends: the health check then sees
+        a state that is out of date, and /proc contradicts it once a program has changed."""
+        if not self.run_dir:
+            return
+        from worker.runfiles import Untrusted, write_run_file
+        from worker.surface.program_states import STATE_FILE, snapshot
+
+        text = snapshot(self.supervisord.process_groups, os.getpid())
+        logger = self.supervisord.options.logger
+        try:
+            write_run_file(self.run_dir, STATE_FILE, text.encode())
+        except (OSError, Untrusted) as error:
+            if not self._record_failing:
+                logger.error(f"guard: cannot write {STATE_FILE} in RUN_DIR ({error}); the "
+                             "health check reads an older state until it can")
+            self._record_failing = True
+            return
+        if self._record_failing:
+            logger.info(f"guard: {STATE_FILE} in RUN_DIR is written again")
+        self._record_failing = False
 
     def _judge(self, event) -> None:
         from supervisor import events
@@ -101,7 +141,8 @@ class Guard:
             self.supervisord.options.mood = SupervisorStates.SHUTDOWN
 
 
-def make_guard(supervisord, **_config) -> Guard:
+def make_guard(supervisord, run_dir: str = "", **_config) -> Guard:
     """supervisord's `supervisor.rpcinterface_factory` for the `[rpcinterface:guard]`
-    section: called once per start, after supervisord reset its event subscriptions."""
-    return Guard(supervisord)
+    section (its `run_dir` option: where to record the programs' states): called once per
+    start, after supervisord reset its event subscriptions and made its process groups."""
+    return Guard(supervisord, run_dir or None)

@@ -1,9 +1,10 @@
 """Is the tool healthy? The verdict `status` prints, and the light check that Docker and
 Kubernetes run every few seconds: `python -m worker.surface.health [--hold SECONDS]`.
 
-The verdict: supervisord answers on its control socket, the reader and the rotator are
-RUNNING (STARTING: starting), and the rotator makes progress as its marks in RUN_DIR and its
-queue socket tell (worker/surface/liveness.py). Exit 0 when healthy; 1 when starting or unhealthy
+The verdict: supervisord runs, the reader and the rotator are RUNNING (STARTING: starting)
+as supervisord last recorded it and as /proc still confirms (worker/surface/program_states.py),
+and the rotator makes progress as its marks in RUN_DIR and its queue socket tell
+(worker/surface/liveness.py). Exit 0 when healthy; 1 when starting or unhealthy
 (Docker reserves 2).
 
 The light check answers exactly that and nothing more: it finds RUN_DIR as the settings do
@@ -15,7 +16,7 @@ logging. A probe then costs about as much CPU as starting Python itself.
 dockerd, containerd and runc) and which runs the next probe one interval after the previous
 one ended. With a short interval the first healthy answer comes at once; once the tool has
 been healthy for SETTLED_S, and the previous probe answered healthy, the probe holds: it
-checks again every RECHECK_S (one cheap call to supervisord and one to the rotator) and
+checks again every RECHECK_S (two small files, /proc and one connection to the rotator) and
 answers at once when the verdict changes, else healthy after SECONDS. So an idle container
 pays for one exec per SECONDS, a failure is still seen within RECHECK_S, and a recovery is
 answered at once.
@@ -27,21 +28,12 @@ import os
 import sys
 import time
 
-from worker.runfiles import (
-    CONTROL_PASSWORD_FILE,
-    Untrusted,
-    connect_run_socket,
-    control_credentials,
-    read_run_file,
-    run_dir_of,
-    write_run_file,
-)
+from worker.runfiles import Untrusted, read_run_file, run_dir_of, write_run_file
 from worker.surface import liveness
+from worker.surface.program_states import ask_supervisord, read_programs
 from worker.text import printable
 
 REQUIRED_PROGRAMS = ("reader", "rotator")
-RPC_TIMEOUT_S = 5.0
-MAX_RPC_ANSWER_BYTES = 4 * 1024 * 1024
 # --hold: answer at once during the first SETTLED_S of health (Docker's first probes must see
 # "healthy" without waiting), then check again every RECHECK_S while holding.
 SETTLED_S = 10.0
@@ -50,143 +42,16 @@ LAST_ANSWER_FILE = "health.last"  # what the last holding probe answered
 MAX_HOLD_S = 300
 
 
-def _rpc_call(url: str, username: str, password: str, method: str, sock=None):
-    """One XML-RPC call without parameters to supervisord at unix://PATH or http://HOST:PORT
-    (or on `sock`, connected already). The answer is bounded in size and time.
-
-    Written out rather than through xmlrpc.client, which imports http.client (and with it the
-    email parser and ssl): 15 ms of CPU at every health check, in every container."""
-    import binascii
-    import socket
-
-    body = (f'<?xml version="1.0"?><methodCall><methodName>{method}</methodName>'
-            f'<params/></methodCall>').encode()
-    head = ["POST /RPC2 HTTP/1.0", "Host: localhost", "Content-Type: text/xml",
-            f"Content-Length: {len(body)}"]
-    if username:
-        token = binascii.b2a_base64(f"{username}:{password}".encode(), newline=False).decode()
-        head.append(f"Authorization: Basic {token}")
-    if sock is not None:
-        pass
-    elif url.startswith("unix://"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(RPC_TIMEOUT_S)
-        sock.connect(url[len("unix://"):])
-    else:
-        host, _, port = url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
-        sock = socket.create_connection((host or "localhost", int(port or 80)), RPC_TIMEOUT_S)
-    with sock:
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        chunks, size = [], 0
-        deadline = time.monotonic() + RPC_TIMEOUT_S  # in all: a byte now and then is not enough
-        while True:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            if not chunk:  # HTTP/1.0: the server closes after its answer
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_RPC_ANSWER_BYTES:
-                raise ConnectionError(f"supervisord's answer exceeds {MAX_RPC_ANSWER_BYTES} "
-                                      "bytes")
-    answer = b"".join(chunks)
-    status_line, _, rest = answer.partition(b"\r\n")
-    parts = status_line.split(b" ", 2)
-    if len(parts) < 2 or parts[1] != b"200":
-        raise ConnectionError(f"supervisord answered {status_line.decode(errors='replace')!r}")
-    return _xmlrpc_answer(rest.partition(b"\r\n\r\n")[2])
-
-
-_SCALARS = {"int": int, "i4": int, "double": float, "string": str,
-            "boolean": lambda text: text.strip() == "1"}
-
-
-def _xmlrpc_answer(body: bytes):
-    """The value of an XML-RPC methodResponse; RuntimeError for a fault. Read with expat
-    itself, the parser under xmlrpc.client and ElementTree, which cost 3 ms more to import:
-    values are collected as xmlrpc.client's Unmarshaller does, on a stack of open containers
-    (a list for <array>, a dict for <struct> with the name of its member being read)."""
-    from xml.parsers import expat
-
-    done: list = []  # the finished top-level values (one <param> or the <fault>)
-    open_: list = []  # [container, member name] for each open <array> or <struct>
-    typed: list[bool] = []  # for each open <value>: did a typed element fill it?
-    text: list[str] = []
-    fault = False
-
-    def put(value) -> None:
-        if not open_:
-            done.append(value)
-        elif isinstance(open_[-1][0], list):
-            open_[-1][0].append(value)
-        else:
-            open_[-1][0][open_[-1][1]] = value
-
-    def start(tag, _attributes) -> None:
-        nonlocal fault
-        text.clear()
-        if tag == "fault":
-            fault = True
-        elif tag == "value":
-            typed.append(False)
-        elif tag in ("array", "struct") or tag in _SCALARS:
-            if typed:
-                typed[-1] = True
-            if tag in ("array", "struct"):
-                open_.append([[] if tag == "array" else {}, None])
-
-    def end(tag) -> None:
-        joined = "".join(text)
-        if tag in _SCALARS:
-            put(_SCALARS[tag](joined))
-        elif tag == "value" and typed and not typed.pop():
-            put(joined)  # a <value> without a type is a string
-        elif tag in ("array", "struct") and open_:
-            put(open_.pop()[0])
-        elif tag == "name" and open_:
-            open_[-1][1] = joined
-
-    parser = expat.ParserCreate()
-    parser.StartElementHandler, parser.EndElementHandler = start, end
-    parser.CharacterDataHandler = text.append
-    parser.Parse(body, True)
-    if fault:
-        raise RuntimeError(f"XML-RPC fault {done[0] if done else '?'}")
-    return done[0] if done else None
-
-
 def program_states(run_dir) -> tuple[dict[str, dict] | None, str]:
-    """supervisord's programs by name ({state, pid, description}), or None and why not."""
-    url, username, password = control_credentials(run_dir)
-    sock = None
-    try:
-        if not os.environ.get("SUPERVISOR_SERVER_URL"):
-            # Our own RUN_DIR: the password and the socket as worker/runfiles.py reads them,
-            # so root never sends a file its owner linked there, nor to a socket not theirs.
-            if not password:
-                read_run_file(run_dir, CONTROL_PASSWORD_FILE, 256)  # says why
-                raise ValueError(f"{CONTROL_PASSWORD_FILE} in RUN_DIR is not a password")
-            sock = connect_run_socket(run_dir, "supervisor.sock", RPC_TIMEOUT_S)
-        processes = _rpc_call(url, username, password, "supervisor.getAllProcessInfo", sock)
-    except Exception as error:  # socket missing, refused, credentials refused, an RPC fault
-        # Never the password: the error of a refused call names the URL without it.
-        return None, printable(f"supervisord not reachable at {url} "
-                               f"({_without(error, password)})")
-    programs = {}
-    for process in processes if isinstance(processes, list) else []:
-        if not isinstance(process, dict) or not isinstance(process.get("name"), str):
-            continue
-        pid = process.get("pid")
-        programs[printable(process["name"][:100])] = {
-            "state": printable(str(process.get("statename", "UNKNOWN"))[:40]),
-            "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-            "description": printable(str(process.get("description", ""))[:200])}
-    return programs, ""
-
-
-def _without(error: Exception, secret: str) -> str:
-    text = str(error)
-    return text.replace(secret, "***") if secret else text
+    """supervisord's programs by name ({state, pid, description, problem?}), or None and why
+    not: from what supervisord wrote in RUN_DIR, checked against /proc; from an existing
+    supervisord (SUPERVISOR_SERVER_URL, conf/supervisor-include.conf) over XML-RPC."""
+    url = os.environ.get("SUPERVISOR_SERVER_URL")
+    if url:
+        return ask_supervisord(url, os.environ.get("SUPERVISOR_USERNAME", ""),
+                               os.environ.get("SUPERVISOR_PASSWORD", ""))
+    programs, problem = read_programs(run_dir)
+    return programs, printable(problem)
 
 
 class Verdict:
@@ -220,13 +85,17 @@ def judge_tool(run_dir) -> Verdict:
     if programs is not None:
         starting = []
         for name in REQUIRED_PROGRAMS:
-            state = programs.get(name, {}).get("state", "missing")
-            if state == "STARTING":
+            program = programs.get(name, {})
+            state = program.get("state", "missing")
+            if program.get("problem"):
+                problems.append(f"program {name}: {program['problem']}")
+            elif state == "STARTING":
                 starting.append(name)
             elif state != "RUNNING":
                 problems.append(f"program {name} is {state}")
         rotator = programs.get("rotator", {})
-        rotator_pid = rotator.get("pid") if rotator.get("state") == "RUNNING" else None
+        rotator_pid = (rotator.get("pid") if rotator.get("state") == "RUNNING"
+                       and not rotator.get("problem") else None)
         if rotator_pid:
             marks = liveness.read_state(run_dir)
             condition, reason = liveness.judge(marks, rotator_pid, run_dir)
