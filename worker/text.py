@@ -32,3 +32,25 @@ def printable(text: str) -> str:
         else:
             out.append(f"\\U{code:08x}")
     return "".join(out)
+
+
+# Fields read back from a file in RUN_DIR (anyone who can write there wrote it) for `status`:
+# only values of the right type and range are shown.
+MAX_FIELD_TEXT = 600  # a last_error is at most this long (worker/rasa/sync.py)
+LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last time gmtime() can show
+
+
+def shown_text(value) -> str | None:
+    """A text field as `status` prints it (one line, at most MAX_FIELD_TEXT characters and
+    "..."), or None when it is not a text."""
+    if not isinstance(value, str):
+        return None
+    shown = printable(value[:MAX_FIELD_TEXT])
+    return shown + ("..." if len(value) > MAX_FIELD_TEXT else "")
+
+
+def shown_time(value) -> float | None:
+    """A wall-clock time `status` can print (seconds since 1970), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 <= value <= LATEST_TIME else None

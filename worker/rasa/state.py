@@ -11,6 +11,8 @@ import os
 import threading
 from pathlib import Path
 
+from worker.text import shown_text, shown_time
+
 RASA_STATE_FILE = "rasa-replicas.json"
 
 
@@ -55,8 +57,6 @@ def read_replicas(run_dir: Path) -> list[dict]:
 
 MAX_STATE_BYTES = 4 * 1024 * 1024
 MAX_REPLICAS = 1000
-MAX_TEXT = 600  # a last_error is at most this long (worker/rasa/sync.py)
-LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last time gmtime() can show
 _TEXTS = ("url", "state", "model_id", "published_model_id", "last_error")
 _TIMES = ("checked_at", "converged_at", "last_error_at")
 
@@ -65,39 +65,23 @@ def _checked(entry) -> dict | None:
     """One replica's fields as `status` may print them, or None without a usable url."""
     if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
         return None
-    replica = {key: _text(entry.get(key)) for key in _TEXTS}
+    replica = {key: shown_text(entry.get(key)) for key in _TEXTS}
     replica["state"] = replica["state"] or "unknown"
-    replica.update({key: _time(entry.get(key)) for key in _TIMES})
+    replica.update({key: shown_time(entry.get(key)) for key in _TIMES})
     replica["in_sync"] = entry.get("in_sync") is True
     jobs = entry.get("training_jobs")
     replica["training_jobs"] = (jobs if isinstance(jobs, int) and not isinstance(jobs, bool)
                                 and 0 <= jobs < 1 << 31 else None)
     swap = entry.get("last_swap")
     replica["last_swap"] = None
-    if isinstance(swap, dict) and _time(swap.get("at")) is not None:
+    if isinstance(swap, dict) and shown_time(swap.get("at")) is not None:
         status = swap.get("status")
         duration = swap.get("duration_s")
         replica["last_swap"] = {
             "status": status if isinstance(status, int) and not isinstance(status, bool)
             and 100 <= status <= 999 else None,
-            "outcome": _text(swap.get("outcome")) or "unknown",
+            "outcome": shown_text(swap.get("outcome")) or "unknown",
             "duration_s": round(duration, 3) if isinstance(duration, (int, float))
             and not isinstance(duration, bool) and 0 <= duration < 1e9 else None,
-            "at": _time(swap.get("at"))}
+            "at": shown_time(swap.get("at"))}
     return replica
-
-
-def _text(value) -> str | None:
-    if not isinstance(value, str):
-        return None
-    from worker.text import printable
-
-    shown = printable(value[:MAX_TEXT])
-    return shown + ("..." if len(value) > MAX_TEXT else "")
-
-
-def _time(value) -> float | None:
-    """A wall-clock time `status` can print (seconds since 1970), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if 0 <= value <= LATEST_TIME else None

@@ -32,8 +32,8 @@ def read_remote_state(run_dir: Path) -> dict | None:
     Read as anything in RUN_DIR is (worker/runfiles.py: no link, no FIFO, bounded, nesting
     capped) and every field checked: a field of the wrong type or out of range is dropped,
     never shown. Raises Untrusted (one line) for a file that cannot be read safely."""
-    from worker.rasa.state import _text, _time
     from worker.runfiles import read_run_json
+    from worker.text import shown_text, shown_time
 
     try:
         data = read_run_json(run_dir, REMOTE_STATE_FILE, MAX_STATE_BYTES)
@@ -41,16 +41,16 @@ def read_remote_state(run_dir: Path) -> dict | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("bucket"), str):
         return None
-    state = {key: _text(data.get(key)) for key in _TEXTS}
+    state = {key: shown_text(data.get(key)) for key in _TEXTS}
     state["state"] = state["state"] or "unknown"
-    state.update({key: _time(data.get(key)) for key in _TIMES})
+    state.update({key: shown_time(data.get(key)) for key in _TIMES})
     upload = data.get("last_upload")
     state["last_upload"] = None
-    if isinstance(upload, dict) and _time(upload.get("at")) is not None:
-        state["last_upload"] = {"key": _text(upload.get("key")) or "?",
+    if isinstance(upload, dict) and shown_time(upload.get("at")) is not None:
+        state["last_upload"] = {"key": shown_text(upload.get("key")) or "?",
                                 "size": _count(upload.get("size")),
                                 "duration_s": _count(upload.get("duration_s")),
-                                "at": _time(upload.get("at"))}
+                                "at": shown_time(upload.get("at"))}
     return state
 
 
