@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import _children, _cmdline, wait_for
 
 
@@ -42,3 +44,43 @@ def test_a_rotator_that_keeps_dying_ends_supervisord_and_no_guard_process_runs(s
         wait_for(lambda pid=rotator: not _alive(pid), 30, message=f"rotator {rotator} gone")
     assert tool.process.wait(60) == 0, tool.output
     assert "shutting down supervisord: program rotator" in tool.output, tool.output
+
+
+def test_the_programs_state_lost_to_a_full_run_dir_is_written_once_there_is_room(start_tool,
+                                                                                 tmp_path):
+    """RUN_DIR on a small tmpfs (in a mount namespace of the tool's own) fills up; the
+    reader is killed and restarted meanwhile, so supervisord's record of it cannot be
+    written and the check sees a pid that is gone. Once there is room again the record
+    lands without waiting for another state change (the guard retries on supervisord's
+    5 s tick), and the check is healthy again."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root (unshare --mount, nsenter), as CI has")
+    disk = tmp_path / "rundisk"
+    disk.mkdir()
+    mount = ('mount -t tmpfs -o size=1m rotator-run-disk "$1" && shift && exec "$@"')
+    tool = start_tool(prefix=("unshare", "--mount", "--propagation", "private", "--",
+                              "sh", "-c", mount, "sh", str(disk)),
+                      RUN_DIR=str(disk / "run"))
+    tool.ready()
+
+    def inside(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", "-t", str(tool.process.pid), "-m", "--", *command],
+                              cwd=tool.workdir, env=tool.env, capture_output=True, text=True,
+                              timeout=60)
+
+    def health() -> subprocess.CompletedProcess:
+        return inside(sys.executable, "-m", "worker.surface.health")
+
+    wait_for(lambda: health().returncode == 0, 60, message=f"healthy\n{tool.output}")
+    inside("sh", "-c", f'cat /dev/zero > "{disk}/filler"')  # fails once full: meant
+    reader = tool.program_pid("reader")
+    before_kill = tool.line_count()
+    os.kill(reader, signal.SIGKILL)
+    tool.wait_for_line("cannot write programs.state in RUN_DIR", 60, after=before_kill)
+    # The new reader is RUNNING: its last state change is made, and lost.
+    tool.wait_for_line("success: reader entered RUNNING", 60, after=before_kill)
+    stale = health()
+    assert stale.returncode == 1 and f"pid {reader} is gone" in stale.stdout, stale.stdout
+    assert inside("rm", f"{disk}/filler").returncode == 0
+    tool.wait_for_line("programs.state in RUN_DIR is written again", 60)
+    wait_for(lambda: health().returncode == 0, 60, message=f"healthy again\n{tool.output}")

@@ -80,6 +80,9 @@ class Guard:
         self.counter = counter or CrashCounter()
         self._record_failing = False
         events.subscribe(events.ProcessStateEvent, self.on_state)
+        # A record that failed (RUN_DIR full) is tried again every 5 s until it lands: the
+        # state it missed may be the last change for hours.
+        events.subscribe(events.Tick5Event, self.on_tick)
         self._safely(self.record)
 
     def on_state(self, event) -> None:
@@ -88,6 +91,10 @@ class Guard:
         if isinstance(event, (events.ProcessStateFatalEvent, events.ProcessStateExitedEvent)):
             self._safely(self._judge, event)
         self._safely(self.record)
+
+    def on_tick(self, _event) -> None:
+        if self._record_failing:
+            self._safely(self.record)
 
     def _safely(self, duty, *args) -> None:
         # Called inside supervisord's loop: whatever goes wrong here must not stop it, and a
