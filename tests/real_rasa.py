@@ -183,6 +183,7 @@ class RasaServer(CollectedOutput):
                  extra_args: tuple[str, ...] = ()):
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self._port_chosen_here = port is None  # free_port() races: taken again, retried
         self.model = model
         self.token = token
         self.endpoints = endpoints
@@ -210,14 +211,23 @@ class RasaServer(CollectedOutput):
             args, cwd=self.workdir, env=rasa_environment(), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
             start_new_session=True)
-        self._collect_output_of(self.process)
+        self._pump = self._collect_output_of(self.process)
         return self
 
     def wait_ready(self, timeout: float = 180.0) -> RasaServer:
         """Until the server answers `GET /` (with or without a model loaded)."""
         deadline = time.monotonic() + timeout
+        retries = 3
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if (self._port_chosen_here and retries
+                        and "address already in use" in self.output):
+                    # Another process took the free port between our probe and Rasa's bind.
+                    retries -= 1
+                    self._pump.join(10)  # its last lines read before the next start's
+                    self.port = free_port()
+                    self.start()
+                    continue
                 raise AssertionError(f"rasa run exited ({self.process.returncode}):\n"
                                      f"{self.output[-3000:]}")
             if self.answers():

@@ -455,6 +455,8 @@ def test_rasa_writing_latest_itself_is_never_overwritten(start_tool, models):
     for name in ("a", "b"):
         write_model(models / f"{name}.tar.gz", 50_000, model_id=name)
         wait_for_latest(models, (models / f"{name}.tar.gz").read_bytes())
+    # latest holds b a moment before its line reaches us: mark after the line.
+    tool.wait_for_line(f"INFO published {models / 'b.tar.gz'} ->")
     mark = tool.line_count()
     # Rasa's way: open the final path with O_TRUNC, stream for a while, close.
     write_model(models / "latest.tar.gz", 3_000_000, model_id="rasa", chunks=12,

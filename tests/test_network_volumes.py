@@ -1,13 +1,30 @@
 """What inotify cannot see: a file system mounted over the watched folder (the same blindness
 as writes from another host on NFS/CIFS). The periodic rescan must find those models."""
 
+import calendar
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for_latest, write_model
+from tests.helpers import wait_for, wait_for_latest, write_model
+from worker.surface.liveness import parse_state
+
+
+def settled_after_rescan(tool) -> None:
+    """The reconcile that the reader's start-up rescan asks for (THROTTLE_DELAY after it) has
+    ended: one that ran after the mount would list the new file system and publish what is
+    on it, which is no sign of inotify seeing anything."""
+    line = tool.wait_for_line("rescan requested")
+    asked = calendar.timegm(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) + float(line[19:23])
+    delay = float(tool.env["THROTTLE_DELAY"]) / 1000
+
+    def settled() -> bool:
+        marks = parse_state((Path(tool.env["RUN_DIR"]) / "rotator.state").read_bytes()) or {}
+        return marks.get("phase") == "idle" and marks.get("since_wall", 0) > asked + delay
+    wait_for(settled, 60, message=f"the rescan's reconcile ended\n{tool.output}")
 
 
 @pytest.mark.parametrize("rescan", ["1", "0"])
@@ -18,6 +35,7 @@ def test_a_model_under_a_tmpfs_mounted_over_the_folder(start_tool, models, resca
     tool = start_tool(prefix=("unshare", "--mount", "--propagation", "private", "--"),
                       RESCAN_INTERVAL=rescan)
     tool.ready()
+    settled_after_rescan(tool)
     pid = tool.process.pid  # supervisord, exec'd in the new mount namespace
     subprocess.run(["nsenter", "--target", str(pid), "--mount", "--",
                     "mount", "-t", "tmpfs", "-o", "size=64m", "rotator-test", str(models)],
@@ -26,7 +44,6 @@ def test_a_model_under_a_tmpfs_mounted_over_the_folder(start_tool, models, resca
     model = inside / "20261126-101010-on-the-mount.tar.gz"
     write_model(model, 100_000)
     if rescan == "0":
-        import time
         time.sleep(3)  # three times what a 1 s rescan needs
         assert not (inside / "latest.tar.gz").exists(), "inotify should be blind here"
         return
