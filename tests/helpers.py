@@ -298,17 +298,18 @@ def describe_process_tree(root: int) -> str:
             continue
         lines.append(f"{indent}{pid} {_cmdline(pid).strip()!r} State {status.get('State')} "
                      f"Threads {status.get('Threads')}")
-        for task in sorted((proc / "task").iterdir(), key=lambda t: int(t.name)):
-            stack = _read_or(task / "stack", "").strip().replace("\n", " <- ")
-            lines.append(f"{indent}  task {task.name} {_read_or(task / 'comm', '?').strip()}"
-                         f" {_read_or(task / 'stat', '').split(') ')[-1][:1]} wchan "
-                         f"{_read_or(task / 'wchan', '?')} {stack}")
-        try:
+        try:  # the process may end while it is looked at
+            for task in sorted((proc / "task").iterdir(), key=lambda t: int(t.name)):
+                stack = _read_or(task / "stack", "").strip().replace("\n", " <- ")
+                lines.append(f"{indent}  task {task.name} "
+                             f"{_read_or(task / 'comm', '?').strip()} "
+                             f"{_read_or(task / 'stat', '').split(') ')[-1][:1]} wchan "
+                             f"{_read_or(task / 'wchan', '?')} {stack}")
             fds = sorted((proc / "fd").iterdir(), key=lambda f: int(f.name))
             lines.append(indent + "  fds " + ", ".join(
                 f"{fd.name}->{_readlink_or(fd)}" for fd in fds))
         except OSError as error:
-            lines.append(f"{indent}  fds: {error}")
+            lines.append(f"{indent}  {error}")
         pending += [(child, depth + 1) for task in _tasks(pid) for child in
                     _children(pid, task)]
     return "\n".join(lines)
