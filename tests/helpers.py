@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -89,15 +91,47 @@ def set_mtime(path: Path, when: float) -> None:
     os.utime(path, (when, when))
 
 
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = ""):
-    """Poll `condition` until it returns a truthy value; fail with `message` at the deadline."""
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_TEST_PORT = 20000  # below: ports that services (databases, Rasa's 5005) may ask for
+
+
+def free_port() -> int:
+    """A TCP port free now on all IPv4 addresses, for a tool or program started next to bind.
+
+    Not one from bind(0): that port is free only while the probe holds it, and once it is
+    closed the kernel may hand it to any other socket binding port 0 or connecting out (this
+    busy machine runs other tests and runs), before the tool binds it; `python -m worker` then
+    refuses it in one line and exits 2. The kernel never hands out on its own a port below
+    its ephemeral range (ip_local_port_range, only read here): one picked there at random
+    stays free unless someone asks for that very port."""
+    first, last = (int(port) for port in EPHEMERAL_PORTS.read_text().split())
+    outside = [*range(LOWEST_TEST_PORT, first), *range(last + 1, 65536)]
+    pick = random.SystemRandom()  # not `random`: a test may have seeded it
+    for _ in range(100 if outside else 0):
+        port = pick.choice(outside)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue  # in use, or closing (TIME_WAIT): another one
+            return port
+    raise AssertionError(f"no free port from {LOWEST_TEST_PORT} outside the ephemeral "
+                         f"range {first}-{last}")
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message=""):
+    """Poll `condition` until it returns a truthy value; fail with `message` at the deadline.
+
+    `message` may be a function, called at the deadline: a text made at the call shows the
+    state before the wait (a tool's output was still empty then), not the one that failed."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {message or condition}")
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout} s waiting for: {text or condition}")
         time.sleep(interval)
 
 
@@ -169,10 +203,34 @@ class RunningTool(CollectedOutput):
         self._pump = self._collect_output_of(self.process)
 
     def wait_for_line(self, text: str, timeout: float = 30.0, after: int = 0) -> str:
+        """The first line from `after` on containing `text`. Fails at the deadline with the
+        output so far and where each process of the tool is (describe), or at once when the
+        tool has ended and all its output is read: the line can no longer come."""
         def found():
+            ended = self.ended()  # before the look: then every line is in
             with self._lock:
-                return next((line for line in self.lines[after:] if text in line), None)
-        return wait_for(found, timeout, message=f"log line containing {text!r}\n{self.output}")
+                line = next((line for line in self.lines[after:] if text in line), None)
+            if line is None and ended:
+                raise AssertionError(f"the tool ended ({self.describe()}) without a log line "
+                                     f"containing {text!r}; its output:\n{self.output}")
+            return line
+        return wait_for(found, timeout, message=lambda: (
+            f"log line containing {text!r}\n{self.output}\n-- the tool's processes --\n"
+            f"{self.describe()}"))
+
+    def ended(self) -> bool:
+        """The tool has exited and its output is read to the end."""
+        return self.process.poll() is not None and not self._pump.is_alive()
+
+    def describe(self) -> str:
+        """Where the tool is: its exit status once it has ended (a tool that refuses its
+        settings prints one line and exits 2), else its process tree (describe_process_tree)."""
+        code = self.process.poll()
+        if code is None:
+            return describe_process_tree(self.process.pid)
+        if code < 0:
+            return f"pid {self.process.pid} killed by {signal.Signals(-code).name}"
+        return f"pid {self.process.pid} exit status {code}"
 
     def line_count(self) -> int:
         with self._lock:
@@ -223,9 +281,64 @@ class RunningTool(CollectedOutput):
         return self.process.returncode
 
 
-def _children(pid: int) -> list[int]:
+def describe_process_tree(root: int) -> str:
+    """Every process under `root` (itself included): its command, its kernel state, where it
+    waits (wchan, and its kernel stack when readable, as root) and its open fds."""
+    lines = []
+    pending = [(root, 0)]
+    while pending:
+        pid, depth = pending.pop()
+        indent = "  " * depth
+        proc = Path(f"/proc/{pid}")
+        try:
+            status = dict(line.split(":\t", 1) for line in
+                          (proc / "status").read_text().splitlines() if ":\t" in line)
+        except OSError:
+            lines.append(f"{indent}{pid}: gone")
+            continue
+        lines.append(f"{indent}{pid} {_cmdline(pid).strip()!r} State {status.get('State')} "
+                     f"Threads {status.get('Threads')}")
+        try:  # the process may end while it is looked at
+            for task in sorted((proc / "task").iterdir(), key=lambda t: int(t.name)):
+                stack = _read_or(task / "stack", "").strip().replace("\n", " <- ")
+                lines.append(f"{indent}  task {task.name} "
+                             f"{_read_or(task / 'comm', '?').strip()} "
+                             f"{_read_or(task / 'stat', '').split(') ')[-1][:1]} wchan "
+                             f"{_read_or(task / 'wchan', '?')} {stack}")
+            fds = sorted((proc / "fd").iterdir(), key=lambda f: int(f.name))
+            lines.append(indent + "  fds " + ", ".join(
+                f"{fd.name}->{_readlink_or(fd)}" for fd in fds))
+        except OSError as error:
+            lines.append(f"{indent}  {error}")
+        pending += [(child, depth + 1) for task in _tasks(pid) for child in
+                    _children(pid, task)]
+    return "\n".join(lines)
+
+
+def _read_or(path: Path, default: str) -> str:
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return path.read_text()
+    except OSError:
+        return default
+
+
+def _readlink_or(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(task) for task in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _children(pid: int, task: int | None = None) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{task or pid}/children").read_text()
     except OSError:
         return []
     return [int(p) for p in text.split()]

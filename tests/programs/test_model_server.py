@@ -23,6 +23,7 @@ from tests.helpers import (
     _children,
     _cmdline,
     end_process,
+    free_port,
     settings_in,
     tool_environment,
     wait_for,
@@ -34,12 +35,6 @@ from worker.programs import model_server
 from worker.rasa.rolling import FAILED, HELD, NOT_MODIFIED, SEND, SEND_FRESH, RollingGate
 
 TOKEN = "pull-" + uuid.uuid4().hex  # unique, so a leak is unmistakable
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Client:
