@@ -25,17 +25,18 @@ import threading
 import time
 from pathlib import Path
 
-from tests.helpers import PROJECT_ROOT, RunningTool, tool_environment, wait_for, write_model
+from tests.helpers import (
+    PROJECT_ROOT,
+    RunningTool,
+    free_port,
+    tool_environment,
+    wait_for,
+    write_model,
+)
 
 MODEL_MIB = 512
 CONCURRENCY = (1, 4, 16)
 NOT_MODIFIED_REQUESTS = 2000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,7 +26,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import CollectedOutput
+from tests.helpers import CollectedOutput, free_port
 
 RASA_VERSION = "3.6.21"
 DEFAULT_VENV = Path("/var/tmp/rasa-model-rotator-ci") / f"rasa-{RASA_VERSION}"
@@ -162,12 +161,6 @@ def train_with_cli(project: Path, out: Path, fixed_model_name: str | None = None
     if not created:
         raise AssertionError(f"rasa train wrote no model into {out}:\n{done.stdout[-3000:]}")
     return created[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RasaServer(CollectedOutput):

@@ -23,6 +23,7 @@ import pytest
 
 from tests.helpers import (
     PROJECT_ROOT,
+    free_port,
     model_bytes,
     set_mtime,
     tool_environment,
@@ -428,9 +429,7 @@ def test_a_flood_of_connections_under_a_process_limit_never_stops_publishing(sta
         models.mkdir()
         for folder in (home, models):
             os.chown(folder, FLOOD_UID, FLOOD_UID)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         if not os.path.exists(DEBIAN_PYTHON):
             pytest.fail(f"needs {DEBIAN_PYTHON}, a Python 3.11 that uid {FLOOD_UID} can run")
         # Our venv's interpreter may sit in a folder only root can enter; its pure-Python

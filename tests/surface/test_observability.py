@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from tests.helpers import (
     PROJECT_ROOT,
     content_of,
+    free_port,
     model_bytes,
     run_worker,
     wait_for,
@@ -90,12 +90,6 @@ def test_json_logs_are_one_object_per_line(start_tool, models):
     spawned = [e for e in entries if e["program"] == "supervisord" and e["event"] == "spawned"]
     assert {e["process"] for e in spawned} >= {"reader", "rotator", "model-server"}
     assert all(e["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for e in entries)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_prometheus_metrics(start_tool, models):
