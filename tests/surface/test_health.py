@@ -190,6 +190,10 @@ def test_programs_state_lines_are_read_back_and_nothing_else():
                 b"supervisord 41\nrotator DANCING 42 1.0\n",
                 b"supervisord 41\nrotator RUNNING -42 1.0\n",
                 b"supervisord 41\nrotator RUNNING 42 soon\n",
+                b"supervisord 41\nrotator RUNNING 42 inf\n",
+                b"supervisord 41\nrotator RUNNING 42 nan\n",
+                b"supervisord 41\nrotator RUNNING 42 -1.0\n",
+                b"supervisord 41\nrotator RUNNING 42 1e300\n",
                 "supervisord 41\nrotat\u00f6r RUNNING 42 1.0\n".encode(),
                 b"supervisord 99999999999\n"):
         with pytest.raises(Unreadable):

@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 import time
 
+from worker.text import LATEST_TIME
+
 STATE_FILE = "programs.state"
 MAX_STATE_BYTES = 8192
 # supervisord's process states (supervisor.states.ProcessStates), by name.
@@ -80,7 +82,9 @@ def parse(data: bytes) -> tuple[int, dict[str, tuple[str, int, float]]]:
         try:
             since = float(fields[3])
         except ValueError:
-            raise Unreadable(f"a time that is not one: {fields[3][:30]!r}") from None
+            since = -1.0
+        if not 0 <= since < LATEST_TIME:  # also refuses nan and inf
+            raise Unreadable(f"a time that is not one: {fields[3][:30]!r}")
         programs[fields[0]] = (fields[1], int(fields[2]), since)
     return int(head[1]), programs
 
@@ -159,7 +163,7 @@ def _describe(state: str, pid: int, since: float, now: float) -> str:
         seconds = max(0, int(now - since)) if since > 0 else 0
         return (f"pid {pid}, uptime {seconds // 3600}:{seconds // 60 % 60:02d}:"
                 f"{seconds % 60:02d}")
-    if since > 0 and since == since and since < 1e11:
+    if since > 0:
         return "since " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
     return ""
 
