@@ -187,7 +187,10 @@ class Container:
         command = [part.replace("/app/", f"{self.image['app']}/") for part in command]
         if command[0] == "python":
             command[0] = self.image["python"]
-        return subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
+        # As `docker exec` does: in the container's PID namespace, with its /proc.
+        return subprocess.run(["nsenter", f"--target={self.pid1}", "--pid", "--mount",
+                               f"--wd={self.image['app']}", "--",
+                               "setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
                                *command], cwd=self.image["app"], env=self.env,
                               capture_output=True, text=True, timeout=30)
 
