@@ -73,10 +73,11 @@ class Syncs:
             self.history.append(state)
 
     def make(self, urls, token=TOKEN, retry_for=30.0, timeout=5.0, interval=0.0,
-             max_swapping=1, training_wait=30.0, timing=FAST) -> RasaSync:
+             max_swapping=1, training_wait=30.0, timing=FAST, remote_storage="") -> RasaSync:
         sync = RasaSync(urls, MODEL_PATH, token, retry_for, timeout, self.log, self.report,
                         sync_interval_s=interval, max_swapping=max_swapping,
-                        training_wait_s=training_wait, timing=timing)
+                        training_wait_s=training_wait, timing=timing,
+                        remote_storage=remote_storage)
         self.made.append(sync)
         return sync
 
@@ -666,9 +667,199 @@ def test_one_deadline_per_call_from_connect_to_the_last_byte():
     (urllib's timeout is per read: each byte restarted it)."""
     answer = b"HTTP/1.0 204 No Content\r\nServer: drip\r\n\r\n"
     server = RawServer(answer, pause_s=0.5)  # about 20 s in all
+    started = time.monotonic()
     try:
         result = RasaClient(server.url, "", 2.0).put_model(MODEL_PATH)
     finally:
         server.close()
+    took = time.monotonic() - started
     assert result.status is None, result
     assert "RASA_TIMEOUT" in result.reason, result
+    # The deadline ends the call: the answer is not read to its end first (20 s).
+    assert took < 10, f"the call took {took:.1f} s"
+
+
+# -- issue 20: what the mutation check found untested -----------------------------------------
+
+def seen(syncs: Syncs, url: str, state: str) -> bool:
+    """Whether the replica at `url` was reported in `state` at some point (a refused replica
+    shows "out-of-sync" again at its next check)."""
+    with syncs.lock:
+        return any(s.url == display_url(url) and s.state == state for s in syncs.history)
+
+
+def history_of(syncs: Syncs, url: str) -> list:
+    with syncs.lock:
+        return [s for s in syncs.history if s.url == display_url(url)]
+
+
+def test_retry_waits_double_with_jitter_up_to_the_cap_and_end_within_retry_for():
+    """The wait before each retry: half of the backoff fixed, half random; the backoff doubles
+    up to backoff_max_s; a wait that would end beyond RASA_RETRY_FOR is not taken (None)."""
+    from worker.rasa.sync import _Backoff
+
+    timing = Timing(backoff_first_s=1.0, backoff_max_s=4.0, poll_s=1.0)
+    firsts = set()
+    for _ in range(200):
+        retry = _Backoff(timing, retry_for_s=3600)
+        waits = [retry.next_wait() for _ in range(5)]
+        assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0, waits
+        assert all(2.0 <= wait <= 4.0 for wait in waits[2:]), waits
+        firsts.add(waits[0])
+    assert min(firsts) < 0.6 and max(firsts) > 0.9, "no jitter over the whole half"
+    assert _Backoff(timing, retry_for_s=0.4).next_wait() is None  # at least 0.5 s: beyond
+    assert _Backoff(timing, retry_for_s=1.5).next_wait() is not None  # at most 1 s: within
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422, 500])
+def test_a_put_answered_400_to_500_is_a_refusal_that_stops_the_rollout(stubs, syncs, status):
+    """README, "Loadable": 400, 404, 409, 422 and 500 mean Rasa could not load the model (it
+    keeps the old one): no other replica is sent it, and no check sends it again."""
+    first, second = (stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status] * 2)
+                     for _ in range(2))
+    sync = syncs.make([first.url, second.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: {seen(syncs, s.url, "refused") for s in (first, second)} == {True, False}
+             and any(seen(syncs, s.url, "model-refused") for s in (first, second)), 10)
+    checks = first.status_checks() + second.status_checks()
+    wait_for(lambda: first.status_checks() + second.status_checks() > checks + 4, 10)
+    assert len(first.calls()) + len(second.calls()) == 1
+
+
+@pytest.mark.parametrize("status", [501, 502, 503, 504])
+def test_a_put_answered_above_500_says_nothing_about_the_model_and_is_retried(stubs, syncs,
+                                                                            status):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status])
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 2
+    outcomes = [s.last_swap["outcome"] for s in history_of(syncs, stub.url) if s.last_swap]
+    assert outcomes[0] == "retrying" and outcomes[-1] == "loaded", outcomes
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_put_answered_401_or_403_points_at_the_token_and_the_rollout_goes_on(
+        stubs, syncs, status):
+    """A refused token says nothing about the model: the other replica still gets it; the
+    denied one is not asked again until the next publish."""
+    denied = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status] * 2)
+    # Its first /status is late, so the denied replica is the one that tries first.
+    other = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[("hang", 0.5)])
+    sync = syncs.make([denied.url, other.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(other.url, "B") and seen(syncs, denied.url, "refused"), 10)
+    assert denied.calls()[0]["at"] < other.calls()[0]["at"]
+    refused = [s for s in history_of(syncs, denied.url) if s.state == "refused"][0]
+    assert "RASA_TOKEN" in refused.last_error and refused.last_swap["status"] == status
+    checks = denied.status_checks()
+    wait_for(lambda: denied.status_checks() > checks + 3, 10)
+    assert len(denied.calls()) == 1, "a denied PUT was repeated before the next publish"
+
+
+def test_a_status_without_training_jobs_counts_as_none_running(stubs, syncs):
+    """An older Rasa's /status may lack num_active_training_jobs: no training, swap now."""
+    body = '{"model_id": "A", "model_file": "a.tar.gz"}'
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", body)] * 2)  # the two looks before the PUT
+    sync = syncs.make([stub.url], training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    states = history_of(syncs, stub.url)
+    assert not [s for s in states if s.state == "waiting-for-training" or s.last_error], states
+    assert states[0].training_jobs == 0
+
+
+def test_a_negative_training_job_count_is_an_answer_not_used(stubs, syncs):
+    body = '{"model_id": "A", "model_file": "a.tar.gz", "num_active_training_jobs": -1}'
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", body)] * 1000)
+    sync = syncs.make([stub.url], retry_for=0.5, training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "down")
+             and "RASA_RETRY_FOR" in (syncs.state(stub.url).last_error or ""), 10)
+    assert stub.calls() == []
+    assert not seen(syncs, stub.url, "waiting-for-training")
+
+
+def test_what_is_recorded_per_replica_in_the_run_folder(stubs, syncs, tmp_path):
+    """RUN_DIR/rasa-replicas.json, which `status` and the metrics read: after a swap, what the
+    replica serves, when it was checked and converged, and the last PUT (status, outcome, how
+    long, when); no error left over."""
+    from worker.rasa.state import ReplicaBook, read_replicas
+
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, load_s=0.3)
+    book = ReplicaBook(tmp_path, [stub.url])
+    sync = syncs.make([stub.url], interval=0.1)
+    original = syncs.report
+
+    def report(state):
+        original(state)
+        book.record(state)
+
+    for replica in sync.replicas:
+        replica.report = report
+    before = time.time()
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    after = time.time()
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 2, 10)  # later checks keep converged_at
+    (record,) = read_replicas(tmp_path)
+    assert {key: record[key] for key in ("url", "state", "model_id", "published_model_id",
+                                         "in_sync", "training_jobs", "last_error",
+                                         "last_error_at")} == {
+        "url": stub.url, "state": "in-sync", "model_id": "B", "published_model_id": "B",
+        "in_sync": True, "training_jobs": 0, "last_error": None, "last_error_at": None}
+    swap = record["last_swap"]
+    assert swap["status"] == 204 and swap["outcome"] == "loaded", swap
+    assert 0.3 <= swap["duration_s"] < 5 and before <= swap["at"] <= after, swap
+    assert swap["at"] <= record["converged_at"] <= after < record["checked_at"], record
+
+
+BODY_LIMIT = 64 * 1024  # what the client reads of an answer (worker/rasa/client.py)
+
+
+def http_answer(status: int, reason: bytes, body: bytes) -> bytes:
+    return (f"HTTP/1.0 {status} ".encode() + reason + b"\r\nContent-Type: application/json"
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def json_of_size(size: int, **fields) -> bytes:
+    """`fields` as a JSON object of exactly `size` bytes (a "pad" field fills it): cut short
+    anywhere, it no longer parses."""
+    bare = json.dumps({**fields, "pad": ""}).encode()
+    body = json.dumps({**fields, "pad": "x" * (size - len(bare))}).encode()
+    assert len(body) == size
+    return body
+
+
+def answer_from(raw: bytes, call: str):
+    server = RawServer(raw)
+    try:
+        client = RasaClient(server.url, "", 5.0)
+        return client.status() if call == "status" else client.put_model(MODEL_PATH)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("size, used", [(BODY_LIMIT, True), (BODY_LIMIT + 1, False)])
+def test_a_status_body_is_read_up_to_64_kib_and_not_beyond(size, used):
+    body = json_of_size(size, model_id="A", model_file="a.tar.gz", num_active_training_jobs=0)
+    answer = answer_from(http_answer(200, b"OK", body), "status")
+    assert answer.status == 200
+    assert (answer.data is not None) == used, answer
+    if used:
+        assert answer.data["model_id"] == "A"
+
+
+@pytest.mark.parametrize("size, shown", [(BODY_LIMIT, True), (BODY_LIMIT + 1, False)])
+def test_an_error_body_is_shown_up_to_64_kib_and_never_beyond(size, shown):
+    """Beyond what we read, a body is not shown at all: a secret could straddle the cut."""
+    body = json_of_size(size, message="Agent could not be loaded")
+    answer = answer_from(http_answer(400, b"Bad Request", body), "put")
+    assert answer.status == 400
+    if shown:
+        assert answer.reason.startswith("Bad Request: Agent could not be loaded"), answer
+    else:
+        assert answer.reason == "Bad Request: (a body of more than 65536 bytes, not shown)"
