@@ -863,3 +863,21 @@ def test_an_error_body_is_shown_up_to_64_kib_and_never_beyond(size, shown):
         assert answer.reason.startswith("Bad Request: Agent could not be loaded"), answer
     else:
         assert answer.reason == "Bad Request: (a body of more than 65536 bytes, not shown)"
+
+
+@pytest.mark.parametrize("remote_storage, hint, not_hint", [
+    ("", "check RASA_MODEL_PATH", "BUCKET_NAME"),
+    ("aws", "BUCKET_NAME and AWS_ENDPOINT_URL", "RASA_MODEL_PATH")])
+def test_a_refused_load_names_where_rasa_looked(stubs, syncs, captured_log, remote_storage,
+                                                hint, not_hint):
+    """With REMOTE_STORAGE Rasa loads a key from its bucket (RASA_MODEL_PATH is not used):
+    a refusal names the bucket settings instead."""
+    stub = stubs(model_id="A", refuse_load=400)
+    sync = syncs.make([stub.url], remote_storage=remote_storage)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "refused"), 10)
+    (call,) = stub.calls()
+    assert call["body"].get("remote_storage") == (remote_storage or None)
+    refused = [s for s in history_of(syncs, stub.url) if s.state == "refused"][0]
+    assert hint in refused.last_error and not_hint not in refused.last_error, refused
+    assert hint in captured_log[1].getvalue()
