@@ -881,3 +881,27 @@ def test_a_refused_load_names_where_rasa_looked(stubs, syncs, captured_log, remo
     refused = [s for s in history_of(syncs, stub.url) if s.state == "refused"][0]
     assert hint in refused.last_error and not_hint not in refused.last_error, refused
     assert hint in captured_log[1].getvalue()
+
+
+def test_a_relative_rasa_model_path_is_sent_and_confirmed(stubs, captured_log):
+    """RASA_MODEL_PATH may be relative to where Rasa runs (no slash at all)."""
+    stub = stubs(model_id="A", models={"latest.tar.gz": "B"})
+    syncs = Syncs(captured_log[0])
+    sync = RasaSync([stub.url], "latest.tar.gz", "", 30, 5, syncs.log, syncs.report,
+                    sync_interval_s=0, timing=FAST)
+    syncs.made.append(sync)
+    try:
+        sync.want("B", published=True)
+        wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    finally:
+        sync.stop()
+    assert [call["body"] for call in stub.calls()] == [{"model_file": "latest.tar.gz"}]
+
+
+def test_a_model_without_model_id_is_sent_to_a_replica_serving_nothing(stubs, syncs):
+    """Nothing published to compare with and nothing served (409): not "the same" model."""
+    stub = stubs(model_id=None, models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url])
+    sync.want(None, published=True)
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    wait_for(lambda: seen(syncs, stub.url, "no-model-id"), 10)
