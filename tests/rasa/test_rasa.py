@@ -905,3 +905,49 @@ def test_a_model_without_model_id_is_sent_to_a_replica_serving_nothing(stubs, sy
     sync.want(None, published=True)
     wait_for(lambda: len(stub.calls()) == 1, 10)
     wait_for(lambda: seen(syncs, stub.url, "no-model-id"), 10)
+
+
+def test_stop_ends_the_thread_even_in_a_retry_wait(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[503] * 1000)
+    slow = Timing(backoff_first_s=20.0, backoff_max_s=20.0, poll_s=0.05)
+    sync = syncs.make([stub.url], timing=slow)
+    sync.want("B", published=True)
+    wait_for(lambda: "trying again in" in captured_log[1].getvalue(), 10)
+    sync.stop()
+    (replica,) = sync.replicas
+    replica.join(5)
+    assert not replica.is_alive()
+    assert "unexpected" not in captured_log[1].getvalue()
+
+
+def test_the_thread_outlives_an_unexpected_error(stubs, captured_log):
+    """A failure outside the HTTP calls (here the canary's callback, which records the loaded
+    model beside the published file, on a full disk) is logged; the thread carries on."""
+    from worker.rasa.canary import Canary
+
+    def full_disk(desired, url):
+        raise OSError(28, "No space left on device")
+
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    syncs = Syncs(captured_log[0])
+    sync = RasaSync([stub.url], MODEL_PATH, "", 30, 5, syncs.log, syncs.report,
+                    sync_interval_s=0.1, timing=FAST, canary=Canary(on_loaded=full_disk))
+    syncs.made.append(sync)
+    try:
+        sync.want("B", published=True)
+        wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+        assert "unexpected OSError: [Errno 28] No space left" in captured_log[1].getvalue()
+        assert sync.replicas[0].is_alive() and len(stub.calls()) == 1
+    finally:
+        sync.stop()
+
+
+def test_nothing_published_is_shown_as_such(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want(None, published=False, exists=False)
+    wait_for(lambda: syncs.state(stub.url), 10)
+    state = syncs.state(stub.url)
+    assert (state.state, state.in_sync, state.published_model_id) == (
+        "nothing-published", False, None)
+    assert stub.requests == []
