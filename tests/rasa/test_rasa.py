@@ -709,6 +709,15 @@ def test_retry_waits_double_with_jitter_up_to_the_cap_and_end_within_retry_for()
     assert min(firsts) < 0.6 and max(firsts) > 0.9, "no jitter over the whole half"
     assert _Backoff(timing, retry_for_s=0.4).next_wait() is None  # at least 0.5 s: beyond
     assert _Backoff(timing, retry_for_s=1.5).next_wait() is not None  # at most 1 s: within
+    # The defaults, as the README says: "1 s doubling to 30 s, with jitter".
+    capped = []
+    for _ in range(200):
+        retry = _Backoff(Timing(), retry_for_s=3600)
+        waits = [retry.next_wait() for _ in range(8)]
+        assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0, waits
+        capped += waits[5:]
+    assert 15.0 <= min(capped) < 15.5 and 29.5 < max(capped) <= 30.0, (min(capped),
+                                                                      max(capped))
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422, 500])
@@ -951,3 +960,17 @@ def test_nothing_published_is_shown_as_such(stubs, syncs):
     assert (state.state, state.in_sync, state.published_model_id) == (
         "nothing-published", False, None)
     assert stub.requests == []
+
+
+def test_a_replica_in_training_does_not_wait_for_a_model_the_canary_refused(stubs, syncs):
+    canary = stubs(model_id="A", refuse_load=400)
+    # Its first /status is late, so the canary has refused the model when it looks.
+    training = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1,
+                     status_script=[("hang", 0.5)])
+    sync = syncs.make([canary.url, training.url], interval=0.1, training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, training.url, "model-refused"), 10)
+    checks = training.status_checks()
+    wait_for(lambda: training.status_checks() > checks + 3, 10)
+    assert not seen(syncs, training.url, "waiting-for-training")
+    assert training.calls() == [] and len(canary.calls()) == 1
