@@ -745,6 +745,8 @@ def test_a_put_answered_above_500_says_nothing_about_the_model_and_is_retried(st
     assert len(stub.calls()) == 2
     outcomes = [s.last_swap["outcome"] for s in history_of(syncs, stub.url) if s.last_swap]
     assert outcomes[0] == "retrying" and outcomes[-1] == "loaded", outcomes
+    errors = [s.last_error for s in history_of(syncs, stub.url) if s.last_error]
+    assert errors[0].startswith(f"PUT /model: {status} "), errors
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -974,3 +976,29 @@ def test_a_replica_in_training_does_not_wait_for_a_model_the_canary_refused(stub
     wait_for(lambda: training.status_checks() > checks + 3, 10)
     assert not seen(syncs, training.url, "waiting-for-training")
     assert training.calls() == [] and len(canary.calls()) == 1
+
+
+def test_a_smoke_parse_that_answers_with_an_intent_lets_the_model_in(stubs, captured_log):
+    """RASA_SMOKE_TEXT: after the load, POST /model/parse with that text; an intent in the
+    answer means the model works: in sync, and the rollout goes on."""
+    first = stubs(model_id="A", models={MODEL_PATH: "B"})
+    second = stubs(model_id="A", models={MODEL_PATH: "B"})
+    from worker.rasa.canary import Canary
+
+    loaded = []
+    syncs = Syncs(captured_log[0])
+    sync = RasaSync([first.url, second.url], MODEL_PATH, "", 30, 5, syncs.log, syncs.report,
+                    sync_interval_s=0, timing=FAST, smoke_text="hello there",
+                    canary=Canary(on_loaded=lambda desired, url: loaded.append(url)))
+    syncs.made.append(sync)
+    try:
+        sync.want("B", published=True)
+        wait_for(lambda: all(syncs.in_sync(s.url, "B") and syncs.state(s.url).converged_at
+                             for s in (first, second)), 10)
+    finally:
+        sync.stop()
+    for stub in (first, second):
+        assert [c["body"] for c in stub.calls("POST")] == [{"text": "hello there"}]
+        assert len(stub.calls()) == 1
+    # The canary's verdict, given once (by whichever replica tried first).
+    assert len(loaded) == 1 and loaded[0] in (first.url, second.url), loaded
