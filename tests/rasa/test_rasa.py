@@ -1002,3 +1002,20 @@ def test_a_smoke_parse_that_answers_with_an_intent_lets_the_model_in(stubs, capt
         assert len(stub.calls()) == 1
     # The canary's verdict, given once (by whichever replica tried first).
     assert len(loaded) == 1 and loaded[0] in (first.url, second.url), loaded
+
+
+def test_a_peer_s_text_is_cut_to_200_characters_or_300_for_an_error():
+    """What we keep of a server's text: a reason phrase 200 characters, an error's reason
+    and message 300 (then "..."), in `status` and the logs."""
+    ok = answer_from(http_answer(200, b"OK " + b"y" * 400, b"not json"), "status")
+    assert ok.reason == "OK " + "y" * 197 + "...", ok.reason
+    body = b"x" * 1000
+    denied = answer_from(http_answer(403, b"Forbidden", body), "put")
+    assert denied.reason == ("Forbidden: " + "x" * 1000)[:300] + "...", denied.reason
+    hostile = RasaClient("http://127.0.0.1:" + "a" * 400, "", 1.0).status()  # InvalidURL
+    assert hostile.status is None and len(hostile.reason) == 303, hostile.reason
+
+
+def test_a_json_escaped_slash_in_an_echoed_token_is_scrubbed():
+    """JSON may write `/` as `\\/`: a token with a slash echoed that way is still hidden."""
+    assert Secrets(TOKEN).scrub("token " + TOKEN.replace("/", "\\/")) == "token ***"
