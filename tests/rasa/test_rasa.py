@@ -721,7 +721,8 @@ def test_retry_waits_double_with_jitter_up_to_the_cap_and_end_within_retry_for()
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422, 500])
-def test_a_put_answered_400_to_500_is_a_refusal_that_stops_the_rollout(stubs, syncs, status):
+def test_a_put_answered_400_to_500_is_a_refusal_that_stops_the_rollout(stubs, syncs,
+                                                                       captured_log, status):
     """README, "Loadable": 400, 404, 409, 422 and 500 mean Rasa could not load the model (it
     keeps the old one): no other replica is sent it, and no check sends it again."""
     first, second = (stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status] * 2)
@@ -733,6 +734,7 @@ def test_a_put_answered_400_to_500_is_a_refusal_that_stops_the_rollout(stubs, sy
     checks = first.status_checks() + second.status_checks()
     wait_for(lambda: first.status_checks() + second.status_checks() > checks + 4, 10)
     assert len(first.calls()) + len(second.calls()) == 1
+    assert captured_log[1].getvalue().count("not sent here") == 1  # once per publish
 
 
 @pytest.mark.parametrize("status", [501, 502, 503, 504])
@@ -1019,3 +1021,29 @@ def test_a_peer_s_text_is_cut_to_200_characters_or_300_for_an_error():
 def test_a_json_escaped_slash_in_an_echoed_token_is_scrubbed():
     """JSON may write `/` as `\\/`: a token with a slash echoed that way is still hidden."""
     assert Secrets(TOKEN).scrub("token " + TOKEN.replace("/", "\\/")) == "token ***"
+
+
+def test_a_bucket_key_is_sent_and_confirmed_by_its_file_name(stubs, syncs):
+    """REMOTE_STORAGE: the PUT names the model's immutable key in the bucket; Rasa's /status
+    then shows the key's last part as its model_file."""
+    key = "latest.versions/5f1c0a.tar.gz"
+    stub = stubs(model_id="A", models={key: "B"})
+    sync = syncs.make([stub.url], remote_storage="aws")
+    sync.want("B", published=True, model_file=key)
+    wait_for(lambda: syncs.in_sync(stub.url, "B") and syncs.state(stub.url).converged_at, 10)
+    assert [call["body"] for call in stub.calls()] == [
+        {"model_file": key, "remote_storage": "aws"}]
+
+
+def test_a_bucket_key_that_loads_another_model_id_is_refused_once(stubs, syncs):
+    """After the 204, /status shows our key's file but another model_id: the key holds
+    another model (no restart in between), so it is not sent again until the next publish."""
+    key = "latest.versions/5f1c0a.tar.gz"
+    stub = stubs(model_id="A", models={key: "Z"})
+    sync = syncs.make([stub.url], interval=0.1, remote_storage="aws")
+    sync.want("B", published=True, model_file=key)
+    wait_for(lambda: any("serves model_id Z, not the published B" in (s.last_error or "")
+                         for s in history_of(syncs, stub.url)), 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 3, 10)
+    assert len(stub.calls()) == 1
