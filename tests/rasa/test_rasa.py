@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from tests.helpers import content_of, wait_for, wait_for_latest, write_model
-from worker.rasa.client import RasaClient, Secrets
+from worker.rasa.client import Answer, RasaClient, Secrets
 from worker.rasa.sync import RasaSync, Timing, display_url
 from worker.surface.liveness import read_state
 
@@ -735,6 +735,7 @@ def test_a_put_answered_400_to_500_is_a_refusal_that_stops_the_rollout(stubs, sy
     wait_for(lambda: first.status_checks() + second.status_checks() > checks + 4, 10)
     assert len(first.calls()) + len(second.calls()) == 1
     assert captured_log[1].getvalue().count("not sent here") == 1  # once per publish
+    assert not [s for s in syncs.history if s.in_sync], "nobody serves the refused model"
 
 
 @pytest.mark.parametrize("status", [501, 502, 503, 504])
@@ -1047,3 +1048,29 @@ def test_a_bucket_key_that_loads_another_model_id_is_refused_once(stubs, syncs):
     checks = stub.status_checks()
     wait_for(lambda: stub.status_checks() > checks + 3, 10)
     assert len(stub.calls()) == 1
+
+
+def test_an_error_whose_body_breaks_off_still_gives_its_status():
+    """The body of an error answer is a bonus: a connection reset in the middle of it leaves
+    the status as the answer (the client never raises)."""
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 100\r\n\r\nshort")
+        time.sleep(0.2)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset, not a clean end
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        answer = RasaClient(f"http://127.0.0.1:{listener.getsockname()[1]}", "",
+                            5.0).put_model(MODEL_PATH)
+    finally:
+        listener.close()
+    assert answer == Answer(400, "Bad Request"), answer
