@@ -848,10 +848,10 @@ def json_of_size(size: int, **fields) -> bytes:
     return body
 
 
-def answer_from(raw: bytes, call: str):
+def answer_from(raw: bytes, call: str, token: str = ""):
     server = RawServer(raw)
     try:
-        client = RasaClient(server.url, "", 5.0)
+        client = RasaClient(server.url, token, 5.0)
         return client.status() if call == "status" else client.put_model(MODEL_PATH)
     finally:
         server.close()
@@ -1074,3 +1074,14 @@ def test_an_error_whose_body_breaks_off_still_gives_its_status():
     finally:
         listener.close()
     assert answer == Answer(400, "Bad Request"), answer
+
+
+def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes():
+    """JSON escapes a character beyond U+FFFF as a surrogate pair (json.dumps writes 😀 as
+    \\ud83d\\ude00): an error page that embeds the request as JSON hides such a token too."""
+    token = "Zq9\U0001F600Wv-7Kp"
+    embedded = json.dumps({"token": token})  # ensure_ascii: the pair
+    assert "\\ud83d\\ude00" in embedded
+    body = f"<pre>request {embedded}</pre>".encode()
+    answer = answer_from(http_answer(403, b"Forbidden", body), "put", token)
+    assert answer.reason == 'Forbidden: <pre>request {"token": "***"}</pre>', answer.reason
