@@ -1085,3 +1085,60 @@ def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes():
     body = f"<pre>request {embedded}</pre>".encode()
     answer = answer_from(http_answer(403, b"Forbidden", body), "put", token)
     assert answer.reason == 'Forbidden: <pre>request {"token": "***"}</pre>', answer.reason
+
+
+def test_display_url_keeps_an_ipv6_host_in_brackets_and_its_port():
+    assert display_url("http://ops:pw@[::1]:5005/base?x=1") == "http://[::1]:5005/base"
+    assert display_url("http://rasa/") == "http://rasa/"
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (http_answer(200, b"OK " + b"y" * 197, b"{}"), "OK " + "y" * 197),  # exactly 200: whole
+    (http_answer(400, b"", b'{"message": "Agent could not be loaded"}'),
+     "Agent could not be loaded"),  # no reason phrase: the message alone
+    (http_answer(400, b"Bad Request", b"[1, 2]"), "Bad Request"),  # JSON, not Rasa's
+    (http_answer(400, b"Bad Request", b'{"message": 7}'), "Bad Request"),
+    (http_answer(400, b"Bad Request", b"<p>a &amp; b</p>"), "Bad Request: <p>a & b</p>"),
+    (http_answer(503, b"Caf\xe9 ferm\xe9", b""), "Caf\xe9 ferm\xe9"),  # latin-1, not UTF-8
+], ids=["200-chars", "no-reason", "json-list", "message-not-text", "html", "latin-1"])
+def test_what_a_reason_shows(raw, reason):
+    answer = answer_from(raw, "put")
+    assert answer.reason == reason, answer
+
+
+def test_a_status_answer_that_is_not_json_keeps_its_status():
+    answer = answer_from(http_answer(200, b"OK", b"<html>hello</html>"), "status")
+    assert (answer.status, answer.reason, answer.data) == (200, "OK", None)
+
+
+def test_a_refused_connection_says_so():
+    answer = RasaClient(closed_port_url(), "", 5.0).status()
+    assert answer.status is None and "Connection refused" in answer.reason, answer
+
+
+def test_a_replica_down_says_no_answer_and_one_serving_nothing_runs_no_training(stubs,
+                                                                                syncs):
+    down = closed_port_url()
+    empty = stubs(model_id=None, training_jobs=3, models={MODEL_PATH: "B"})
+    sync = syncs.make([down, empty.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(empty.url, "B"), 10)
+    wait_for(lambda: syncs.state(down) and syncs.state(down).last_error, 10)
+    assert syncs.state(down).last_error.startswith("GET /status: no answer ")
+    assert history_of(syncs, empty.url)[0].training_jobs == 0  # 409: no model, no training
+
+
+def test_a_replica_briefly_unreachable_after_the_204_is_confirmed_when_it_answers(stubs,
+                                                                                 syncs):
+    """Right after a load Rasa may not answer at once: /status is asked again until
+    RASA_TIMEOUT (at least one poll) before the load counts as failed."""
+    before = ('{"model_id": "A", "model_file": "stub.tar.gz", '
+              '"num_active_training_jobs": 0}')
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", before)] * 2 + [503])
+    sync = syncs.make([stub.url], timeout=2.0)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B") and syncs.state(stub.url).converged_at, 10)
+    assert len(stub.calls()) == 1
+    assert not any("loaded RASA_MODEL_PATH but" in (s.last_error or "")
+                   for s in history_of(syncs, stub.url))
