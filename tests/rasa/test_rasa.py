@@ -1142,3 +1142,18 @@ def test_a_replica_briefly_unreachable_after_the_204_is_confirmed_when_it_answer
     assert len(stub.calls()) == 1
     assert not any("loaded RASA_MODEL_PATH but" in (s.last_error or "")
                    for s in history_of(syncs, stub.url))
+
+
+@pytest.mark.parametrize("answer", [("raw", 200, "OK", "<html>a proxy</html>"),
+                                    ("raw", 200, "OK", '["3.6.21"]'),
+                                    ("raw", 200, "OK", '{"minimum_compatible_version": 3}')],
+                         ids=["html", "list", "number"])
+def test_a_version_answer_that_is_not_rasa_s_is_ignored(stubs, syncs, captured_log, answer):
+    """GET /version answered by something else (a proxy's page): no minimum known, and the
+    replica is kept in sync as usual."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, version=answer)
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert sync.minimum_version() is None
+    assert "unexpected" not in captured_log[1].getvalue()
