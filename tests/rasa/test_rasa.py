@@ -1158,3 +1158,45 @@ def test_a_version_answer_that_is_not_rasa_s_is_ignored(stubs, syncs, captured_l
     wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
     assert sync.minimum_version() is None
     assert "unexpected" not in captured_log[1].getvalue()
+
+
+def test_what_is_shown_of_a_model_id_or_an_error_is_bounded(stubs, captured_log):
+    """A model_id is shown up to 200 characters, an error up to 600 (then "...")."""
+    from worker.rasa.canary import Canary
+
+    def full_disk(desired, url):
+        raise OSError(28, "No space left on device " + "x" * 1000)
+
+    long_id, exact_id = "m" * 300, "n" * 200
+    long_stub = stubs(model_id=long_id, models={MODEL_PATH: long_id})
+    exact_stub = stubs(model_id=exact_id, models={MODEL_PATH: exact_id})
+    syncs = Syncs(captured_log[0])
+    made = [RasaSync([stub.url], MODEL_PATH, "", 30, 5, syncs.log, syncs.report,
+                     sync_interval_s=0, timing=FAST, canary=Canary(on_loaded=full_disk))
+            for stub in (long_stub, exact_stub)]
+    syncs.made.extend(made)
+    try:
+        made[0].want(long_id, published=True)
+        made[1].want(exact_id, published=True)
+        wait_for(lambda: all(syncs.state(s.url) and syncs.state(s.url).last_error
+                             for s in (long_stub, exact_stub)), 10)
+    finally:
+        for sync in made:
+            sync.stop()
+    assert syncs.state(long_stub.url).model_id == "m" * 200 + "..."
+    assert syncs.state(exact_stub.url).model_id == exact_id
+    error = syncs.state(long_stub.url).last_error
+    assert error.startswith("unexpected OSError: [Errno 28] No space left on device xxx")
+    assert len(error) == 603 and error.endswith("x..."), error
+
+
+def test_a_status_with_a_null_model_id_is_a_replica_serving_nothing(stubs, syncs):
+    body = '{"model_id": null, "model_file": null, "num_active_training_jobs": 0}'
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", body)] * 2)
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 1
+    first = history_of(syncs, stub.url)[0]
+    assert (first.state, first.model_id, first.last_error) == ("out-of-sync", None, None)
