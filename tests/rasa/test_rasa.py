@@ -1200,3 +1200,27 @@ def test_a_status_with_a_null_model_id_is_a_replica_serving_nothing(stubs, syncs
     assert len(stub.calls()) == 1
     first = history_of(syncs, stub.url)[0]
     assert (first.state, first.model_id, first.last_error) == ("out-of-sync", None, None)
+
+
+def test_a_load_that_serves_another_model_id_stops_the_rollout(stubs, syncs):
+    """After the 204 /status shows another model_id from the file we sent: RASA_MODEL_PATH is
+    not the published file as Rasa sees it, and no other replica is sent the model."""
+    first, second = (stubs(model_id="A", models={MODEL_PATH: "Z"}) for _ in range(2))
+    sync = syncs.make([first.url, second.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: any(seen(syncs, s.url, "model-refused") for s in (first, second)), 10)
+    checks = first.status_checks() + second.status_checks()
+    wait_for(lambda: first.status_checks() + second.status_checks() > checks + 4, 10)
+    assert len(first.calls()) + len(second.calls()) == 1
+
+
+def test_a_new_model_id_without_a_publish_is_brought_to_the_replicas(stubs, syncs):
+    """The published model's model_id can change without a publish of ours (its record was
+    read again): the replicas follow it."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("A", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "A"), 10)
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 1
