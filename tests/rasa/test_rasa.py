@@ -1224,3 +1224,28 @@ def test_a_new_model_id_without_a_publish_is_brought_to_the_replicas(stubs, sync
     sync.want("B", published=False)
     wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
     assert len(stub.calls()) == 1
+
+
+def test_a_reconcile_that_changes_nothing_makes_no_check(stubs, syncs):
+    """want() after every reconcile: the same model again (no publish) asks no replica."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url])
+    sync.want("A", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "A"), 10)
+    checks = stub.status_checks()
+    for _ in range(3):
+        sync.want("A", published=False)
+    time.sleep(0.5)
+    assert stub.status_checks() == checks
+
+
+def test_a_failed_put_waits_its_backoff_before_the_next_try(stubs, syncs):
+    """A PUT answered 503 is tried again after the backoff (half of it at least), not at
+    once: a replica that cannot load now is not hammered."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[503])
+    timing = Timing(backoff_first_s=1.0, backoff_max_s=1.0, poll_s=0.05)
+    sync = syncs.make([stub.url], timing=timing)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    first, second = (call["at"] for call in stub.calls())
+    assert second - first >= 0.5, f"tried again after {second - first:.3f} s"
