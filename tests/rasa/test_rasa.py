@@ -1249,3 +1249,16 @@ def test_a_failed_put_waits_its_backoff_before_the_next_try(stubs, syncs):
     wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
     first, second = (call["at"] for call in stub.calls())
     assert second - first >= 0.5, f"tried again after {second - first:.3f} s"
+
+
+def test_a_replica_that_gets_the_model_during_the_training_wait_is_in_sync_at_once(stubs,
+                                                                                   syncs):
+    """Waiting for a training to end, the replica starts serving the published model (loaded
+    by someone else): it converged, no need to wait for the training any longer."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1)
+    sync = syncs.make([stub.url], training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "waiting-for-training"), 10)
+    stub.model_id = "B"  # the training goes on
+    wait_for(lambda: syncs.in_sync(stub.url, "B") and syncs.state(stub.url).converged_at, 10)
+    assert stub.calls() == []
