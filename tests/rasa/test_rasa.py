@@ -1262,3 +1262,23 @@ def test_a_replica_that_gets_the_model_during_the_training_wait_is_in_sync_at_on
     stub.model_id = "B"  # the training goes on
     wait_for(lambda: syncs.in_sync(stub.url, "B") and syncs.state(stub.url).converged_at, 10)
     assert stub.calls() == []
+
+
+def test_a_token_in_html_entities_in_a_reason_phrase_is_scrubbed():
+    """A body is unescaped before it is scrubbed; a reason phrase is not, so the entity forms
+    (`&amp;`, `&Ouml;`, `&#246;`) must match there."""
+    token = "Zq9-&-\u00d6x7Kp"
+    for shown in ("Zq9-&amp;-&Ouml;x7Kp", "Zq9-&#38;-&#xd6;x7Kp"):
+        answer = answer_from(http_answer(403, f"Denied {shown}".encode(), b""), "put", token)
+        assert answer.reason == "Denied ***", answer.reason
+
+
+def test_a_training_replica_is_polled_about_once_a_second(stubs, syncs):
+    """The default poll while a training runs: about once a second, not a busy loop."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1)
+    sync = syncs.make([stub.url], training_wait=60, timing=Timing())
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "waiting-for-training"), 10)
+    checks = stub.status_checks()
+    time.sleep(2.0)
+    assert stub.status_checks() - checks <= 4, stub.status_checks() - checks
