@@ -1282,3 +1282,24 @@ def test_a_training_replica_is_polled_about_once_a_second(stubs, syncs):
     checks = stub.status_checks()
     time.sleep(2.0)
     assert stub.status_checks() - checks <= 4, stub.status_checks() - checks
+
+
+def test_user_info_hides_only_the_password(stubs, syncs):
+    """With a password in RASA_URL, what is scrubbed is that password, not other text."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[503])
+    url = stub.url.replace("http://", "http://ops:p%40ss@")
+    sync = syncs.make([url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    errors = [s.last_error for s in history_of(syncs, stub.url) if s.last_error]
+    assert errors[0].startswith("GET /status: 503 "), errors
+
+
+def test_in_sync_is_logged_once_not_at_every_check(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("A", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "A"), 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 3, 10)
+    assert captured_log[1].getvalue().count("serves the published model A") == 1
