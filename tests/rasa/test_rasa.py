@@ -1077,12 +1077,15 @@ def test_an_error_whose_body_breaks_off_still_gives_its_status():
     assert answer == Answer(400, "Bad Request"), answer
 
 
-def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes():
+@pytest.mark.parametrize("token, escaped", [("Zq9\u00d6Wv-7Kp", "\\u00d6"),
+                                           ("Zq9\U0001F600Wv-7Kp", "\\ud83d\\ude00")],
+                         ids=["basic-plane", "beyond"])
+def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes(token, escaped):
     """JSON escapes a character beyond U+FFFF as a surrogate pair (json.dumps writes 😀 as
-    \\ud83d\\ude00): an error page that embeds the request as JSON hides such a token too."""
-    token = "Zq9\U0001F600Wv-7Kp"
-    embedded = json.dumps({"token": token})  # ensure_ascii: the pair
-    assert "\\ud83d\\ude00" in embedded
+    \\ud83d\\ude00): an error page that embeds the request as JSON hides such a token too,
+    as it does one with \\u00d6."""
+    embedded = json.dumps({"token": token})  # ensure_ascii: the escapes
+    assert escaped in embedded
     body = f"<pre>request {embedded}</pre>".encode()
     answer = answer_from(http_answer(403, b"Forbidden", body), "put", token)
     assert answer.reason == 'Forbidden: <pre>request {"token": "***"}</pre>', answer.reason
