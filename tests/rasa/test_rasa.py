@@ -1306,3 +1306,23 @@ def test_in_sync_is_logged_once_not_at_every_check(stubs, syncs, captured_log):
     checks = stub.status_checks()
     wait_for(lambda: stub.status_checks() > checks + 3, 10)
     assert captured_log[1].getvalue().count("serves the published model A") == 1
+
+
+def test_a_load_that_serves_another_model_id_is_judged_at_the_first_look(stubs, syncs):
+    """After the 204, one /status showing another model_id is the verdict: no polling until
+    RASA_TIMEOUT first."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "Z"})
+    sync = syncs.make([stub.url], timeout=5.0)
+    sync.want("B", published=True)
+    wait_for(lambda: any("serves model_id Z" in (s.last_error or "")
+                         for s in history_of(syncs, stub.url)), 10)
+    assert stub.status_checks() <= 4, stub.status_checks()  # 2 before the PUT, 1 after
+
+
+def test_a_version_probe_does_not_hold_the_start_beyond_its_wait(stubs, syncs):
+    stub = stubs(model_id="A", version=("hang", 4))
+    sync = syncs.make([stub.url], timeout=10.0)
+    started = time.monotonic()
+    sync.probe_versions(wait_s=0.5)
+    assert time.monotonic() - started < 3, "the start waited for the hanging /version"
+    assert sync.minimum_version() is None
