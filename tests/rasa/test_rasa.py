@@ -1326,3 +1326,14 @@ def test_a_version_probe_does_not_hold_the_start_beyond_its_wait(stubs, syncs):
     sync.probe_versions(wait_s=0.5)
     assert time.monotonic() - started < 3, "the start waited for the hanging /version"
     assert sync.minimum_version() is None
+
+
+@pytest.mark.parametrize("model_id, warned", [(None, True), ("A", False)])
+def test_a_published_model_without_model_id_is_warned_about_at_start(stubs, syncs,
+                                                                      captured_log, model_id,
+                                                                      warned):
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url])
+    sync.want(model_id, published=False)
+    wait_for(lambda: syncs.state(stub.url), 10)
+    assert ("has no model_id in its metadata.json" in captured_log[1].getvalue()) == warned
