@@ -1337,3 +1337,12 @@ def test_a_published_model_without_model_id_is_warned_about_at_start(stubs, sync
     sync.want(model_id, published=False)
     wait_for(lambda: syncs.state(stub.url), 10)
     assert ("has no model_id in its metadata.json" in captured_log[1].getvalue()) == warned
+
+
+def test_a_token_in_a_reason_phrase_that_is_not_utf8_is_scrubbed():
+    """A reason phrase that is not UTF-8 as a whole (a latin-1 é) is shown as latin-1: the
+    token's UTF-8 bytes in it then read as latin-1 text, which is scrubbed too."""
+    token = "Zq9\u00d6x7Kp"
+    reason = b"Caf\xe9 " + token.encode()
+    answer = answer_from(http_answer(403, reason, b""), "put", token)
+    assert answer.reason == "Caf\xe9 ***", answer.reason
