@@ -5,7 +5,8 @@
   or `models[path]`) and answers 204. While "loading" (`load_s`) it answers NOTHING else, like
   Rasa's event loop blocked in `agent.load_model`.
 - `GET /`: Rasa's hello text.
-- `GET /version` (with `version`): {version, minimum_compatible_version}; 404 without.
+- `GET /version` (with `version`): {version, minimum_compatible_version}; 404 without; a
+  `version` of ("raw", status, reason, body) answers that.
 - `POST /model/parse`: 200 with an intent while a model is loaded, or `parse_status`.
 - `refuse_load` (a status): every PUT answers it and keeps the old model, like a Rasa that
   cannot load the model.
@@ -119,6 +120,8 @@ class RasaStub:
                         {"model_id": model_id, "model_file": model_file,
                          "num_active_training_jobs": jobs}).encode())
                 if self.path.split("?")[0] == "/version":
+                    if isinstance(stub.version, tuple) and self._scripted(stub.version):
+                        return
                     if stub.version is None:
                         return self._answer(404, b"")
                     return self._answer(200, json.dumps(

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from tests.helpers import content_of, wait_for, wait_for_latest, write_model
-from worker.rasa.client import RasaClient, Secrets
+from worker.rasa.client import Answer, RasaClient, Secrets
 from worker.rasa.sync import RasaSync, Timing, display_url
 from worker.surface.liveness import read_state
 
@@ -73,10 +73,11 @@ class Syncs:
             self.history.append(state)
 
     def make(self, urls, token=TOKEN, retry_for=30.0, timeout=5.0, interval=0.0,
-             max_swapping=1, training_wait=30.0, timing=FAST) -> RasaSync:
+             max_swapping=1, training_wait=30.0, timing=FAST, remote_storage="") -> RasaSync:
         sync = RasaSync(urls, MODEL_PATH, token, retry_for, timeout, self.log, self.report,
                         sync_interval_s=interval, max_swapping=max_swapping,
-                        training_wait_s=training_wait, timing=timing)
+                        training_wait_s=training_wait, timing=timing,
+                        remote_storage=remote_storage)
         self.made.append(sync)
         return sync
 
@@ -666,9 +667,682 @@ def test_one_deadline_per_call_from_connect_to_the_last_byte():
     (urllib's timeout is per read: each byte restarted it)."""
     answer = b"HTTP/1.0 204 No Content\r\nServer: drip\r\n\r\n"
     server = RawServer(answer, pause_s=0.5)  # about 20 s in all
+    started = time.monotonic()
     try:
         result = RasaClient(server.url, "", 2.0).put_model(MODEL_PATH)
     finally:
         server.close()
+    took = time.monotonic() - started
     assert result.status is None, result
     assert "RASA_TIMEOUT" in result.reason, result
+    # The deadline ends the call: the answer is not read to its end first (20 s).
+    assert took < 10, f"the call took {took:.1f} s"
+
+
+# -- issue 20: what the mutation check found untested -----------------------------------------
+
+def seen(syncs: Syncs, url: str, state: str) -> bool:
+    """Whether the replica at `url` was reported in `state` at some point (a refused replica
+    shows "out-of-sync" again at its next check)."""
+    with syncs.lock:
+        return any(s.url == display_url(url) and s.state == state for s in syncs.history)
+
+
+def history_of(syncs: Syncs, url: str) -> list:
+    with syncs.lock:
+        return [s for s in syncs.history if s.url == display_url(url)]
+
+
+def test_retry_waits_double_with_jitter_up_to_the_cap_and_end_within_retry_for():
+    """The wait before each retry: half of the backoff fixed, half random; the backoff doubles
+    up to backoff_max_s; a wait that would end beyond RASA_RETRY_FOR is not taken (None)."""
+    from worker.rasa.sync import _Backoff
+
+    timing = Timing(backoff_first_s=1.0, backoff_max_s=4.0, poll_s=1.0)
+    firsts = set()
+    for _ in range(200):
+        retry = _Backoff(timing, retry_for_s=3600)
+        waits = [retry.next_wait() for _ in range(5)]
+        assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0, waits
+        assert all(2.0 <= wait <= 4.0 for wait in waits[2:]), waits
+        firsts.add(waits[0])
+    assert min(firsts) < 0.6 and max(firsts) > 0.9, "no jitter over the whole half"
+    assert _Backoff(timing, retry_for_s=0.4).next_wait() is None  # at least 0.5 s: beyond
+    assert _Backoff(timing, retry_for_s=1.5).next_wait() is not None  # at most 1 s: within
+    # The defaults, as the README says: "1 s doubling to 30 s, with jitter".
+    capped = []
+    for _ in range(200):
+        retry = _Backoff(Timing(), retry_for_s=3600)
+        waits = [retry.next_wait() for _ in range(8)]
+        assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0, waits
+        capped += waits[5:]
+    assert 15.0 <= min(capped) < 15.5 and 29.5 < max(capped) <= 30.0, (min(capped),
+                                                                      max(capped))
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422, 500])
+def test_a_put_answered_400_to_500_is_a_refusal_that_stops_the_rollout(stubs, syncs,
+                                                                       captured_log, status):
+    """README, "Loadable": 400, 404, 409, 422 and 500 mean Rasa could not load the model (it
+    keeps the old one): no other replica is sent it, and no check sends it again."""
+    first, second = (stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status] * 2)
+                     for _ in range(2))
+    sync = syncs.make([first.url, second.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: {seen(syncs, s.url, "refused") for s in (first, second)} == {True, False}
+             and any(seen(syncs, s.url, "model-refused") for s in (first, second)), 10)
+    checks = first.status_checks() + second.status_checks()
+    wait_for(lambda: first.status_checks() + second.status_checks() > checks + 4, 10)
+    assert len(first.calls()) + len(second.calls()) == 1
+    assert captured_log[1].getvalue().count("not sent here") == 1  # once per publish
+    assert not [s for s in syncs.history if s.in_sync], "nobody serves the refused model"
+
+
+@pytest.mark.parametrize("status", [300, 302, 501, 502, 503, 504])
+def test_a_put_answered_above_500_says_nothing_about_the_model_and_is_retried(stubs, syncs,
+                                                                            status):
+    """Nor does a redirect (not followed), which is no load either."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status])
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 2
+    outcomes = [s.last_swap["outcome"] for s in history_of(syncs, stub.url) if s.last_swap]
+    assert outcomes[0] == "retrying" and outcomes[-1] == "loaded", outcomes
+    errors = [s.last_error for s in history_of(syncs, stub.url) if s.last_error]
+    assert errors[0].startswith(f"PUT /model: {status} "), errors
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_put_answered_401_or_403_points_at_the_token_and_the_rollout_goes_on(
+        stubs, syncs, status):
+    """A refused token says nothing about the model: the other replica still gets it; the
+    denied one is not asked again until the next publish."""
+    denied = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status] * 2)
+    # Its first /status is late, so the denied replica is the one that tries first.
+    other = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[("hang", 0.5)])
+    sync = syncs.make([denied.url, other.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(other.url, "B") and seen(syncs, denied.url, "refused"), 10)
+    assert denied.calls()[0]["at"] < other.calls()[0]["at"]
+    refused = [s for s in history_of(syncs, denied.url) if s.state == "refused"][0]
+    assert "RASA_TOKEN" in refused.last_error and refused.last_swap["status"] == status
+    checks = denied.status_checks()
+    wait_for(lambda: denied.status_checks() > checks + 3, 10)
+    assert len(denied.calls()) == 1, "a denied PUT was repeated before the next publish"
+
+
+def test_a_status_without_training_jobs_counts_as_none_running(stubs, syncs):
+    """An older Rasa's /status may lack num_active_training_jobs: no training, swap now."""
+    body = '{"model_id": "A", "model_file": "a.tar.gz"}'
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", body)] * 2)  # the two looks before the PUT
+    sync = syncs.make([stub.url], training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    states = history_of(syncs, stub.url)
+    assert not [s for s in states if s.state == "waiting-for-training" or s.last_error], states
+    assert states[0].training_jobs == 0
+
+
+def test_a_negative_training_job_count_is_an_answer_not_used(stubs, syncs):
+    body = '{"model_id": "A", "model_file": "a.tar.gz", "num_active_training_jobs": -1}'
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", body)] * 1000)
+    sync = syncs.make([stub.url], retry_for=0.5, training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "down")
+             and "RASA_RETRY_FOR" in (syncs.state(stub.url).last_error or ""), 10)
+    assert stub.calls() == []
+    assert not seen(syncs, stub.url, "waiting-for-training")
+
+
+def test_what_is_recorded_per_replica_in_the_run_folder(stubs, syncs, tmp_path):
+    """RUN_DIR/rasa-replicas.json, which `status` and the metrics read: after a swap, what the
+    replica serves, when it was checked and converged, and the last PUT (status, outcome, how
+    long, when); no error left over."""
+    from worker.rasa.state import ReplicaBook, read_replicas
+
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, load_s=0.3)
+    book = ReplicaBook(tmp_path, [stub.url])
+    sync = syncs.make([stub.url], interval=0.1)
+    original = syncs.report
+
+    def report(state):
+        original(state)
+        book.record(state)
+
+    for replica in sync.replicas:
+        replica.report = report
+    before = time.time()
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    after = time.time()
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 2, 10)  # later checks keep converged_at
+    (record,) = read_replicas(tmp_path)
+    assert {key: record[key] for key in ("url", "state", "model_id", "published_model_id",
+                                         "in_sync", "training_jobs", "last_error",
+                                         "last_error_at")} == {
+        "url": stub.url, "state": "in-sync", "model_id": "B", "published_model_id": "B",
+        "in_sync": True, "training_jobs": 0, "last_error": None, "last_error_at": None}
+    swap = record["last_swap"]
+    assert swap["status"] == 204 and swap["outcome"] == "loaded", swap
+    assert 0.3 <= swap["duration_s"] < 5 and before <= swap["at"] <= after, swap
+    assert swap["at"] <= record["converged_at"] <= after < record["checked_at"], record
+
+
+BODY_LIMIT = 64 * 1024  # what the client reads of an answer (worker/rasa/client.py)
+
+
+def http_answer(status: int, reason: bytes, body: bytes) -> bytes:
+    return (f"HTTP/1.0 {status} ".encode() + reason + b"\r\nContent-Type: application/json"
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def json_of_size(size: int, **fields) -> bytes:
+    """`fields` as a JSON object of exactly `size` bytes (a "pad" field fills it): cut short
+    anywhere, it no longer parses."""
+    bare = json.dumps({**fields, "pad": ""}).encode()
+    body = json.dumps({**fields, "pad": "x" * (size - len(bare))}).encode()
+    assert len(body) == size
+    return body
+
+
+def answer_from(raw: bytes, call: str, token: str = ""):
+    server = RawServer(raw)
+    try:
+        client = RasaClient(server.url, token, 5.0)
+        return client.status() if call == "status" else client.put_model(MODEL_PATH)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("size, used", [(BODY_LIMIT, True), (BODY_LIMIT + 1, False)])
+def test_a_status_body_is_read_up_to_64_kib_and_not_beyond(size, used):
+    body = json_of_size(size, model_id="A", model_file="a.tar.gz", num_active_training_jobs=0)
+    answer = answer_from(http_answer(200, b"OK", body), "status")
+    assert answer.status == 200
+    assert (answer.data is not None) == used, answer
+    if used:
+        assert answer.data["model_id"] == "A"
+
+
+@pytest.mark.parametrize("size, shown", [(BODY_LIMIT, True), (BODY_LIMIT + 1, False)])
+def test_an_error_body_is_shown_up_to_64_kib_and_never_beyond(size, shown):
+    """Beyond what we read, a body is not shown at all: a secret could straddle the cut."""
+    body = json_of_size(size, message="Agent could not be loaded")
+    answer = answer_from(http_answer(400, b"Bad Request", body), "put")
+    assert answer.status == 400
+    if shown:
+        assert answer.reason.startswith("Bad Request: Agent could not be loaded"), answer
+    else:
+        assert answer.reason == "Bad Request: (a body of more than 65536 bytes, not shown)"
+
+
+@pytest.mark.parametrize("remote_storage, hint, not_hint", [
+    ("", "check RASA_MODEL_PATH", "BUCKET_NAME"),
+    ("aws", "BUCKET_NAME and AWS_ENDPOINT_URL", "RASA_MODEL_PATH")])
+def test_a_refused_load_names_where_rasa_looked(stubs, syncs, captured_log, remote_storage,
+                                                hint, not_hint):
+    """With REMOTE_STORAGE Rasa loads a key from its bucket (RASA_MODEL_PATH is not used):
+    a refusal names the bucket settings instead."""
+    stub = stubs(model_id="A", refuse_load=400)
+    sync = syncs.make([stub.url], remote_storage=remote_storage)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "refused"), 10)
+    (call,) = stub.calls()
+    assert call["body"].get("remote_storage") == (remote_storage or None)
+    refused = [s for s in history_of(syncs, stub.url) if s.state == "refused"][0]
+    assert hint in refused.last_error and not_hint not in refused.last_error, refused
+    assert hint in captured_log[1].getvalue()
+
+
+def test_a_relative_rasa_model_path_is_sent_and_confirmed(stubs, captured_log):
+    """RASA_MODEL_PATH may be relative to where Rasa runs (no slash at all)."""
+    stub = stubs(model_id="A", models={"latest.tar.gz": "B"})
+    syncs = Syncs(captured_log[0])
+    sync = RasaSync([stub.url], "latest.tar.gz", "", 30, 5, syncs.log, syncs.report,
+                    sync_interval_s=0, timing=FAST)
+    syncs.made.append(sync)
+    try:
+        sync.want("B", published=True)
+        wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    finally:
+        sync.stop()
+    assert [call["body"] for call in stub.calls()] == [{"model_file": "latest.tar.gz"}]
+
+
+def test_a_model_without_model_id_is_sent_to_a_replica_serving_nothing(stubs, syncs):
+    """Nothing published to compare with and nothing served (409): not "the same" model."""
+    stub = stubs(model_id=None, models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url])
+    sync.want(None, published=True)
+    wait_for(lambda: len(stub.calls()) == 1, 10)
+    wait_for(lambda: seen(syncs, stub.url, "no-model-id"), 10)
+
+
+def test_stop_ends_the_thread_even_in_a_retry_wait(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[503] * 1000)
+    slow = Timing(backoff_first_s=20.0, backoff_max_s=20.0, poll_s=0.05)
+    sync = syncs.make([stub.url], timing=slow)
+    sync.want("B", published=True)
+    wait_for(lambda: "trying again in" in captured_log[1].getvalue(), 10)
+    sync.stop()
+    (replica,) = sync.replicas
+    replica.join(5)
+    assert not replica.is_alive()
+    assert "unexpected" not in captured_log[1].getvalue()
+
+
+def test_the_thread_outlives_an_unexpected_error(stubs, captured_log):
+    """A failure outside the HTTP calls (here the canary's callback, which records the loaded
+    model beside the published file, on a full disk) is logged; the thread carries on."""
+    from worker.rasa.canary import Canary
+
+    def full_disk(desired, url):
+        raise OSError(28, "No space left on device")
+
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    syncs = Syncs(captured_log[0])
+    sync = RasaSync([stub.url], MODEL_PATH, "", 30, 5, syncs.log, syncs.report,
+                    sync_interval_s=0.1, timing=FAST, canary=Canary(on_loaded=full_disk))
+    syncs.made.append(sync)
+    try:
+        sync.want("B", published=True)
+        wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+        assert "unexpected OSError: [Errno 28] No space left" in captured_log[1].getvalue()
+        assert sync.replicas[0].is_alive() and len(stub.calls()) == 1
+    finally:
+        sync.stop()
+
+
+def test_nothing_published_is_shown_as_such(stubs, syncs):
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want(None, published=False, exists=False)
+    wait_for(lambda: syncs.state(stub.url), 10)
+    state = syncs.state(stub.url)
+    assert (state.state, state.in_sync, state.published_model_id) == (
+        "nothing-published", False, None)
+    assert stub.requests == []
+
+
+def test_a_replica_in_training_does_not_wait_for_a_model_the_canary_refused(stubs, syncs):
+    canary = stubs(model_id="A", refuse_load=400)
+    # Its first /status is late, so the canary has refused the model when it looks.
+    training = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1,
+                     status_script=[("hang", 0.5)])
+    sync = syncs.make([canary.url, training.url], interval=0.1, training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, training.url, "model-refused"), 10)
+    checks = training.status_checks()
+    wait_for(lambda: training.status_checks() > checks + 3, 10)
+    assert not seen(syncs, training.url, "waiting-for-training")
+    assert training.calls() == [] and len(canary.calls()) == 1
+
+
+def test_a_smoke_parse_that_answers_with_an_intent_lets_the_model_in(stubs, captured_log):
+    """RASA_SMOKE_TEXT: after the load, POST /model/parse with that text; an intent in the
+    answer means the model works: in sync, and the rollout goes on."""
+    first = stubs(model_id="A", models={MODEL_PATH: "B"})
+    second = stubs(model_id="A", models={MODEL_PATH: "B"})
+    from worker.rasa.canary import Canary
+
+    loaded = []
+    syncs = Syncs(captured_log[0])
+    sync = RasaSync([first.url, second.url], MODEL_PATH, "", 30, 5, syncs.log, syncs.report,
+                    sync_interval_s=0, timing=FAST, smoke_text="hello there",
+                    canary=Canary(on_loaded=lambda desired, url: loaded.append(url)))
+    syncs.made.append(sync)
+    try:
+        sync.want("B", published=True)
+        wait_for(lambda: all(syncs.in_sync(s.url, "B") and syncs.state(s.url).converged_at
+                             for s in (first, second)), 10)
+    finally:
+        sync.stop()
+    for stub in (first, second):
+        assert [c["body"] for c in stub.calls("POST")] == [{"text": "hello there"}]
+        assert len(stub.calls()) == 1
+    # The canary's verdict, given once (by whichever replica tried first).
+    assert len(loaded) == 1 and loaded[0] in (first.url, second.url), loaded
+
+
+def test_a_peer_s_text_is_cut_to_200_characters_or_300_for_an_error():
+    """What we keep of a server's text: a reason phrase 200 characters, an error's reason
+    and message 300 (then "..."), in `status` and the logs."""
+    ok = answer_from(http_answer(200, b"OK " + b"y" * 400, b"not json"), "status")
+    assert ok.reason == "OK " + "y" * 197 + "...", ok.reason
+    body = b"x" * 1000
+    denied = answer_from(http_answer(403, b"Forbidden", body), "put")
+    assert denied.reason == ("Forbidden: " + "x" * 1000)[:300] + "...", denied.reason
+    hostile = RasaClient("http://127.0.0.1:" + "a" * 400, "", 1.0).status()  # InvalidURL
+    assert hostile.status is None and len(hostile.reason) == 303, hostile.reason
+
+
+def test_a_json_escaped_slash_in_an_echoed_token_is_scrubbed():
+    """JSON may write `/` as `\\/`: a token with a slash echoed that way is still hidden."""
+    assert Secrets(TOKEN).scrub("token " + TOKEN.replace("/", "\\/")) == "token ***"
+
+
+def test_a_bucket_key_is_sent_and_confirmed_by_its_file_name(stubs, syncs):
+    """REMOTE_STORAGE: the PUT names the model's immutable key in the bucket; Rasa's /status
+    then shows the key's last part as its model_file."""
+    key = "latest.versions/5f1c0a.tar.gz"
+    stub = stubs(model_id="A", models={key: "B"})
+    sync = syncs.make([stub.url], remote_storage="aws")
+    sync.want("B", published=True, model_file=key)
+    wait_for(lambda: syncs.in_sync(stub.url, "B") and syncs.state(stub.url).converged_at, 10)
+    assert [call["body"] for call in stub.calls()] == [
+        {"model_file": key, "remote_storage": "aws"}]
+
+
+def test_a_bucket_key_that_loads_another_model_id_is_refused_once(stubs, syncs):
+    """After the 204, /status shows our key's file but another model_id: the key holds
+    another model (no restart in between), so it is not sent again until the next publish."""
+    key = "latest.versions/5f1c0a.tar.gz"
+    stub = stubs(model_id="A", models={key: "Z"})
+    sync = syncs.make([stub.url], interval=0.1, remote_storage="aws")
+    sync.want("B", published=True, model_file=key)
+    wait_for(lambda: any("serves model_id Z, not the published B" in (s.last_error or "")
+                         for s in history_of(syncs, stub.url)), 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 3, 10)
+    assert len(stub.calls()) == 1
+
+
+def test_an_error_whose_body_breaks_off_still_gives_its_status():
+    """The body of an error answer is a bonus: a connection reset in the middle of it leaves
+    the status as the answer (the client never raises)."""
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 100\r\n\r\nshort")
+        time.sleep(0.2)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset, not a clean end
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        answer = RasaClient(f"http://127.0.0.1:{listener.getsockname()[1]}", "",
+                            5.0).put_model(MODEL_PATH)
+    finally:
+        listener.close()
+    assert answer == Answer(400, "Bad Request"), answer
+
+
+@pytest.mark.parametrize("token, escaped", [("Zq9\u00d6Wv-7Kp", "\\u00d6"),
+                                           ("Zq9\U0001F600Wv-7Kp", "\\ud83d\\ude00")],
+                         ids=["basic-plane", "beyond"])
+def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes(token, escaped):
+    """JSON escapes a character beyond U+FFFF as a surrogate pair (json.dumps writes 😀 as
+    \\ud83d\\ude00): an error page that embeds the request as JSON hides such a token too,
+    as it does one with \\u00d6."""
+    embedded = json.dumps({"token": token})  # ensure_ascii: the escapes
+    assert escaped in embedded
+    body = f"<pre>request {embedded}</pre>".encode()
+    answer = answer_from(http_answer(403, b"Forbidden", body), "put", token)
+    assert answer.reason == 'Forbidden: <pre>request {"token": "***"}</pre>', answer.reason
+
+
+def test_display_url_keeps_an_ipv6_host_in_brackets_and_its_port():
+    assert display_url("http://ops:pw@[::1]:5005/base?x=1") == "http://[::1]:5005/base"
+    assert display_url("http://rasa/") == "http://rasa/"
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (http_answer(200, b"OK " + b"y" * 197, b"{}"), "OK " + "y" * 197),  # exactly 200: whole
+    (http_answer(400, b"", b'{"message": "Agent could not be loaded"}'),
+     "Agent could not be loaded"),  # no reason phrase: the message alone
+    (http_answer(400, b"Bad Request", b"[1, 2]"), "Bad Request"),  # JSON, not Rasa's
+    (http_answer(400, b"Bad Request", b'{"message": 7}'), "Bad Request"),
+    (http_answer(400, b"Bad Request", b"<p>a &amp; b</p>"), "Bad Request: <p>a & b</p>"),
+    (http_answer(503, b"Caf\xe9 ferm\xe9", b""), "Caf\xe9 ferm\xe9"),  # latin-1, not UTF-8
+], ids=["200-chars", "no-reason", "json-list", "message-not-text", "html", "latin-1"])
+def test_what_a_reason_shows(raw, reason):
+    answer = answer_from(raw, "put")
+    assert answer.reason == reason, answer
+
+
+def test_a_status_answer_that_is_not_json_keeps_its_status():
+    answer = answer_from(http_answer(200, b"OK", b"<html>hello</html>"), "status")
+    assert (answer.status, answer.reason, answer.data) == (200, "OK", None)
+
+
+def test_a_refused_connection_says_so():
+    answer = RasaClient(closed_port_url(), "", 5.0).status()
+    assert answer.status is None and "Connection refused" in answer.reason, answer
+
+
+def test_a_replica_down_says_no_answer_and_one_serving_nothing_runs_no_training(stubs,
+                                                                                syncs):
+    down = closed_port_url()
+    empty = stubs(model_id=None, training_jobs=3, models={MODEL_PATH: "B"})
+    sync = syncs.make([down, empty.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(empty.url, "B"), 10)
+    wait_for(lambda: syncs.state(down) and syncs.state(down).last_error, 10)
+    assert syncs.state(down).last_error.startswith("GET /status: no answer ")
+    assert history_of(syncs, empty.url)[0].training_jobs == 0  # 409: no model, no training
+
+
+def test_a_replica_briefly_unreachable_after_the_204_is_confirmed_when_it_answers(stubs,
+                                                                                 syncs):
+    """Right after a load Rasa may not answer at once: /status is asked again until
+    RASA_TIMEOUT (at least one poll) before the load counts as failed."""
+    before = ('{"model_id": "A", "model_file": "stub.tar.gz", '
+              '"num_active_training_jobs": 0}')
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", before)] * 2 + [503])
+    sync = syncs.make([stub.url], timeout=2.0)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B") and syncs.state(stub.url).converged_at, 10)
+    assert len(stub.calls()) == 1
+    assert not any("loaded RASA_MODEL_PATH but" in (s.last_error or "")
+                   for s in history_of(syncs, stub.url))
+
+
+@pytest.mark.parametrize("answer", [("raw", 200, "OK", "<html>a proxy</html>"),
+                                    ("raw", 200, "OK", '["3.6.21"]'),
+                                    ("raw", 200, "OK", '{"minimum_compatible_version": 3}')],
+                         ids=["html", "list", "number"])
+def test_a_version_answer_that_is_not_rasa_s_is_ignored(stubs, syncs, captured_log, answer):
+    """GET /version answered by something else (a proxy's page): no minimum known, and the
+    replica is kept in sync as usual."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, version=answer)
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert sync.minimum_version() is None
+    assert "unexpected" not in captured_log[1].getvalue()
+
+
+def test_what_is_shown_of_a_model_id_or_an_error_is_bounded(stubs, captured_log):
+    """A model_id is shown up to 200 characters, an error up to 600 (then "...")."""
+    from worker.rasa.canary import Canary
+
+    def full_disk(desired, url):
+        raise OSError(28, "No space left on device " + "x" * 1000)
+
+    long_id, exact_id = "m" * 300, "n" * 200
+    long_stub = stubs(model_id=long_id, models={MODEL_PATH: long_id})
+    exact_stub = stubs(model_id=exact_id, models={MODEL_PATH: exact_id})
+    syncs = Syncs(captured_log[0])
+    made = [RasaSync([stub.url], MODEL_PATH, "", 30, 5, syncs.log, syncs.report,
+                     sync_interval_s=0, timing=FAST, canary=Canary(on_loaded=full_disk))
+            for stub in (long_stub, exact_stub)]
+    syncs.made.extend(made)
+    try:
+        made[0].want(long_id, published=True)
+        made[1].want(exact_id, published=True)
+        wait_for(lambda: all(syncs.state(s.url) and syncs.state(s.url).last_error
+                             for s in (long_stub, exact_stub)), 10)
+    finally:
+        for sync in made:
+            sync.stop()
+    assert syncs.state(long_stub.url).model_id == "m" * 200 + "..."
+    assert syncs.state(exact_stub.url).model_id == exact_id
+    error = syncs.state(long_stub.url).last_error
+    assert error.startswith("unexpected OSError: [Errno 28] No space left on device xxx")
+    assert len(error) == 603 and error.endswith("x..."), error
+
+
+def test_a_status_with_a_null_model_id_is_a_replica_serving_nothing(stubs, syncs):
+    body = '{"model_id": null, "model_file": null, "num_active_training_jobs": 0}'
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"},
+                 status_script=[("raw", 200, "OK", body)] * 2)
+    sync = syncs.make([stub.url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 1
+    first = history_of(syncs, stub.url)[0]
+    assert (first.state, first.model_id, first.last_error) == ("out-of-sync", None, None)
+
+
+def test_a_load_that_serves_another_model_id_stops_the_rollout(stubs, syncs):
+    """After the 204 /status shows another model_id from the file we sent: RASA_MODEL_PATH is
+    not the published file as Rasa sees it, and no other replica is sent the model."""
+    first, second = (stubs(model_id="A", models={MODEL_PATH: "Z"}) for _ in range(2))
+    sync = syncs.make([first.url, second.url], interval=0.1)
+    sync.want("B", published=True)
+    wait_for(lambda: any(seen(syncs, s.url, "model-refused") for s in (first, second)), 10)
+    checks = first.status_checks() + second.status_checks()
+    wait_for(lambda: first.status_checks() + second.status_checks() > checks + 4, 10)
+    assert len(first.calls()) + len(second.calls()) == 1
+
+
+def test_a_new_model_id_without_a_publish_is_brought_to_the_replicas(stubs, syncs):
+    """The published model's model_id can change without a publish of ours (its record was
+    read again): the replicas follow it."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"})
+    sync = syncs.make([stub.url])
+    sync.want("A", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "A"), 10)
+    sync.want("B", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    assert len(stub.calls()) == 1
+
+
+def test_a_reconcile_that_changes_nothing_makes_no_check(stubs, syncs):
+    """want() after every reconcile: the same model again (no publish) asks no replica."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url])
+    sync.want("A", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "A"), 10)
+    checks = stub.status_checks()
+    for _ in range(3):
+        sync.want("A", published=False)
+    time.sleep(0.5)
+    assert stub.status_checks() == checks
+
+
+def test_a_failed_put_waits_its_backoff_before_the_next_try(stubs, syncs):
+    """A PUT answered 503 is tried again after the backoff (half of it at least), not at
+    once: a replica that cannot load now is not hammered."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[503])
+    timing = Timing(backoff_first_s=1.0, backoff_max_s=1.0, poll_s=0.05)
+    sync = syncs.make([stub.url], timing=timing)
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    first, second = (call["at"] for call in stub.calls())
+    assert second - first >= 0.5, f"tried again after {second - first:.3f} s"
+
+
+def test_a_replica_that_gets_the_model_during_the_training_wait_is_in_sync_at_once(stubs,
+                                                                                   syncs):
+    """Waiting for a training to end, the replica starts serving the published model (loaded
+    by someone else): it converged, no need to wait for the training any longer."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1)
+    sync = syncs.make([stub.url], training_wait=60)
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "waiting-for-training"), 10)
+    stub.model_id = "B"  # the training goes on
+    wait_for(lambda: syncs.in_sync(stub.url, "B") and syncs.state(stub.url).converged_at, 10)
+    assert stub.calls() == []
+
+
+def test_a_token_in_html_entities_in_a_reason_phrase_is_scrubbed():
+    """A body is unescaped before it is scrubbed; a reason phrase is not, so the entity forms
+    (`&amp;`, `&Ouml;`, `&#246;`) must match there."""
+    token = "Zq9-&-\u00d6x7Kp"
+    for shown in ("Zq9-&amp;-&Ouml;x7Kp", "Zq9-&#38;-&#xd6;x7Kp"):
+        answer = answer_from(http_answer(403, f"Denied {shown}".encode(), b""), "put", token)
+        assert answer.reason == "Denied ***", answer.reason
+
+
+def test_a_training_replica_is_polled_about_once_a_second(stubs, syncs):
+    """The default poll while a training runs: about once a second, not a busy loop."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, training_jobs=1)
+    sync = syncs.make([stub.url], training_wait=60, timing=Timing())
+    sync.want("B", published=True)
+    wait_for(lambda: seen(syncs, stub.url, "waiting-for-training"), 10)
+    checks = stub.status_checks()
+    time.sleep(2.0)
+    assert stub.status_checks() - checks <= 4, stub.status_checks() - checks
+
+
+def test_user_info_hides_only_the_password(stubs, syncs):
+    """With a password in RASA_URL, what is scrubbed is that password, not other text."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[503])
+    url = stub.url.replace("http://", "http://ops:p%40ss@")
+    sync = syncs.make([url])
+    sync.want("B", published=True)
+    wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    errors = [s.last_error for s in history_of(syncs, stub.url) if s.last_error]
+    assert errors[0].startswith("GET /status: 503 "), errors
+
+
+def test_in_sync_is_logged_once_not_at_every_check(stubs, syncs, captured_log):
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url], interval=0.1)
+    sync.want("A", published=False)
+    wait_for(lambda: syncs.in_sync(stub.url, "A"), 10)
+    checks = stub.status_checks()
+    wait_for(lambda: stub.status_checks() > checks + 3, 10)
+    assert captured_log[1].getvalue().count("serves the published model A") == 1
+
+
+def test_a_load_that_serves_another_model_id_is_judged_at_the_first_look(stubs, syncs):
+    """After the 204, one /status showing another model_id is the verdict: no polling until
+    RASA_TIMEOUT first."""
+    stub = stubs(model_id="A", models={MODEL_PATH: "Z"})
+    sync = syncs.make([stub.url], timeout=5.0)
+    sync.want("B", published=True)
+    wait_for(lambda: any("serves model_id Z" in (s.last_error or "")
+                         for s in history_of(syncs, stub.url)), 10)
+    assert stub.status_checks() <= 4, stub.status_checks()  # 2 before the PUT, 1 after
+
+
+def test_a_version_probe_does_not_hold_the_start_beyond_its_wait(stubs, syncs):
+    stub = stubs(model_id="A", version=("hang", 4))
+    sync = syncs.make([stub.url], timeout=10.0)
+    started = time.monotonic()
+    sync.probe_versions(wait_s=0.5)
+    assert time.monotonic() - started < 3, "the start waited for the hanging /version"
+    assert sync.minimum_version() is None
+
+
+@pytest.mark.parametrize("model_id, warned", [(None, True), ("A", False)])
+def test_a_published_model_without_model_id_is_warned_about_at_start(stubs, syncs,
+                                                                      captured_log, model_id,
+                                                                      warned):
+    stub = stubs(model_id="A", models={MODEL_PATH: "A"})
+    sync = syncs.make([stub.url])
+    sync.want(model_id, published=False)
+    wait_for(lambda: syncs.state(stub.url), 10)
+    assert ("has no model_id in its metadata.json" in captured_log[1].getvalue()) == warned
+
+
+def test_a_token_in_a_reason_phrase_that_is_not_utf8_is_scrubbed():
+    """A reason phrase that is not UTF-8 as a whole (a latin-1 é) is shown as latin-1: the
+    token's UTF-8 bytes in it then read as latin-1 text, which is scrubbed too."""
+    token = "Zq9\u00d6x7Kp"
+    reason = b"Caf\xe9 " + token.encode()
+    answer = answer_from(http_answer(403, reason, b""), "put", token)
+    assert answer.reason == "Caf\xe9 ***", answer.reason

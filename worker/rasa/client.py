@@ -88,7 +88,7 @@ def _char_forms(char: str) -> list[str]:
     code = ord(char)
     forms = [re.escape(char),
              "".join(f"%(?:25)?{_hex_any_case(byte)}" for byte in utf8),
-             rf"\\[uU]0*{_hex_any_case_text(f'{code:x}')}" if code <= 0xFFFF else "",
+             _json_escape(code),
              rf"&#0*{code};", rf"&#[xX]0*{_hex_any_case_text(f'{code:x}')};"]
     name = html.entities.codepoint2name.get(code)
     if name:
@@ -98,6 +98,14 @@ def _char_forms(char: str) -> list[str]:
     if char == "/":
         forms.append(r"\\/")  # JSON may escape the slash
     return [form for form in forms if form]
+
+
+def _json_escape(code: int) -> str:
+    """The character as a JSON `\\u` escape, in either case: beyond U+FFFF JSON writes a
+    surrogate pair (`\\ud83d\\ude00`), as json.dumps does."""
+    units = [code] if code <= 0xFFFF else [0xD800 + ((code - 0x10000) >> 10),
+                                           0xDC00 + ((code - 0x10000) & 0x3FF)]
+    return "".join(rf"\\[uU]0*{_hex_any_case_text(f'{unit:x}')}" for unit in units)
 
 
 def _hex_any_case_text(digits: str) -> str:

@@ -389,22 +389,22 @@ class ReplicaSync(threading.Thread):
                     and put.status not in (401, 403):
                 # Rasa could not load it (400 "could not be loaded", 500 LoadingError) and
                 # keeps its old model: the rollout of this model stops here.
+                # With remote storage Rasa loads a key from its bucket: RASA_MODEL_PATH is
+                # not used then.
+                hint = ("check that Rasa reads the same BUCKET_NAME and AWS_ENDPOINT_URL, with "
+                        "credentials" if self.remote_storage else "check RASA_MODEL_PATH: the "
+                        "published file as Rasa sees it")
                 self._refused = self._blind_done = desired
                 self._call(put, took, "refused", f"{put.reason}; the model is not sent to "
                            "any other replica and not published again until its file "
-                           "changes (if every model is refused, check RASA_MODEL_PATH: the "
-                           "published file as Rasa sees it)", logging.ERROR)
+                           f"changes (if every model is refused, {hint})", logging.ERROR)
                 self.canary.refused(desired, self.url, f"PUT /model answered {put.status} "
                                     f"{put.reason}".rstrip())
                 return "done"
-            if put.status is not None and 400 <= put.status < 500:
-                hint = ("check RASA_TOKEN (Rasa's --auth-token)" if put.status in (401, 403)
-                        else "check that Rasa reads the same BUCKET_NAME and AWS_ENDPOINT_URL, "
-                        "with credentials" if self.remote_storage
-                        else "check RASA_MODEL_PATH (the path where Rasa runs) and RASA_URL")
+            if put.status in (401, 403):
                 self._refused = self._blind_done = desired
-                self._call(put, took, "refused", f"{put.reason}; {hint}; not retried until "
-                           "the next publish", logging.ERROR)
+                self._call(put, took, "refused", f"{put.reason}; check RASA_TOKEN (Rasa's "
+                           "--auth-token); not retried until the next publish", logging.ERROR)
                 return "done"
             self._call(put, took, "retrying", put.reason, logging.WARNING)
             return "retry"
