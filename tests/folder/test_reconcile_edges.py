@@ -1,0 +1,212 @@
+"""The folder rules' rarer paths, found untested by the mutation check (issue 20): the dry
+run, the report-once memory, the publish record kept in line, latest known by content, the
+version gate with nothing published. Real files in a temporary folder, the real Reconciler."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+
+from tests.folder.test_reconcile import add_model, kinds, make_settings, names
+from tests.helpers import model_bytes, set_mtime
+from worker.folder.files import read_record, record_path
+from worker.folder.reconcile import Reconciler
+
+
+def snapshot(folder) -> dict[str, tuple[int, int, int]]:
+    """Every file's name and version: a dry run must leave all of them as they were."""
+    return {p.name: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.iterdir()}
+
+
+# -- the dry run (`python -m worker once --dry-run`) ----------------------------------------
+
+def test_a_dry_run_over_a_latest_of_someone_else_adopts_nothing(tmp_path):
+    """latest.tar.gz written by another program, no record: a real run adopts it (writes
+    the record and the journal); a dry run only says what it would prune."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    source = add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "older.tar.gz", age_s=400)
+    settings.latest_model_path.write_bytes(source.read_bytes())
+    set_mtime(settings.latest_model_path, time.time() - 250)
+    before = snapshot(folder)
+    outcome = Reconciler(settings).reconcile(dry_run=True)
+    assert kinds(outcome) == [("would-delete", "older.tar.gz")]
+    assert snapshot(folder) == before
+
+
+def test_a_dry_run_reports_an_invalid_journal_and_leaves_it_where_it_is(tmp_path, caplog):
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    journal = folder / ".latest.tar.gz.arrivals.json"
+    journal.write_text('{"version": "not ours"}')
+    before = snapshot(folder)
+    with caplog.at_level("WARNING"):
+        outcome = Reconciler(settings).reconcile(dry_run=True)
+    assert kinds(outcome) == [("would-publish", "a.tar.gz")]
+    assert snapshot(folder) == before, "a dry run set the journal aside"
+    assert "is not a valid state file" in caplog.text and "read as absent" in caplog.text
+
+
+def test_a_dry_run_skips_a_broken_newest_model_and_would_publish_the_next(tmp_path):
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "old.tar.gz", age_s=300)
+    add_model(folder, "whole.tar.gz", age_s=200)
+    add_model(folder, "broken.tar.gz", age_s=100, data=model_bytes(20_000)[:-100])
+    before = snapshot(folder)
+    outcome = Reconciler(settings).reconcile(dry_run=True)
+    assert kinds(outcome) == [("would-skip", "broken.tar.gz"), ("would-publish", "whole.tar.gz"),
+                              ("skipped", "broken.tar.gz"), ("would-delete", "old.tar.gz")]
+    assert snapshot(folder) == before
+
+
+# -- a problem is reported once, not at every reconcile -----------------------------------
+
+def test_a_broken_model_is_reported_once_and_again_after_it_was_gone(tmp_path):
+    """The memory of what was reported follows the files: a broken model within its grace
+    is one line, not one per reconcile; moved away and back (same inode, size and mtime),
+    it is news again."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    broken = add_model(folder, "broken.tar.gz", age_s=10, data=b"not an archive")
+    reconciler = Reconciler(settings)
+    assert kinds(reconciler.reconcile()) == [("skipped", "broken.tar.gz")]
+    assert reconciler.reconcile().actions == []
+    away = tmp_path / "broken.tar.gz"
+    os.rename(broken, away)
+    assert reconciler.reconcile().actions == []
+    os.rename(away, broken)
+    assert kinds(reconciler.reconcile()) == [("skipped", "broken.tar.gz")]
+
+
+def test_a_record_failure_is_reported_again_after_a_save_succeeded(tmp_path):
+    """A record that cannot be saved is one error while it lasts; once a save succeeds the
+    failure is over, and the next one is reported again (not silenced for ever)."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    record = record_path(settings.latest_model_path)
+    reconciler = Reconciler(settings)
+
+    def failures() -> list[str]:
+        return [a.detail for a in reconciler.reconcile().actions if a.kind == "failed"]
+
+    record.mkdir()  # a folder where the record goes: every save fails
+    add_model(folder, "a.tar.gz", age_s=300)
+    assert len(failures()) == 1
+    add_model(folder, "b.tar.gz", age_s=200)
+    assert failures() == [], "the same failure was reported twice"
+    record.rmdir()
+    assert failures() == []
+    assert read_record(settings.latest_model_path).source == "b.tar.gz"
+    record.unlink()
+    record.mkdir()
+    add_model(folder, "c.tar.gz", age_s=100)
+    assert len(failures()) == 1, "a new failure after a successful save was not reported"
+
+
+# -- the publish record -----------------------------------------------------------------
+
+def test_a_record_rewritten_by_another_program_is_written_again(tmp_path):
+    """The record describes latest; another program wrote over it with another model's
+    name: the rotator that published latest writes its own again."""
+    settings = make_settings(tmp_path)
+    add_model(settings.target_dir, "a.tar.gz", age_s=300, model_id="a")
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    ours = read_record(settings.latest_model_path)
+    record_path(settings.latest_model_path).write_text(
+        json.dumps({**asdict(ours), "model_id": "someone-else", "source": "other.tar.gz"}))
+    assert reconciler.reconcile().actions == []
+    assert read_record(settings.latest_model_path) == ours
+
+
+def test_the_publish_line_says_whether_the_model_was_copied_or_moved(tmp_path):
+    for mode, verb in (("copy", "copied"), ("move", "moved")):
+        settings = make_settings(tmp_path / mode, PUBLISH_MODE=mode)
+        add_model(settings.target_dir, "a.tar.gz", age_s=300)
+        (published,) = Reconciler(settings).reconcile().actions
+        assert f" {verb} in " in published.detail, published.detail
+
+
+# -- latest known by its content ------------------------------------------------------------
+
+def test_a_touched_latest_whose_source_was_moved_keeps_its_record(tmp_path):
+    """PUBLISH_MODE=move leaves no source beside latest; a touch (a backup restoring times)
+    changes latest's mtime, not its bytes: it is still the model the record names, published
+    when it was, not a model "written by another program"."""
+    settings = make_settings(tmp_path, PUBLISH_MODE="move")
+    add_model(settings.target_dir, "a.tar.gz", age_s=300, model_id="a")
+    Reconciler(settings).reconcile()
+    before = read_record(settings.latest_model_path)
+    set_mtime(settings.latest_model_path, time.time() - 10)
+    assert Reconciler(settings).reconcile().actions == []
+    after = read_record(settings.latest_model_path)
+    assert (after.source, after.published_at, after.model_id) == (
+        "a.tar.gz", before.published_at, "a")
+    assert after.describes(settings.latest_model_path.stat())
+
+
+def test_a_lost_record_and_a_touched_latest_make_no_newer_arrival(tmp_path):
+    """The record is lost and latest touched, its source gone (PUBLISH_MODE=move): the
+    journal knows latest's bytes, so latest keeps its arrival. A model that arrived after it
+    (though before the touch) is newer: published, not deleted as older."""
+    settings = make_settings(tmp_path, PUBLISH_MODE="move")
+    folder = settings.target_dir
+    start = time.time()
+    clock = [start]
+    add_model(folder, "a.tar.gz", age_s=300)
+    Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    clock[0] = start + 100
+    later = add_model(folder, "b.tar.gz", model_id="b")
+    set_mtime(later, start + 10)  # found by a look: arrived at its mtime
+    set_mtime(settings.latest_model_path, start + 50)  # touched after b arrived
+    record_path(settings.latest_model_path).unlink()
+    content = later.read_bytes()
+    outcome = Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    assert kinds(outcome) == [("published", "b.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == content
+
+
+# -- the version gate -------------------------------------------------------------------
+
+def test_models_below_the_minimum_version_are_kept_when_nothing_is_published(tmp_path):
+    """RASA_MIN_MODEL_VERSION above every model: nothing is published, so nothing is older
+    than the published model: every model stays (KEEP_PREVIOUS is 0)."""
+    settings = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.0")
+    folder = settings.target_dir
+    for index in range(3):
+        add_model(folder, f"m{index}.tar.gz", age_s=300 - index * 50)
+    outcome = Reconciler(settings).reconcile()
+    assert sorted(kinds(outcome)) == [("skipped", f"m{index}.tar.gz") for index in range(3)]
+    assert names(folder) == [".latest.tar.gz.loadable.json", ".latest.tar.gz.lock",
+                             "m0.tar.gz", "m1.tar.gz", "m2.tar.gz"]
+
+
+def test_a_model_another_program_wrote_into_latest_is_news(tmp_path):
+    """Another program wrote a model of its own into latest.tar.gz (no source here) after b
+    arrived: latest holds the newest arrival, b is older and pruned, never published over
+    it (the journal's memory of the previous latest is no excuse to place it earlier)."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    start = time.time()
+    clock = [start]
+    add_model(folder, "a.tar.gz", age_s=300)
+    Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    clock[0] = start + 100
+    older = add_model(folder, "b.tar.gz", model_id="b")
+    set_mtime(older, start + 10)  # found by a look: arrived at its mtime
+    foreign = model_bytes(30_000, model_id="theirs")
+    settings.latest_model_path.write_bytes(foreign)  # in place, after b arrived
+    set_mtime(settings.latest_model_path, start + 50)
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    assert kinds(reconciler.reconcile()) == [("deleted", "a.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == foreign
+    assert read_record(settings.latest_model_path).model_id == "theirs"
+    clock[0] += 5  # b was found by a look: its event, if any, would have come by now
+    assert kinds(reconciler.reconcile()) == [("deleted", "b.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == foreign
