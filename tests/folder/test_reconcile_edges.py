@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+
+import pytest
 
 from tests.folder.test_reconcile import add_model, kinds, make_settings, names
 from tests.helpers import model_bytes, set_mtime
-from worker.folder.files import read_record, record_path
+from worker.folder.files import parse_record, read_record, record_path
 from worker.folder.reconcile import Reconciler
+from worker.folder.statefile import InvalidState
+from worker.surface.status import published_model
 
 
 def snapshot(folder) -> dict[str, tuple[int, int, int]]:
@@ -24,14 +28,16 @@ def snapshot(folder) -> dict[str, tuple[int, int, int]]:
 # -- the dry run (`python -m worker once --dry-run`) ----------------------------------------
 
 def test_a_dry_run_over_a_latest_of_someone_else_adopts_nothing(tmp_path):
-    """latest.tar.gz written by another program, no record: a real run adopts it (writes
-    the record and the journal); a dry run only says what it would prune."""
+    """latest.tar.gz written by another program, no record, a temp file of a killed write:
+    a real run adopts latest (writes the record and the journal) and removes the temp file;
+    a dry run only says what it would prune."""
     settings = make_settings(tmp_path)
     folder = settings.target_dir
     source = add_model(folder, "a.tar.gz", age_s=300)
     add_model(folder, "older.tar.gz", age_s=400)
     settings.latest_model_path.write_bytes(source.read_bytes())
     set_mtime(settings.latest_model_path, time.time() - 250)
+    (folder / ".latest.tar.gz.tmp-0123abcd").write_bytes(b"left by a killed write")
     before = snapshot(folder)
     outcome = Reconciler(settings).reconcile(dry_run=True)
     assert kinds(outcome) == [("would-delete", "older.tar.gz")]
@@ -151,16 +157,22 @@ def test_a_touched_latest_whose_source_was_moved_keeps_its_record(tmp_path):
     assert after.describes(settings.latest_model_path.stat())
 
 
-def test_a_lost_record_and_a_touched_latest_make_no_newer_arrival(tmp_path):
+@pytest.mark.parametrize("journal_lost_before", [False, True])
+def test_a_lost_record_and_a_touched_latest_make_no_newer_arrival(tmp_path,
+                                                                  journal_lost_before):
     """The record is lost and latest touched, its source gone (PUBLISH_MODE=move): the
     journal knows latest's bytes, so latest keeps its arrival. A model that arrived after it
-    (though before the touch) is newer: published, not deleted as older."""
+    (though before the touch) is newer: published, not deleted as older. A journal lost
+    earlier learns latest's arrival again from the record at the next reconcile."""
     settings = make_settings(tmp_path, PUBLISH_MODE="move")
     folder = settings.target_dir
     start = time.time()
     clock = [start]
     add_model(folder, "a.tar.gz", age_s=300)
     Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    if journal_lost_before:
+        (folder / ".latest.tar.gz.arrivals.json").unlink()
+        assert Reconciler(settings, clock=lambda: clock[0]).reconcile().actions == []
     clock[0] = start + 100
     later = add_model(folder, "b.tar.gz", model_id="b")
     set_mtime(later, start + 10)  # found by a look: arrived at its mtime
@@ -210,3 +222,29 @@ def test_a_model_another_program_wrote_into_latest_is_news(tmp_path):
     clock[0] += 5  # b was found by a look: its event, if any, would have come by now
     assert kinds(reconciler.reconcile()) == [("deleted", "b.tar.gz")]
     assert settings.latest_model_path.read_bytes() == foreign
+
+
+def test_a_latest_adopted_without_a_source_shows_no_source_in_status(tmp_path):
+    """Adopted with no source here, the record says so (source "", size -1): `status`
+    shows neither a source nor a source mtime (not one from 1970)."""
+    settings = make_settings(tmp_path)
+    settings.latest_model_path.write_bytes(model_bytes(20_000, model_id="theirs"))
+    set_mtime(settings.latest_model_path, time.time() - 100)
+    assert Reconciler(settings).reconcile().actions == []
+    shown = published_model(settings)
+    assert (shown["source"], shown["source_mtime"], shown["model_id"]) == (None, None, "theirs")
+
+
+# -- the record as read back --------------------------------------------------------------
+
+def test_a_record_is_read_with_or_without_a_digest_and_with_arrival_seq_0(tmp_path):
+    """A record written before digests (none) or after an upgrade (arrival_seq 0, the
+    older versions' value) is valid; a digest that is not hexadecimal is not."""
+    settings = make_settings(tmp_path)
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    Reconciler(settings).reconcile()
+    record = read_record(settings.latest_model_path)
+    old = replace(record, digest=None, arrival_seq=0)
+    assert parse_record(json.loads(json.dumps(asdict(old)))) == old
+    with pytest.raises(InvalidState, match="'digest' is not a hexadecimal digest"):
+        parse_record({**asdict(record), "digest": "not-hex"})
