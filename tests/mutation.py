@@ -167,13 +167,18 @@ def cosmic_ray(tool: str, *args, cwd: Path) -> None:
 
 def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
     """Apply each survivor to a fresh copy of the tree and run `tests`; the outcomes go to
-    recheck.json in the session (a rerun skips the survivors already rechecked)."""
+    recheck.json in the session, per test set. A rerun with the same tests skips the
+    survivors it already rechecked; a recheck with other tests (a broader set after a fast
+    one) takes only the survivors no recheck has killed yet."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     record = session / "recheck.json"
-    done = json.loads(record.read_text()) if record.exists() else {}
-    todo = [m for m, _ in survivors_of(session) if mutant_id(m) not in done]
+    rechecks = json.loads(record.read_text()) if record.exists() else {}
+    killed = killed_by_a_recheck(rechecks)
+    done = rechecks.setdefault(tests, {})
+    todo = [m for m, _ in survivors_of(session)
+            if mutant_id(m) not in done and mutant_id(m) not in killed]
     copies = queue_of_copies(session, jobs)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
@@ -198,12 +203,18 @@ def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
             copies.put(copy)
         with lock:
             done[mutant_id(mutation)] = outcome
-            record.write_text(json.dumps(done, indent=1))
+            record.write_text(json.dumps(rechecks, indent=1))
             print(f"{outcome}: {mutant_id(mutation)}", flush=True)
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         list(pool.map(recheck, todo))
     return print_report(session, diff=False)
+
+
+def killed_by_a_recheck(rechecks: dict) -> set[str]:
+    """The mutants one of the rechecks ({tests: {mutant: outcome}}) killed."""
+    return {mutant for outcomes in rechecks.values()
+            for mutant, outcome in outcomes.items() if outcome == "killed"}
 
 
 def queue_of_copies(session: Path, jobs: int):
@@ -341,7 +352,7 @@ def print_report(session: Path, diff: bool, notes: list[Path] | None = None) -> 
     dump = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "dump", database],
                           capture_output=True, text=True, check=True).stdout
     record = session / "recheck.json"
-    rechecked = json.loads(record.read_text()) if record.exists() else {}
+    rechecked = killed_by_a_recheck(json.loads(record.read_text()) if record.exists() else {})
     outcomes: dict[str, Counter] = {}
     survivors = []
     for line in dump.splitlines():
@@ -353,7 +364,7 @@ def print_report(session: Path, diff: bool, notes: list[Path] | None = None) -> 
         elif result["worker_outcome"] == "skipped":
             counts["skipped"] += 1
         elif result["test_outcome"] == "survived" \
-                and rechecked.get(mutant_id(mutation)) != "killed":
+                and mutant_id(mutation) not in rechecked:
             counts["survived"] += 1
             text = result.get("diff") or ""
             survivors.append(Survivor(mutation["module_path"], mutation["operator_name"],

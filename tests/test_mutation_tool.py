@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.mutation import (
     Explanation,
     Survivor,
+    killed_by_a_recheck,
     load_explanations,
     match_explanations,
     print_report,
@@ -58,6 +59,13 @@ def test_entries_about_modules_outside_the_session_are_not_stale():
     _, _, stale = match_explanations([], [explanation(module="worker/rasa/sync.py")],
                                      {"worker/x.py"})
     assert stale == []
+
+
+def test_a_mutant_killed_by_any_recheck_is_killed():
+    """A fast recheck, then a broader one over what the fast one left: either kill counts."""
+    rechecks = {"tests/fast.py": {"m1": "killed", "m2": "survived", "m3": "survived"},
+                "tests/broad.py": {"m2": "killed", "m3": "survived"}}
+    assert killed_by_a_recheck(rechecks) == {"m1", "m2"}
 
 
 def test_the_notes_are_read_and_checked(tmp_path):
