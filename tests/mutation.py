@@ -329,16 +329,18 @@ def match_explanations(survivors: list[Survivor], explanations: list[Explanation
 
 
 def source_line(session: Path, mutation: dict, diff: str) -> str:
-    """The mutated line as it was in the run's copy of the tree, stripped (else the line
-    the diff removes)."""
-    path = session / "copy-0" / mutation["module_path"]
+    """The mutated line as it was before the change, stripped: the line the diff removes
+    (the run's copy of the tree holds whichever mutant is being tested at the moment), else
+    that line in the copy."""
+    removed = [line[1:] for line in diff.splitlines()
+               if line.startswith("-") and not line.startswith("---")]
+    if removed:
+        return removed[0].strip()
     try:
-        lines = path.read_text().splitlines()
+        lines = (session / "copy-0" / mutation["module_path"]).read_text().splitlines()
         return lines[mutation["start_pos"][0] - 1].strip()
     except (OSError, IndexError):
-        removed = [line[1:] for line in diff.splitlines()
-                   if line.startswith("-") and not line.startswith("---")]
-        return removed[0].strip() if removed else ""
+        return ""
 
 
 def print_report(session: Path, diff: bool, notes: list[Path] | None = None) -> int:

@@ -87,3 +87,14 @@ def test_more_than_10000_undelivered_arrivals_become_one_rescan(tmp_path, caplog
     assert [r.getMessage() for r in caplog.records if "rescan" in r.getMessage()] == [
         f"more than {MAX_PENDING} arrivals could not be delivered: asking for a full rescan "
         "instead"]
+
+
+def test_a_saved_journal_above_the_cap_but_within_twice_it_is_loaded(tmp_path):
+    """A full journal plus the reader's undelivered arrivals (up to MAX_PENDING more) is
+    still ours: loaded whole, not set aside (the next reconcile trims it to the cap)."""
+    a_journal_of(tmp_path, MAX_ENTRIES + MAX_PENDING).save()
+    problems = []
+    journal = ArrivalJournal.load(tmp_path / "latest.tar.gz",
+                                  lambda path, problem: problems.append(str(problem)))
+    assert problems == []
+    assert len(journal.entries) == MAX_ENTRIES + MAX_PENDING

@@ -16,7 +16,7 @@ from tests.helpers import model_bytes, set_mtime
 from worker.folder.files import parse_record, read_record, record_path
 from worker.folder.reconcile import Reconciler
 from worker.folder.statefile import InvalidState
-from worker.surface.status import published_model
+from worker.surface.status import not_published, published_model
 
 
 def snapshot(folder) -> dict[str, tuple[int, int, int]]:
@@ -248,3 +248,16 @@ def test_a_record_is_read_with_or_without_a_digest_and_with_arrival_seq_0(tmp_pa
     assert parse_record(json.loads(json.dumps(asdict(old)))) == old
     with pytest.raises(InvalidState, match="'digest' is not a hexadecimal digest"):
         parse_record({**asdict(record), "digest": "not-hex"})
+
+
+def test_a_model_below_a_minimum_that_was_lowered_is_published_and_no_longer_listed(
+        tmp_path):
+    """RASA_MIN_MODEL_VERSION kept a model back (`status` lists it as not published); once
+    the minimum is gone the model is published, and `status` lists nothing held back."""
+    gated = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.0")
+    add_model(gated.target_dir, "a.tar.gz", age_s=300)
+    assert kinds(Reconciler(gated).reconcile()) == [("skipped", "a.tar.gz")]
+    assert [entry["reason"] for entry in not_published(gated)] == ["version"]
+    settings = make_settings(tmp_path)
+    assert kinds(Reconciler(settings).reconcile()) == [("published", "a.tar.gz")]
+    assert not_published(settings) == []
