@@ -261,3 +261,27 @@ def test_a_model_below_a_minimum_that_was_lowered_is_published_and_no_longer_lis
     settings = make_settings(tmp_path)
     assert kinds(Reconciler(settings).reconcile()) == [("published", "a.tar.gz")]
     assert not_published(settings) == []
+
+
+def test_a_lost_journal_keeps_a_future_dated_published_source_in_its_place(tmp_path):
+    """The published source has an mtime a day ahead (cp -p from a host whose clock runs
+    ahead) and the journal is lost: the source keeps the arrival its record names. Found
+    again by the file-time rule it would arrive "now", after b, written while the rotator
+    was stopped, and b would be deleted as older instead of published."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    start = time.time()
+    clock = [start]
+    add_model(folder, "future.tar.gz", age_s=-24 * 3600)
+    first = Reconciler(settings, clock=lambda: clock[0])
+    assert first.reconcile().actions == []  # quiet THROTTLE_DELAY after it was first seen
+    clock[0] = start + 2
+    assert kinds(first.reconcile()) == [("published", "future.tar.gz")]
+    clock[0] = start + 100
+    later = add_model(folder, "b.tar.gz", model_id="b")
+    set_mtime(later, start + 50)
+    content = later.read_bytes()
+    (folder / ".latest.tar.gz.arrivals.json").unlink()
+    outcome = Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    assert kinds(outcome)[0] == ("published", "b.tar.gz")
+    assert settings.latest_model_path.read_bytes() == content
