@@ -54,6 +54,7 @@ DEFAULT_MODULES = (
 )
 DEFAULT_TESTS = (
     "tests/folder/test_reconcile.py",
+    "tests/folder/test_reconcile_edges.py",
     "tests/rasa/test_rasa.py",
     "tests/programs/test_debounce.py",
 )
