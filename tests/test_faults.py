@@ -131,6 +131,37 @@ def test_a_full_disk_during_the_copy_loses_nothing_and_is_retried(tmp_path):
                                                 ["deleted", "a.tar.gz"]]
 
 
+def test_a_full_disk_is_one_failure_not_one_per_newer_model(tmp_path):
+    """ENOSPC concerns the folder, not the model: with two newer models that do not fit,
+    the newest is tried, fails, and the older one is not tried (it would fail the same way,
+    or, smaller, be published though an even newer model waits). Once space is freed the
+    newest is published."""
+    report = run_on_tmpfs(tmp_path, "4m", '''
+        disk, run = Path(sys.argv[1]), Path(sys.argv[2])
+        folder = disk / "models"
+        folder.mkdir()
+        settings = settings_for(folder, run)
+        contents = {"a": model(folder / "a.tar.gz", 20_000, "a", age_s=300)}
+        reconciler = Reconciler(settings)
+        reconciler.reconcile()
+        contents["b"] = model(folder / "b.tar.gz", 900_000, "b", age_s=200)
+        contents["c"] = model(folder / "c.tar.gz", 900_000, "c", age_s=100)
+        filler = disk / "filler"
+        filler.write_bytes(b"x" * (free_bytes(disk) - 500_000))  # neither copy fits
+        steps = {"full": {"actions": kinds(reconciler.reconcile()), **snapshot(folder, contents)}}
+        filler.unlink()
+        steps["freed"] = {"actions": kinds(reconciler.reconcile()), **snapshot(folder, contents)}
+        print(json.dumps(steps))
+    ''')
+    full = report["full"]
+    assert [a[:2] for a in full["actions"]] == [["failed", "c.tar.gz"]], full
+    assert "No space left on device" in full["actions"][0][2]
+    assert full["latest"] == "a", full
+    freed = report["freed"]
+    assert freed["latest"] == "c", freed
+    assert freed["actions"][0][:2] == ["published", "c.tar.gz"], freed
+
+
 def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_path):
     """Observation 1, second part: the disk filled up exactly when the publish record was
     written. latest holds B by then: B's source must stay (now and after a restart), no temp
