@@ -98,3 +98,18 @@ def test_a_saved_journal_above_the_cap_but_within_twice_it_is_loaded(tmp_path):
                                   lambda path, problem: problems.append(str(problem)))
     assert problems == []
     assert len(journal.entries) == MAX_ENTRIES + MAX_PENDING
+
+
+def test_the_journal_of_an_empty_folder_is_read_back(tmp_path):
+    """A reconcile of an empty folder saves a journal that has handed out no arrival yet
+    (seq 0): the next reconcile reads it as valid, it is not set aside and rebuilt."""
+    from worker.folder.reconcile import Reconciler
+
+    settings = settings_in(tmp_path)
+    Reconciler(settings).reconcile()
+    saved = journal_path(settings.latest_model_path)
+    assert saved.exists()
+    problems = []
+    ArrivalJournal.load(settings.latest_model_path,
+                        lambda path, problem: problems.append(str(problem)))
+    assert problems == []
