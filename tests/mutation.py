@@ -251,7 +251,9 @@ def survivors_of(session: Path) -> list[tuple[dict, dict]]:
 
 # Every survivor is either killed by a test or explained in one of these files, one
 # [[survivor]] entry each: module, operator (Cosmic Ray's name), line (the mutated source
-# line, stripped) and why ("equivalent: ...", "unobservable: ..." or "accepted: ...").
+# line, stripped) and why ("equivalent: ...", "unobservable: ..." or "accepted: ..."), and
+# optionally mutated (the line after the change, stripped) where one operator makes two
+# changes to one line (NumberReplacer: n + 1 and n - 1) and only one of them is explained.
 EXPLANATIONS = "tests/*/mutation_survivors.toml"
 WHY_KINDS = ("equivalent:", "unobservable:", "accepted:")
 
@@ -265,6 +267,7 @@ class Survivor:
     line: str  # the mutated source line, stripped
     name: str  # mutant_id(): module:line operator #occurrence
     diff: str = ""
+    mutated: str = ""  # the line after the change, stripped
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -278,6 +281,10 @@ class Explanation:
     line: str
     why: str
     where: str  # the file and entry number, for messages
+    mutated: str = ""  # if set, only the survivor whose changed line reads so
+
+    def explains(self, survivor: Survivor) -> bool:
+        return self.key == survivor.key and self.mutated in ("", survivor.mutated)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -305,12 +312,18 @@ def load_explanations(paths) -> tuple[list[Explanation], list[str]]:
             if not fields["why"].startswith(WHY_KINDS):
                 problems.append(f"{where}: why starts with none of {', '.join(WHY_KINDS)}")
                 continue
-            explanation = Explanation(fields["module"], fields["operator"],
-                                      fields["line"].strip(), fields["why"], where)
-            if explanation.key in seen:
-                problems.append(f"{where}: the same mutant as {seen[explanation.key]}")
+            mutated = entry.get("mutated", "")
+            if not isinstance(mutated, str):
+                problems.append(f"{where}: mutated is not a string")
                 continue
-            seen[explanation.key] = where
+            explanation = Explanation(fields["module"], fields["operator"],
+                                      fields["line"].strip(), fields["why"], where,
+                                      mutated.strip())
+            identity = (*explanation.key, explanation.mutated)
+            if identity in seen:
+                problems.append(f"{where}: the same mutant as {seen[identity]}")
+                continue
+            seen[identity] = where
             entries.append(explanation)
     return entries, problems
 
@@ -320,13 +333,24 @@ def match_explanations(survivors: list[Survivor], explanations: list[Explanation
     """Each survivor's explanation, by (module, operator, stripped line): the explained
     ({survivor name: explanation}), the unexplained survivors, and the stale entries (about
     one of `modules`, the session's, yet matching no survivor). One entry covers every
-    survivor with its key (the same change twice on one line, or on two identical lines)."""
-    by_key = {e.key: e for e in explanations}
-    explained = {s.name: by_key[s.key] for s in survivors if s.key in by_key}
-    unexplained = [s for s in survivors if s.key not in by_key]
-    matched = {s.key for s in survivors}
-    stale = [e for e in explanations if e.module in modules and e.key not in matched]
+    survivor with its key (the same change twice on one line, or on two identical lines),
+    unless its `mutated` names the changed line."""
+    explained = {}
+    for survivor in survivors:
+        entry = next((e for e in explanations if e.explains(survivor)), None)
+        if entry is not None:
+            explained[survivor.name] = entry
+    unexplained = [s for s in survivors if s.name not in explained]
+    stale = [e for e in explanations if e.module in modules
+             and not any(e.explains(s) for s in survivors)]
     return explained, unexplained, stale
+
+
+def changed_line(diff: str) -> str:
+    """The line the diff adds (the mutated line after the change), stripped."""
+    added = [line[1:] for line in diff.splitlines()
+             if line.startswith("+") and not line.startswith("+++")]
+    return added[0].strip() if added else ""
 
 
 def source_line(session: Path, mutation: dict, diff: str) -> str:
@@ -372,7 +396,7 @@ def print_report(session: Path, diff: bool, notes: list[Path] | None = None) -> 
             text = result.get("diff") or ""
             survivors.append(Survivor(mutation["module_path"], mutation["operator_name"],
                                       source_line(session, mutation, text),
-                                      mutant_id(mutation), text))
+                                      mutant_id(mutation), text, changed_line(text)))
         elif result["test_outcome"] == "survived":
             counts["killed"] += 1  # by the recheck's tests
         else:

@@ -54,6 +54,19 @@ def test_one_entry_covers_the_same_change_on_identical_lines():
     assert len(explained) == 2 and unexplained == []
 
 
+def test_mutated_tells_two_changes_of_one_operator_on_one_line_apart():
+    """NumberReplacer makes `n += 1` into `n += 2` and `n += 0`: an entry naming the
+    changed line explains only that one."""
+    operator = "core/NumberReplacer"
+    plus, zero = (Survivor("worker/x.py", operator, "n += 1", f"worker/x.py:3 {operator} #{i}",
+                           mutated=mutated) for i, mutated in ((0, "n += 2"), (1, "n += 0")))
+    entry = Explanation("worker/x.py", operator, "n += 1", WHY, "notes entry 1", "n += 2")
+    explained, unexplained, stale = match_explanations([plus, zero], [entry], {"worker/x.py"})
+    assert list(explained) == [plus.name] and unexplained == [zero] and stale == []
+    _, unexplained, stale = match_explanations([zero], [entry], {"worker/x.py"})
+    assert unexplained == [zero] and stale == [entry]
+
+
 def test_entries_about_modules_outside_the_session_are_not_stale():
     """The Rasa helper's notes are read by a report on the folder's session: not stale."""
     _, _, stale = match_explanations([], [explanation(module="worker/rasa/sync.py")],
