@@ -285,3 +285,35 @@ def test_a_lost_journal_keeps_a_future_dated_published_source_in_its_place(tmp_p
     outcome = Reconciler(settings, clock=lambda: clock[0]).reconcile()
     assert kinds(outcome)[0] == ("published", "b.tar.gz")
     assert settings.latest_model_path.read_bytes() == content
+
+
+# -- a file that goes while the reconcile runs ------------------------------------------------
+
+def test_a_model_deleted_by_someone_else_during_the_prune_is_no_error(tmp_path):
+    """A person removes an old model while the rotator prunes: the one already gone is not
+    reported as deleted (we did not delete it), and the reconcile goes on. The removal
+    happens at the moment the rotator logs its first deletion (a logging handler); the
+    running rotator checked that model at an earlier reconcile."""
+    import logging
+
+    settings = make_settings(tmp_path, KEEP_PREVIOUS="1")
+    folder = settings.target_dir
+    oldest = add_model(folder, "a.tar.gz", age_s=400)
+    add_model(folder, "b.tar.gz", age_s=300)
+
+    class SomeoneElse(logging.Handler):
+        def emit(self, record):
+            if getattr(record, "event", None) == "deleted":
+                oldest.unlink(missing_ok=True)
+
+    log = logging.getLogger("test.someone-else")
+    log.setLevel(logging.INFO)  # the deletion lines are INFO
+    reconciler = Reconciler(settings, log)
+    assert kinds(reconciler.reconcile()) == [("published", "b.tar.gz")]  # a kept, checked
+    for name in ("c.tar.gz", "d.tar.gz"):
+        add_model(folder, name, age_s=100)
+        reconciler.note_arrival(name, time.time())  # their close_write
+    log.addHandler(SomeoneElse())
+    outcome = reconciler.reconcile()
+    assert kinds(outcome) == [("published", "d.tar.gz"), ("deleted", "b.tar.gz")]
+    assert not oldest.exists()
