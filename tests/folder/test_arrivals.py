@@ -113,3 +113,15 @@ def test_the_journal_of_an_empty_folder_is_read_back(tmp_path):
     ArrivalJournal.load(settings.latest_model_path,
                         lambda path, problem: problems.append(str(problem)))
     assert problems == []
+
+
+def test_the_latest_arrival_handed_out_survives_a_save_and_a_load(tmp_path):
+    """An event is news: after a restart (a load), an event timed before the last arrival
+    handed out (this host's clock went back) still sorts after it."""
+    latest = tmp_path / "latest.tar.gz"
+    journal = ArrivalJournal(journal_path(latest), latest.name)
+    journal.note_event("a.tar.gz", 2000.0, (1, 10, 0), 2000.0)
+    journal.save()
+    again = ArrivalJournal.load(latest)
+    later = again.note_event("b.tar.gz", 1000.0, (2, 10, 0), 1000.0)
+    assert later.key > again.entries["a.tar.gz"].key

@@ -317,3 +317,20 @@ def test_a_model_deleted_by_someone_else_during_the_prune_is_no_error(tmp_path):
     outcome = reconciler.reconcile()
     assert kinds(outcome) == [("published", "d.tar.gz"), ("deleted", "b.tar.gz")]
     assert not oldest.exists()
+
+
+def test_a_source_changed_after_it_was_listed_is_refused_as_changed(tmp_path):
+    """The model grew between the listing and the publish: SourceChanged (a skip, tried
+    again later), not an I/O error, and no temporary file is left."""
+    from worker.folder.archive import SourceChanged
+    from worker.folder.files import list_models, publish_atomically
+
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    path = add_model(folder, "a.tar.gz", age_s=300)
+    [listed] = list_models(folder, "*.tar.gz", settings.latest_model_path)
+    with open(path, "ab") as more:
+        more.write(b"more")
+    with pytest.raises(SourceChanged):
+        publish_atomically(listed, settings.latest_model_path)
+    assert names(folder) == ["a.tar.gz"]
