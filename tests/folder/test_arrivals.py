@@ -125,3 +125,18 @@ def test_the_latest_arrival_handed_out_survives_a_save_and_a_load(tmp_path):
     again = ArrivalJournal.load(latest)
     later = again.note_event("b.tar.gz", 1000.0, (2, 10, 0), 1000.0)
     assert later.key > again.entries["a.tar.gz"].key
+
+
+def test_a_journal_that_knows_an_empty_file_is_read_back(tmp_path):
+    """An empty file with a model's name (`touch`, a training that has only opened its
+    file) is journaled with size 0: the journal stays valid, not set aside and rebuilt."""
+    from worker.folder.reconcile import Reconciler
+
+    settings = settings_in(tmp_path)
+    (settings.target_dir / "empty.tar.gz").touch()
+    Reconciler(settings).reconcile()
+    problems = []
+    journal = ArrivalJournal.load(settings.latest_model_path,
+                                  lambda path, problem: problems.append(str(problem)))
+    assert problems == []
+    assert journal.entries["empty.tar.gz"].size == 0

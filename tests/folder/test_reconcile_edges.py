@@ -42,6 +42,10 @@ def test_a_dry_run_over_a_latest_of_someone_else_adopts_nothing(tmp_path):
     outcome = Reconciler(settings).reconcile(dry_run=True)
     assert kinds(outcome) == [("would-delete", "older.tar.gz")]
     assert snapshot(folder) == before
+    # What the dry run left alone, a real run does.
+    assert kinds(Reconciler(settings).reconcile()) == [("deleted", "older.tar.gz")]
+    assert not (folder / ".latest.tar.gz.tmp-0123abcd").exists()
+    assert read_record(settings.latest_model_path).source == "a.tar.gz"
 
 
 def test_a_dry_run_reports_an_invalid_journal_and_leaves_it_where_it_is(tmp_path, caplog):
@@ -334,3 +338,14 @@ def test_a_source_changed_after_it_was_listed_is_refused_as_changed(tmp_path):
     with pytest.raises(SourceChanged):
         publish_atomically(listed, settings.latest_model_path)
     assert names(folder) == ["a.tar.gz"]
+
+
+def test_a_symlink_to_a_newer_model_is_no_model(tmp_path):
+    """A link with a model's name, pointing at a newer model outside the folder, is never
+    a candidate (nor an error): only regular files in the folder are models."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    outside = add_model(tmp_path, "outside.tar.gz", age_s=10)
+    (folder / "link.tar.gz").symlink_to(outside)
+    assert kinds(Reconciler(settings).reconcile()) == [("published", "a.tar.gz")]
