@@ -261,7 +261,12 @@ def test_a_model_below_a_minimum_that_was_lowered_is_published_and_no_longer_lis
     gated = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.0")
     add_model(gated.target_dir, "a.tar.gz", age_s=300)
     assert kinds(Reconciler(gated).reconcile()) == [("skipped", "a.tar.gz")]
-    assert [entry["reason"] for entry in not_published(gated)] == ["version"]
+    first = not_published(gated)
+    assert [entry["reason"] for entry in first] == ["version"]
+    clock = [time.time()]
+    gated_again = Reconciler(gated, clock=lambda: clock[0] + 60).reconcile()
+    assert kinds(gated_again) == [("skipped", "a.tar.gz")] and not gated_again.published
+    assert not_published(gated) == first, "the refusal's time moved"
     settings = make_settings(tmp_path)
     assert kinds(Reconciler(settings).reconcile()) == [("published", "a.tar.gz")]
     assert not_published(settings) == []
@@ -349,3 +354,47 @@ def test_a_symlink_to_a_newer_model_is_no_model(tmp_path):
     outside = add_model(tmp_path, "outside.tar.gz", age_s=10)
     (folder / "link.tar.gz").symlink_to(outside)
     assert kinds(Reconciler(settings).reconcile()) == [("published", "a.tar.gz")]
+
+
+def test_the_retry_after_an_error_is_the_readmes_5_s():
+    """README: a failed publish is retried "after THROTTLE_DELAY, but no sooner than 5 s"
+    (the fault tests check the wait against this constant)."""
+    from worker.folder.reconcile import RETRY_AFTER_ERROR_S
+
+    assert RETRY_AFTER_ERROR_S == 5.0
+
+
+def test_outcome_says_whether_something_was_published(tmp_path):
+    settings = make_settings(tmp_path)
+    reconciler = Reconciler(settings)
+    assert reconciler.reconcile().published is False
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    assert reconciler.reconcile().published is True
+    assert published_model(settings)["source"].endswith("a.tar.gz")
+
+
+def test_status_with_nothing_published_shows_nothing(tmp_path):
+    assert published_model(make_settings(tmp_path)) is None
+
+
+def test_a_symlink_at_latest_is_replaced_by_the_model(tmp_path):
+    """Someone "published" by a symlink: latest must be a regular file (a Rasa restart and
+    the model server read it), so the newest model is copied over the link."""
+    settings = make_settings(tmp_path)
+    source = add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    settings.latest_model_path.symlink_to(add_model(tmp_path, "elsewhere.tar.gz"))
+    outcome = Reconciler(settings).reconcile()
+    assert ("published", "a.tar.gz") in kinds(outcome)
+    assert not settings.latest_model_path.is_symlink()
+    assert settings.latest_model_path.read_bytes() == source.read_bytes()
+
+
+def test_a_refusal_memory_that_cannot_be_saved_is_one_error(tmp_path):
+    settings = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.0")
+    (settings.target_dir / ".latest.tar.gz.loadable.json").mkdir()  # every save fails
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    outcome = Reconciler(settings).reconcile()  # a folder there: read as empty, then saved
+    assert [(a.kind, a.path.name) for a in outcome.actions] == [
+        ("failed", ".latest.tar.gz.loadable.json"), ("skipped", "a.tar.gz"),
+        ("failed", ".latest.tar.gz.loadable.json")]
+    assert "could not save the refusal memory" in outcome.actions[2].detail
