@@ -14,8 +14,10 @@ the start). A `run` on a session that exists resumes it where it stopped (Ctrl-C
 127.0.0.1): worth it where the tests mostly wait (the Rasa tests), not where they compute.
 `recheck` tests each survivor again, against the current tree, with other (slower) tests:
 the fast set for the whole run, the broad one for the few it missed. `report` prints each
-module's score (after the recheck, where one ran) and every surviving mutant (with --diff,
-its change).
+module's score (after the recheck, where one ran) and matches every surviving mutant with
+its explanation in tests/*/mutation_survivors.toml (by module, operator and the mutated
+source line, stripped): it lists each survivor left unexplained (with --diff, its change)
+and each entry that matches no survivor (stale), and exits 1 while one is unexplained.
 
 Not part of `python -m pytest tests` nor of CI: a full run takes hours on two cores. Settings
 (operators left out, the timeout per mutant) are in tests/mutation.toml.
@@ -36,6 +38,7 @@ import tempfile
 import time
 import tomllib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers import PROJECT_ROOT
@@ -51,6 +54,7 @@ DEFAULT_MODULES = (
 )
 DEFAULT_TESTS = (
     "tests/folder/test_reconcile.py",
+    "tests/folder/test_reconcile_edges.py",
     "tests/rasa/test_rasa.py",
     "tests/programs/test_debounce.py",
 )
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     recheck.add_argument("--tests", required=True, help="pytest's arguments in one string")
     recheck.add_argument("--jobs", type=int, default=1, help="survivors tested at once")
     report = commands.add_parser("report", help="score per module and the survivors")
-    report.add_argument("--diff", action="store_true", help="show each survivor's change")
+    report.add_argument("--diff", action="store_true",
+                        help="show each unexplained survivor's change")
     for sub in (run, recheck, report):
         sub.add_argument("--session", type=Path,
                          default=Path(tempfile.gettempdir()) / "rasa-model-rotator-mutation")
@@ -163,13 +168,18 @@ def cosmic_ray(tool: str, *args, cwd: Path) -> None:
 
 def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
     """Apply each survivor to a fresh copy of the tree and run `tests`; the outcomes go to
-    recheck.json in the session (a rerun skips the survivors already rechecked)."""
+    recheck.json in the session, per test set. A rerun with the same tests skips the
+    survivors it already rechecked; a recheck with other tests (a broader set after a fast
+    one) takes only the survivors no recheck has killed yet."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     record = session / "recheck.json"
-    done = json.loads(record.read_text()) if record.exists() else {}
-    todo = [m for m, _ in survivors_of(session) if mutant_id(m) not in done]
+    rechecks = json.loads(record.read_text()) if record.exists() else {}
+    killed = killed_by_a_recheck(rechecks)
+    done = rechecks.setdefault(tests, {})
+    todo = [m for m, _ in survivors_of(session)
+            if mutant_id(m) not in done and mutant_id(m) not in killed]
     copies = queue_of_copies(session, jobs)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
@@ -194,12 +204,18 @@ def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
             copies.put(copy)
         with lock:
             done[mutant_id(mutation)] = outcome
-            record.write_text(json.dumps(done, indent=1))
+            record.write_text(json.dumps(rechecks, indent=1))
             print(f"{outcome}: {mutant_id(mutation)}", flush=True)
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         list(pool.map(recheck, todo))
     return print_report(session, diff=False)
+
+
+def killed_by_a_recheck(rechecks: dict) -> set[str]:
+    """The mutants one of the rechecks ({tests: {mutant: outcome}}) killed."""
+    return {mutant for outcomes in rechecks.values()
+            for mutant, outcome in outcomes.items() if outcome == "killed"}
 
 
 def queue_of_copies(session: Path, jobs: int):
@@ -233,7 +249,128 @@ def survivors_of(session: Path) -> list[tuple[dict, dict]]:
     return found
 
 
-def print_report(session: Path, diff: bool) -> int:
+# Every survivor is either killed by a test or explained in one of these files, one
+# [[survivor]] entry each: module, operator (Cosmic Ray's name), line (the mutated source
+# line, stripped) and why ("equivalent: ...", "unobservable: ..." or "accepted: ..."), and
+# optionally mutated (the line after the change, stripped) where one operator makes two
+# changes to one line (NumberReplacer: n + 1 and n - 1) and only one of them is explained.
+EXPLANATIONS = "tests/*/mutation_survivors.toml"
+WHY_KINDS = ("equivalent:", "unobservable:", "accepted:")
+
+
+@dataclass(frozen=True)
+class Survivor:
+    """A mutant the tests did not notice, keyed the way an explanation names it."""
+
+    module: str
+    operator: str
+    line: str  # the mutated source line, stripped
+    name: str  # mutant_id(): module:line operator #occurrence
+    diff: str = ""
+    mutated: str = ""  # the line after the change, stripped
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.module, self.operator, self.line)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    module: str
+    operator: str
+    line: str
+    why: str
+    where: str  # the file and entry number, for messages
+    mutated: str = ""  # if set, only the survivor whose changed line reads so
+
+    def explains(self, survivor: Survivor) -> bool:
+        return self.key == survivor.key and self.mutated in ("", survivor.mutated)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.module, self.operator, self.line)
+
+
+def load_explanations(paths) -> tuple[list[Explanation], list[str]]:
+    """The entries of every explanations file, and one line per entry that is not valid
+    (a missing field, a `why` that does not start with one of WHY_KINDS, a duplicate)."""
+    entries, problems, seen = [], [], {}
+    for path in sorted(paths):
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            problems.append(f"{path}: not readable TOML ({error})")
+            continue
+        for index, entry in enumerate(data.get("survivor", []), 1):
+            where = f"{path} entry {index}"
+            fields = {name: entry.get(name) for name in ("module", "operator", "line", "why")}
+            missing = [name for name, value in fields.items()
+                       if not isinstance(value, str) or not value.strip()]
+            if missing:
+                problems.append(f"{where}: {', '.join(missing)} missing")
+                continue
+            if not fields["why"].startswith(WHY_KINDS):
+                problems.append(f"{where}: why starts with none of {', '.join(WHY_KINDS)}")
+                continue
+            mutated = entry.get("mutated", "")
+            if not isinstance(mutated, str):
+                problems.append(f"{where}: mutated is not a string")
+                continue
+            explanation = Explanation(fields["module"], fields["operator"],
+                                      fields["line"].strip(), fields["why"], where,
+                                      mutated.strip())
+            identity = (*explanation.key, explanation.mutated)
+            if identity in seen:
+                problems.append(f"{where}: the same mutant as {seen[identity]}")
+                continue
+            seen[identity] = where
+            entries.append(explanation)
+    return entries, problems
+
+
+def match_explanations(survivors: list[Survivor], explanations: list[Explanation],
+                       modules: set[str]) -> tuple[dict, list[Survivor], list[Explanation]]:
+    """Each survivor's explanation, by (module, operator, stripped line): the explained
+    ({survivor name: explanation}), the unexplained survivors, and the stale entries (about
+    one of `modules`, the session's, yet matching no survivor). One entry covers every
+    survivor with its key (the same change twice on one line, or on two identical lines),
+    unless its `mutated` names the changed line."""
+    explained = {}
+    for survivor in survivors:
+        entry = next((e for e in explanations if e.explains(survivor)), None)
+        if entry is not None:
+            explained[survivor.name] = entry
+    unexplained = [s for s in survivors if s.name not in explained]
+    stale = [e for e in explanations if e.module in modules
+             and not any(e.explains(s) for s in survivors)]
+    return explained, unexplained, stale
+
+
+def changed_line(diff: str) -> str:
+    """The line the diff adds (the mutated line after the change), stripped."""
+    added = [line[1:] for line in diff.splitlines()
+             if line.startswith("+") and not line.startswith("+++")]
+    return added[0].strip() if added else ""
+
+
+def source_line(session: Path, mutation: dict, diff: str) -> str:
+    """The mutated line as it was before the change, stripped: the line the diff removes
+    (the run's copy of the tree holds whichever mutant is being tested at the moment), else
+    that line in the copy."""
+    removed = [line[1:] for line in diff.splitlines()
+               if line.startswith("-") and not line.startswith("---")]
+    if removed:
+        return removed[0].strip()
+    try:
+        lines = (session / "copy-0" / mutation["module_path"]).read_text().splitlines()
+        return lines[mutation["start_pos"][0] - 1].strip()
+    except (OSError, IndexError):
+        return ""
+
+
+def print_report(session: Path, diff: bool, notes: list[Path] | None = None) -> int:
+    """Each module's score and its survivors, matched with their explanations; 1 while a
+    survivor is unexplained (or an explanation is not valid), else 0."""
     database = session / "session.sqlite"
     if not database.exists():
         print(f"no mutation session in {session}: run `python -m tests.mutation run` first",
@@ -242,7 +379,7 @@ def print_report(session: Path, diff: bool) -> int:
     dump = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "dump", database],
                           capture_output=True, text=True, check=True).stdout
     record = session / "recheck.json"
-    rechecked = json.loads(record.read_text()) if record.exists() else {}
+    rechecked = killed_by_a_recheck(json.loads(record.read_text()) if record.exists() else {})
     outcomes: dict[str, Counter] = {}
     survivors = []
     for line in dump.splitlines():
@@ -254,26 +391,44 @@ def print_report(session: Path, diff: bool) -> int:
         elif result["worker_outcome"] == "skipped":
             counts["skipped"] += 1
         elif result["test_outcome"] == "survived" \
-                and rechecked.get(mutant_id(mutation)) != "killed":
+                and mutant_id(mutation) not in rechecked:
             counts["survived"] += 1
-            survivors.append((mutation, result))
+            text = result.get("diff") or ""
+            survivors.append(Survivor(mutation["module_path"], mutation["operator_name"],
+                                      source_line(session, mutation, text),
+                                      mutant_id(mutation), text, changed_line(text)))
         elif result["test_outcome"] == "survived":
             counts["killed"] += 1  # by the recheck's tests
         else:
             counts[result["test_outcome"]] += 1  # killed, incompetent
-    print(f"{'module':28} {'killed':>7} {'survived':>8} {'score':>6} {'pending':>7} "
-          f"{'incompetent':>11}")
+    if notes is None:
+        notes = sorted(PROJECT_ROOT.glob(EXPLANATIONS))
+    explanations, problems = load_explanations(notes)
+    explained, unexplained, stale = match_explanations(survivors, explanations, set(outcomes))
+    for survivor in survivors:
+        if survivor.name in explained:
+            outcomes[survivor.module]["explained"] += 1
+    print(f"{'module':28} {'mutants':>7} {'killed':>7} {'survived':>8} {'explained':>9} "
+          f"{'UNEXPLAINED':>11} {'score':>6} {'pending':>7} {'incompetent':>11}")
     for module, counts in sorted(outcomes.items()):
         done = counts["killed"] + counts["survived"]
+        mutants = done + counts["pending"] + counts["incompetent"]
         score = f"{100 * counts['killed'] / done:.0f} %" if done else "-"
-        print(f"{module:28} {counts['killed']:7} {counts['survived']:8} {score:>6} "
-              f"{counts['pending']:7} {counts['incompetent']:11}")
-    for mutation, result in sorted(survivors, key=lambda s: (s[0]["module_path"],
-                                                              s[0]["start_pos"])):
-        print(f"survived: {mutant_id(mutation)}")
-        if diff and result.get("diff"):
-            print(result["diff"])
-    return 0
+        print(f"{module:28} {mutants:7} {counts['killed']:7} {counts['survived']:8} "
+              f"{counts['explained']:9} {counts['survived'] - counts['explained']:11} "
+              f"{score:>6} {counts['pending']:7} {counts['incompetent']:11}")
+    for survivor in sorted(unexplained, key=lambda s: s.name):
+        print(f"UNEXPLAINED: {survivor.name}: {survivor.line}")
+        if diff and survivor.diff:
+            print(survivor.diff)
+    for entry in stale:
+        print(f"stale: {entry.where} matches no survivor: {entry.module} {entry.operator} "
+              f"{entry.line!r}")
+    if stale and any(counts["pending"] for counts in outcomes.values()):
+        print("(mutants are pending: a stale entry may be waiting for one of them)")
+    for problem in problems:
+        print(f"invalid: {problem}")
+    return 1 if unexplained or problems else 0
 
 
 if __name__ == "__main__":

@@ -131,6 +131,37 @@ def test_a_full_disk_during_the_copy_loses_nothing_and_is_retried(tmp_path):
                                                 ["deleted", "a.tar.gz"]]
 
 
+def test_a_full_disk_is_one_failure_not_one_per_newer_model(tmp_path):
+    """ENOSPC concerns the folder, not the model: with two newer models that do not fit,
+    the newest is tried, fails, and the older one is not tried (it would fail the same way,
+    or, smaller, be published though an even newer model waits). Once space is freed the
+    newest is published."""
+    report = run_on_tmpfs(tmp_path, "4m", '''
+        disk, run = Path(sys.argv[1]), Path(sys.argv[2])
+        folder = disk / "models"
+        folder.mkdir()
+        settings = settings_for(folder, run)
+        contents = {"a": model(folder / "a.tar.gz", 20_000, "a", age_s=300)}
+        reconciler = Reconciler(settings)
+        reconciler.reconcile()
+        contents["b"] = model(folder / "b.tar.gz", 900_000, "b", age_s=200)
+        contents["c"] = model(folder / "c.tar.gz", 900_000, "c", age_s=100)
+        filler = disk / "filler"
+        filler.write_bytes(b"x" * (free_bytes(disk) - 500_000))  # neither copy fits
+        steps = {"full": {"actions": kinds(reconciler.reconcile()), **snapshot(folder, contents)}}
+        filler.unlink()
+        steps["freed"] = {"actions": kinds(reconciler.reconcile()), **snapshot(folder, contents)}
+        print(json.dumps(steps))
+    ''')
+    full = report["full"]
+    assert [a[:2] for a in full["actions"]] == [["failed", "c.tar.gz"]], full
+    assert "No space left on device" in full["actions"][0][2]
+    assert full["latest"] == "a", full
+    freed = report["freed"]
+    assert freed["latest"] == "c", freed
+    assert freed["actions"][0][:2] == ["published", "c.tar.gz"], freed
+
+
 def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_path):
     """Observation 1, second part: the disk filled up exactly when the publish record was
     written. latest holds B by then: B's source must stay (now and after a restart), no temp
@@ -233,6 +264,71 @@ def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path)
     assert readable["latest"] == "b", readable
     assert [a[:2] for a in readable["actions"]] == [["published", "b.tar.gz"],
                                                    ["deleted", "a.tar.gz"]]
+
+
+def test_an_unreadable_latest_is_left_alone_and_looked_at_again_later(tmp_path):
+    """latest.tar.gz put there by another user (mode 000, the tool not root), no record: the
+    tool cannot tell what it holds. It replaces nothing and deletes nothing, says so once,
+    and looks again after RETRY_AFTER_ERROR_S (not in a tight loop); once readable, the
+    usual rules decide."""
+    need_root()
+    if not os.path.exists(DEBIAN_PYTHON):
+        pytest.fail(f"needs {DEBIAN_PYTHON}, a Python 3.11 that uid {UID} can run")
+    base = Path(tempfile.mkdtemp(prefix="rotator-unreadable-latest-"))
+    try:
+        os.chmod(base, 0o755)
+        os.chown(base, UID, GID)
+        folder = base / "models"
+        folder.mkdir()
+        os.chown(folder, UID, GID)
+        theirs = folder / "latest.tar.gz"
+        write_model(theirs, 20_000, model_id="theirs")
+        set_mtime(theirs, time.time() - 300)
+        os.chmod(theirs, 0)  # root's file: uid 1000 cannot read it
+        inode = theirs.stat().st_ino
+        code = PRELUDE + textwrap.dedent('''
+            base = Path(sys.argv[1])
+            folder = base / "models"
+            settings = settings_for(folder, base / "run")
+            model(folder / "a.tar.gz", 20_000, "a", age_s=200)
+            model(folder / "b.tar.gz", 20_000, "b", age_s=100)
+            reconciler = Reconciler(settings)
+            steps = {}
+            for step in ("unreadable", "again"):
+                before = time.time()
+                outcome = reconciler.reconcile()
+                steps[step] = {"actions": kinds(outcome),
+                               "files": sorted(p.name for p in folder.iterdir()),
+                               "latest_ino": (folder / "latest.tar.gz").stat().st_ino,
+                               "retry_in": outcome.recheck_at and outcome.recheck_at - before}
+            print(json.dumps(steps))
+        ''')
+        result = subprocess.run(
+            ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", DEBIAN_PYTHON,
+             "-c", code, str(base)], env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin"},
+            capture_output=True, text=True, timeout=120, cwd=base)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        os.chmod(theirs, 0o644)
+        settings = read_settings({"TARGET_DIR": str(folder), "RUN_DIR": str(base / "root-run"),
+                                  "THROTTLE_DELAY": "0"})
+        readable = [(a.kind, a.path.name) for a in Reconciler(settings).reconcile().actions]
+        record = read_record(settings.latest_model_path)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    unreadable = report["unreadable"]
+    assert [a[:2] for a in unreadable["actions"]] == [["failed", "latest.tar.gz"]], unreadable
+    assert "cannot be read" in unreadable["actions"][0][2]
+    for step in ("unreadable", "again"):
+        assert report[step]["latest_ino"] == inode, "an unreadable latest was replaced"
+        assert {"a.tar.gz", "b.tar.gz"} <= set(report[step]["files"]), report[step]
+    assert report["again"]["actions"] == [], "the same failure logged at every retry"
+    for step in ("unreadable", "again"):  # looked at again, but not in a tight loop
+        assert report[step]["retry_in"] and report[step]["retry_in"] >= RETRY_AFTER_ERROR_S, \
+            report[step]
+    # Readable, the usual rules decide: by file times (no event was seen) b is the newest.
+    assert readable == [("published", "b.tar.gz"), ("deleted", "a.tar.gz")], readable
+    assert record.model_id == "b"
 
 
 FIFO_DRIVER = PRELUDE + textwrap.dedent('''

@@ -87,3 +87,56 @@ def test_more_than_10000_undelivered_arrivals_become_one_rescan(tmp_path, caplog
     assert [r.getMessage() for r in caplog.records if "rescan" in r.getMessage()] == [
         f"more than {MAX_PENDING} arrivals could not be delivered: asking for a full rescan "
         "instead"]
+
+
+def test_a_saved_journal_above_the_cap_but_within_twice_it_is_loaded(tmp_path):
+    """A full journal plus the reader's undelivered arrivals (up to MAX_PENDING more) is
+    still ours: loaded whole, not set aside (the next reconcile trims it to the cap)."""
+    a_journal_of(tmp_path, MAX_ENTRIES + MAX_PENDING).save()
+    problems = []
+    journal = ArrivalJournal.load(tmp_path / "latest.tar.gz",
+                                  lambda path, problem: problems.append(str(problem)))
+    assert problems == []
+    assert len(journal.entries) == MAX_ENTRIES + MAX_PENDING
+
+
+def test_the_journal_of_an_empty_folder_is_read_back(tmp_path):
+    """A reconcile of an empty folder saves a journal that has handed out no arrival yet
+    (seq 0): the next reconcile reads it as valid, it is not set aside and rebuilt."""
+    from worker.folder.reconcile import Reconciler
+
+    settings = settings_in(tmp_path)
+    Reconciler(settings).reconcile()
+    saved = journal_path(settings.latest_model_path)
+    assert saved.exists()
+    problems = []
+    ArrivalJournal.load(settings.latest_model_path,
+                        lambda path, problem: problems.append(str(problem)))
+    assert problems == []
+
+
+def test_the_latest_arrival_handed_out_survives_a_save_and_a_load(tmp_path):
+    """An event is news: after a restart (a load), an event timed before the last arrival
+    handed out (this host's clock went back) still sorts after it."""
+    latest = tmp_path / "latest.tar.gz"
+    journal = ArrivalJournal(journal_path(latest), latest.name)
+    journal.note_event("a.tar.gz", 2000.0, (1, 10, 0), 2000.0)
+    journal.save()
+    again = ArrivalJournal.load(latest)
+    later = again.note_event("b.tar.gz", 1000.0, (2, 10, 0), 1000.0)
+    assert later.key > again.entries["a.tar.gz"].key
+
+
+def test_a_journal_that_knows_an_empty_file_is_read_back(tmp_path):
+    """An empty file with a model's name (`touch`, a training that has only opened its
+    file) is journaled with size 0: the journal stays valid, not set aside and rebuilt."""
+    from worker.folder.reconcile import Reconciler
+
+    settings = settings_in(tmp_path)
+    (settings.target_dir / "empty.tar.gz").touch()
+    Reconciler(settings).reconcile()
+    problems = []
+    journal = ArrivalJournal.load(settings.latest_model_path,
+                                  lambda path, problem: problems.append(str(problem)))
+    assert problems == []
+    assert journal.entries["empty.tar.gz"].size == 0

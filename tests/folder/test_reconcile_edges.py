@@ -1,0 +1,400 @@
+"""The folder rules' rarer paths, found untested by the mutation check (issue 20): the dry
+run, the report-once memory, the publish record kept in line, latest known by content, the
+version gate with nothing published. Real files in a temporary folder, the real Reconciler."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+
+import pytest
+
+from tests.folder.test_reconcile import add_model, kinds, make_settings, names
+from tests.helpers import model_bytes, set_mtime
+from worker.folder.files import parse_record, read_record, record_path
+from worker.folder.reconcile import Reconciler
+from worker.folder.statefile import InvalidState
+from worker.surface.status import not_published, published_model
+
+
+def snapshot(folder) -> dict[str, tuple[int, int, int]]:
+    """Every file's name and version: a dry run must leave all of them as they were."""
+    return {p.name: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.iterdir()}
+
+
+# -- the dry run (`python -m worker once --dry-run`) ----------------------------------------
+
+def test_a_dry_run_over_a_latest_of_someone_else_adopts_nothing(tmp_path):
+    """latest.tar.gz written by another program, no record, a temp file of a killed write:
+    a real run adopts latest (writes the record and the journal) and removes the temp file;
+    a dry run only says what it would prune."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    source = add_model(folder, "a.tar.gz", age_s=300)
+    add_model(folder, "older.tar.gz", age_s=400)
+    settings.latest_model_path.write_bytes(source.read_bytes())
+    set_mtime(settings.latest_model_path, time.time() - 250)
+    (folder / ".latest.tar.gz.tmp-0123abcd").write_bytes(b"left by a killed write")
+    before = snapshot(folder)
+    outcome = Reconciler(settings).reconcile(dry_run=True)
+    assert kinds(outcome) == [("would-delete", "older.tar.gz")]
+    assert snapshot(folder) == before
+    # What the dry run left alone, a real run does.
+    assert kinds(Reconciler(settings).reconcile()) == [("deleted", "older.tar.gz")]
+    assert not (folder / ".latest.tar.gz.tmp-0123abcd").exists()
+    assert read_record(settings.latest_model_path).source == "a.tar.gz"
+
+
+def test_a_dry_run_reports_an_invalid_journal_and_leaves_it_where_it_is(tmp_path, caplog):
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    journal = folder / ".latest.tar.gz.arrivals.json"
+    journal.write_text('{"version": "not ours"}')
+    before = snapshot(folder)
+    with caplog.at_level("WARNING"):
+        outcome = Reconciler(settings).reconcile(dry_run=True)
+    assert kinds(outcome) == [("would-publish", "a.tar.gz")]
+    assert snapshot(folder) == before, "a dry run set the journal aside"
+    assert "is not a valid state file" in caplog.text and "read as absent" in caplog.text
+
+
+def test_a_dry_run_skips_a_broken_newest_model_and_would_publish_the_next(tmp_path):
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "old.tar.gz", age_s=300)
+    add_model(folder, "whole.tar.gz", age_s=200)
+    add_model(folder, "broken.tar.gz", age_s=100, data=model_bytes(20_000)[:-100])
+    before = snapshot(folder)
+    outcome = Reconciler(settings).reconcile(dry_run=True)
+    assert kinds(outcome) == [("would-skip", "broken.tar.gz"), ("would-publish", "whole.tar.gz"),
+                              ("skipped", "broken.tar.gz"), ("would-delete", "old.tar.gz")]
+    assert snapshot(folder) == before
+
+
+# -- a problem is reported once, not at every reconcile -----------------------------------
+
+def test_a_broken_model_is_reported_once_and_again_after_it_was_gone(tmp_path):
+    """The memory of what was reported follows the files: a broken model within its grace
+    is one line, not one per reconcile; moved away and back (same inode, size and mtime),
+    it is news again."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    broken = add_model(folder, "broken.tar.gz", age_s=10, data=b"not an archive")
+    reconciler = Reconciler(settings)
+    assert kinds(reconciler.reconcile()) == [("skipped", "broken.tar.gz")]
+    assert reconciler.reconcile().actions == []
+    away = tmp_path / "broken.tar.gz"
+    os.rename(broken, away)
+    assert reconciler.reconcile().actions == []
+    os.rename(away, broken)
+    assert kinds(reconciler.reconcile()) == [("skipped", "broken.tar.gz")]
+
+
+def test_a_record_failure_is_reported_again_after_a_save_succeeded(tmp_path):
+    """A record that cannot be saved is one error while it lasts; once a save succeeds the
+    failure is over, and the next one is reported again (not silenced for ever)."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    record = record_path(settings.latest_model_path)
+    reconciler = Reconciler(settings)
+
+    def failures() -> list[str]:
+        return [a.detail for a in reconciler.reconcile().actions if a.kind == "failed"]
+
+    record.mkdir()  # a folder where the record goes: every save fails
+    add_model(folder, "a.tar.gz", age_s=300)
+    assert len(failures()) == 1
+    add_model(folder, "b.tar.gz", age_s=200)
+    assert failures() == [], "the same failure was reported twice"
+    record.rmdir()
+    assert failures() == []
+    assert read_record(settings.latest_model_path).source == "b.tar.gz"
+    record.unlink()
+    record.mkdir()
+    add_model(folder, "c.tar.gz", age_s=100)
+    assert len(failures()) == 1, "a new failure after a successful save was not reported"
+
+
+# -- the publish record -----------------------------------------------------------------
+
+def test_a_record_rewritten_by_another_program_is_written_again(tmp_path):
+    """The record describes latest; another program wrote over it with another model's
+    name: the rotator that published latest writes its own again."""
+    settings = make_settings(tmp_path)
+    add_model(settings.target_dir, "a.tar.gz", age_s=300, model_id="a")
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()
+    ours = read_record(settings.latest_model_path)
+    record_path(settings.latest_model_path).write_text(
+        json.dumps({**asdict(ours), "model_id": "someone-else", "source": "other.tar.gz"}))
+    assert reconciler.reconcile().actions == []
+    assert read_record(settings.latest_model_path) == ours
+
+
+def test_the_publish_line_says_whether_the_model_was_copied_or_moved(tmp_path):
+    for mode, verb in (("copy", "copied"), ("move", "moved")):
+        settings = make_settings(tmp_path / mode, PUBLISH_MODE=mode)
+        add_model(settings.target_dir, "a.tar.gz", age_s=300)
+        (published,) = Reconciler(settings).reconcile().actions
+        assert f" {verb} in " in published.detail, published.detail
+
+
+# -- latest known by its content ------------------------------------------------------------
+
+def test_a_touched_latest_whose_source_was_moved_keeps_its_record(tmp_path):
+    """PUBLISH_MODE=move leaves no source beside latest; a touch (a backup restoring times)
+    changes latest's mtime, not its bytes: it is still the model the record names, published
+    when it was, not a model "written by another program"."""
+    settings = make_settings(tmp_path, PUBLISH_MODE="move")
+    add_model(settings.target_dir, "a.tar.gz", age_s=300, model_id="a")
+    Reconciler(settings).reconcile()
+    before = read_record(settings.latest_model_path)
+    set_mtime(settings.latest_model_path, time.time() - 10)
+    assert Reconciler(settings).reconcile().actions == []
+    after = read_record(settings.latest_model_path)
+    assert (after.source, after.published_at, after.model_id) == (
+        "a.tar.gz", before.published_at, "a")
+    assert after.describes(settings.latest_model_path.stat())
+
+
+@pytest.mark.parametrize("journal_lost_before", [False, True])
+def test_a_lost_record_and_a_touched_latest_make_no_newer_arrival(tmp_path,
+                                                                  journal_lost_before):
+    """The record is lost and latest touched, its source gone (PUBLISH_MODE=move): the
+    journal knows latest's bytes, so latest keeps its arrival. A model that arrived after it
+    (though before the touch) is newer: published, not deleted as older. A journal lost
+    earlier learns latest's arrival again from the record at the next reconcile."""
+    settings = make_settings(tmp_path, PUBLISH_MODE="move")
+    folder = settings.target_dir
+    start = time.time()
+    clock = [start]
+    add_model(folder, "a.tar.gz", age_s=300)
+    Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    if journal_lost_before:
+        (folder / ".latest.tar.gz.arrivals.json").unlink()
+        assert Reconciler(settings, clock=lambda: clock[0]).reconcile().actions == []
+    clock[0] = start + 100
+    later = add_model(folder, "b.tar.gz", model_id="b")
+    set_mtime(later, start + 10)  # found by a look: arrived at its mtime
+    set_mtime(settings.latest_model_path, start + 50)  # touched after b arrived
+    record_path(settings.latest_model_path).unlink()
+    content = later.read_bytes()
+    outcome = Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    assert kinds(outcome) == [("published", "b.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == content
+
+
+# -- the version gate -------------------------------------------------------------------
+
+def test_models_below_the_minimum_version_are_kept_when_nothing_is_published(tmp_path):
+    """RASA_MIN_MODEL_VERSION above every model: nothing is published, so nothing is older
+    than the published model: every model stays (KEEP_PREVIOUS is 0)."""
+    settings = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.0")
+    folder = settings.target_dir
+    for index in range(3):
+        add_model(folder, f"m{index}.tar.gz", age_s=300 - index * 50)
+    outcome = Reconciler(settings).reconcile()
+    assert sorted(kinds(outcome)) == [("skipped", f"m{index}.tar.gz") for index in range(3)]
+    assert names(folder) == [".latest.tar.gz.loadable.json", ".latest.tar.gz.lock",
+                             "m0.tar.gz", "m1.tar.gz", "m2.tar.gz"]
+
+
+def test_a_model_another_program_wrote_into_latest_is_news(tmp_path):
+    """Another program wrote a model of its own into latest.tar.gz (no source here) after b
+    arrived: latest holds the newest arrival, b is older and pruned, never published over
+    it (the journal's memory of the previous latest is no excuse to place it earlier)."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    start = time.time()
+    clock = [start]
+    add_model(folder, "a.tar.gz", age_s=300)
+    Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    clock[0] = start + 100
+    older = add_model(folder, "b.tar.gz", model_id="b")
+    set_mtime(older, start + 10)  # found by a look: arrived at its mtime
+    foreign = model_bytes(30_000, model_id="theirs")
+    settings.latest_model_path.write_bytes(foreign)  # in place, after b arrived
+    set_mtime(settings.latest_model_path, start + 50)
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    assert kinds(reconciler.reconcile()) == [("deleted", "a.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == foreign
+    assert read_record(settings.latest_model_path).model_id == "theirs"
+    clock[0] += 5  # b was found by a look: its event, if any, would have come by now
+    assert kinds(reconciler.reconcile()) == [("deleted", "b.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == foreign
+
+
+def test_a_latest_adopted_without_a_source_shows_no_source_in_status(tmp_path):
+    """Adopted with no source here, the record says so (source "", size -1): `status`
+    shows neither a source nor a source mtime (not one from 1970)."""
+    settings = make_settings(tmp_path)
+    settings.latest_model_path.write_bytes(model_bytes(20_000, model_id="theirs"))
+    set_mtime(settings.latest_model_path, time.time() - 100)
+    assert Reconciler(settings).reconcile().actions == []
+    shown = published_model(settings)
+    assert (shown["source"], shown["source_mtime"], shown["model_id"]) == (None, None, "theirs")
+
+
+# -- the record as read back --------------------------------------------------------------
+
+def test_a_record_is_read_with_or_without_a_digest_and_with_arrival_seq_0(tmp_path):
+    """A record written before digests (none) or after an upgrade (arrival_seq 0, the
+    older versions' value) is valid; a digest that is not hexadecimal is not."""
+    settings = make_settings(tmp_path)
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    Reconciler(settings).reconcile()
+    record = read_record(settings.latest_model_path)
+    old = replace(record, digest=None, arrival_seq=0)
+    assert parse_record(json.loads(json.dumps(asdict(old)))) == old
+    with pytest.raises(InvalidState, match="'digest' is not a hexadecimal digest"):
+        parse_record({**asdict(record), "digest": "not-hex"})
+
+
+def test_a_model_below_a_minimum_that_was_lowered_is_published_and_no_longer_listed(
+        tmp_path):
+    """RASA_MIN_MODEL_VERSION kept a model back (`status` lists it as not published); once
+    the minimum is gone the model is published, and `status` lists nothing held back."""
+    gated = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.0")
+    add_model(gated.target_dir, "a.tar.gz", age_s=300)
+    assert kinds(Reconciler(gated).reconcile()) == [("skipped", "a.tar.gz")]
+    first = not_published(gated)
+    assert [entry["reason"] for entry in first] == ["version"]
+    clock = [time.time()]
+    gated_again = Reconciler(gated, clock=lambda: clock[0] + 60).reconcile()
+    assert kinds(gated_again) == [("skipped", "a.tar.gz")] and not gated_again.published
+    assert not_published(gated) == first, "the refusal's time moved"
+    settings = make_settings(tmp_path)
+    assert kinds(Reconciler(settings).reconcile()) == [("published", "a.tar.gz")]
+    assert not_published(settings) == []
+
+
+def test_a_lost_journal_keeps_a_future_dated_published_source_in_its_place(tmp_path):
+    """The published source has an mtime a day ahead (cp -p from a host whose clock runs
+    ahead) and the journal is lost: the source keeps the arrival its record names. Found
+    again by the file-time rule it would arrive "now", after b, written while the rotator
+    was stopped, and b would be deleted as older instead of published."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    start = time.time()
+    clock = [start]
+    add_model(folder, "future.tar.gz", age_s=-24 * 3600)
+    first = Reconciler(settings, clock=lambda: clock[0])
+    assert first.reconcile().actions == []  # quiet THROTTLE_DELAY after it was first seen
+    clock[0] = start + 2
+    assert kinds(first.reconcile()) == [("published", "future.tar.gz")]
+    clock[0] = start + 100
+    later = add_model(folder, "b.tar.gz", model_id="b")
+    set_mtime(later, start + 50)
+    content = later.read_bytes()
+    (folder / ".latest.tar.gz.arrivals.json").unlink()
+    outcome = Reconciler(settings, clock=lambda: clock[0]).reconcile()
+    assert kinds(outcome)[0] == ("published", "b.tar.gz")
+    assert settings.latest_model_path.read_bytes() == content
+
+
+# -- a file that goes while the reconcile runs ------------------------------------------------
+
+def test_a_model_deleted_by_someone_else_during_the_prune_is_no_error(tmp_path):
+    """A person removes an old model while the rotator prunes: the one already gone is not
+    reported as deleted (we did not delete it), and the reconcile goes on. The removal
+    happens at the moment the rotator logs its first deletion (a logging handler); the
+    running rotator checked that model at an earlier reconcile."""
+    import logging
+
+    settings = make_settings(tmp_path, KEEP_PREVIOUS="1")
+    folder = settings.target_dir
+    oldest = add_model(folder, "a.tar.gz", age_s=400)
+    add_model(folder, "b.tar.gz", age_s=300)
+
+    class SomeoneElse(logging.Handler):
+        def emit(self, record):
+            if getattr(record, "event", None) == "deleted":
+                oldest.unlink(missing_ok=True)
+
+    log = logging.getLogger("test.someone-else")
+    log.setLevel(logging.INFO)  # the deletion lines are INFO
+    reconciler = Reconciler(settings, log)
+    assert kinds(reconciler.reconcile()) == [("published", "b.tar.gz")]  # a kept, checked
+    for name in ("c.tar.gz", "d.tar.gz"):
+        add_model(folder, name, age_s=100)
+        reconciler.note_arrival(name, time.time())  # their close_write
+    log.addHandler(SomeoneElse())
+    outcome = reconciler.reconcile()
+    assert kinds(outcome) == [("published", "d.tar.gz"), ("deleted", "b.tar.gz")]
+    assert not oldest.exists()
+
+
+def test_a_source_changed_after_it_was_listed_is_refused_as_changed(tmp_path):
+    """The model grew between the listing and the publish: SourceChanged (a skip, tried
+    again later), not an I/O error, and no temporary file is left."""
+    from worker.folder.archive import SourceChanged
+    from worker.folder.files import list_models, publish_atomically
+
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    path = add_model(folder, "a.tar.gz", age_s=300)
+    [listed] = list_models(folder, "*.tar.gz", settings.latest_model_path)
+    with open(path, "ab") as more:
+        more.write(b"more")
+    with pytest.raises(SourceChanged):
+        publish_atomically(listed, settings.latest_model_path)
+    assert names(folder) == ["a.tar.gz"]
+
+
+def test_a_symlink_to_a_newer_model_is_no_model(tmp_path):
+    """A link with a model's name, pointing at a newer model outside the folder, is never
+    a candidate (nor an error): only regular files in the folder are models."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    outside = add_model(tmp_path, "outside.tar.gz", age_s=10)
+    (folder / "link.tar.gz").symlink_to(outside)
+    assert kinds(Reconciler(settings).reconcile()) == [("published", "a.tar.gz")]
+
+
+def test_the_retry_after_an_error_is_the_readmes_5_s():
+    """README: a failed publish is retried "after THROTTLE_DELAY, but no sooner than 5 s"
+    (the fault tests check the wait against this constant)."""
+    from worker.folder.reconcile import RETRY_AFTER_ERROR_S
+
+    assert RETRY_AFTER_ERROR_S == 5.0
+
+
+def test_outcome_says_whether_something_was_published(tmp_path):
+    settings = make_settings(tmp_path)
+    reconciler = Reconciler(settings)
+    assert reconciler.reconcile().published is False
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    assert reconciler.reconcile().published is True
+    assert published_model(settings)["source"].endswith("a.tar.gz")
+
+
+def test_status_with_nothing_published_shows_nothing(tmp_path):
+    assert published_model(make_settings(tmp_path)) is None
+
+
+def test_a_symlink_at_latest_is_replaced_by_the_model(tmp_path):
+    """Someone "published" by a symlink: latest must be a regular file (a Rasa restart and
+    the model server read it), so the newest model is copied over the link."""
+    settings = make_settings(tmp_path)
+    source = add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    settings.latest_model_path.symlink_to(add_model(tmp_path, "elsewhere.tar.gz"))
+    outcome = Reconciler(settings).reconcile()
+    assert ("published", "a.tar.gz") in kinds(outcome)
+    assert not settings.latest_model_path.is_symlink()
+    assert settings.latest_model_path.read_bytes() == source.read_bytes()
+
+
+def test_a_refusal_memory_that_cannot_be_saved_is_one_error(tmp_path):
+    settings = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.0")
+    (settings.target_dir / ".latest.tar.gz.loadable.json").mkdir()  # every save fails
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    outcome = Reconciler(settings).reconcile()  # a folder there: read as empty, then saved
+    assert [(a.kind, a.path.name) for a in outcome.actions] == [
+        ("failed", ".latest.tar.gz.loadable.json"), ("skipped", "a.tar.gz"),
+        ("failed", ".latest.tar.gz.loadable.json")]
+    assert "could not save the refusal memory" in outcome.actions[2].detail
