@@ -738,10 +738,11 @@ def test_a_put_answered_400_to_500_is_a_refusal_that_stops_the_rollout(stubs, sy
     assert not [s for s in syncs.history if s.in_sync], "nobody serves the refused model"
 
 
-@pytest.mark.parametrize("status", [300, 302, 501, 502, 503, 504])
+@pytest.mark.parametrize("status", [300, 302, 405, 408, 429, 501, 502, 503, 504])
 def test_a_put_answered_above_500_says_nothing_about_the_model_and_is_retried(stubs, syncs,
                                                                             status):
-    """Nor does a redirect (not followed), which is no load either."""
+    """Nor does a redirect (not followed), which is no load either, nor a 4xx that is not
+    Rasa's refusal (a proxy's 408 or 429): the model is not marked refused."""
     stub = stubs(model_id="A", models={MODEL_PATH: "B"}, script=[status])
     sync = syncs.make([stub.url])
     sync.want("B", published=True)

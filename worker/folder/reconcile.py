@@ -154,7 +154,7 @@ class Reconciler:
         book = LoadableBook.load(settings.latest_model_path)
         if book.problem:
             self._fail_once(outcome, ("loadable", book.problem), book.path,
-                            f"the refusal memory is {book.problem}")
+                            f"the refusal memory: {book.problem}")
         latest = self._what_latest_holds(models, arrivals, journal, outcome, dry_run, now)
         latest = self._source_keeps_its_place(latest, models, arrivals, journal, outcome,
                                               dry_run)

@@ -33,6 +33,11 @@ from worker.text import printable
 
 __all__ = ["RasaSync", "ReplicaSync", "ReplicaState", "Timing", "display_url"]
 
+# What PUT /model answers when Rasa could not load the model (and keeps its old one): the
+# model is refused. Any other failure (401/403 the token; 408, 429, 502-504 a proxy or a busy
+# server; no answer) says nothing about the model and is retried or reported as it is.
+MODEL_REFUSED_STATUSES = (400, 404, 409, 422, 500)
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -385,8 +390,7 @@ class ReplicaSync(threading.Thread):
                 self._blind_done = desired
                 self._call(put, took, "loaded", "", logging.INFO)
                 return self._confirm(desired)
-            if put.status is not None and 400 <= put.status <= 500 \
-                    and put.status not in (401, 403):
+            if put.status in MODEL_REFUSED_STATUSES:
                 # Rasa could not load it (400 "could not be loaded", 500 LoadingError) and
                 # keeps its old model: the rollout of this model stops here.
                 # With remote storage Rasa loads a key from its bucket: RASA_MODEL_PATH is
