@@ -26,7 +26,7 @@ import os
 import time
 from collections import defaultdict, deque
 
-CRASH_LIMIT = 5  # unexpected exits of one program ...
+CRASH_LIMIT = 5  # exits of one program on its own ...
 CRASH_WINDOW_S = 60.0  # ... within this many seconds: a crash loop
 # Only the programs publishing depends on may end the container. The model server is a
 # convenience for Rasa's pull: whatever makes it fail (a flood of clients, a port taken),
@@ -36,7 +36,7 @@ ESSENTIAL_PROGRAMS = ("reader", "rotator")
 
 
 class CrashCounter:
-    """Counts a program's unexpected exits in a sliding window."""
+    """Counts the exits of a program on its own (not stopped) in a sliding window."""
 
     def __init__(self, limit: int = CRASH_LIMIT, window_s: float = CRASH_WINDOW_S):
         self.limit = limit
@@ -59,8 +59,11 @@ def verdict(event: str, fields: dict[str, str], counter: CrashCounter, now: floa
         return None
     if event == "PROCESS_STATE_FATAL":
         return f"program {program} could not be kept running (FATAL)"
-    crashed = event == "PROCESS_STATE_EXITED" and fields.get("expected") == "0"
-    if crashed and counter.crash_loop(program, now):
+    # Every EXITED counts, with an expected exit status too: supervisord says EXITED only
+    # for a program that ended on its own (a stop it asked for is STOPPED), and reader and
+    # rotator never end on their own. With startsecs=0 nothing else stops a program that
+    # exits 0 at once from being started again and again.
+    if event == "PROCESS_STATE_EXITED" and counter.crash_loop(program, now):
         return (f"program {program} exited {counter.limit} times within "
                 f"{counter.window_s:.0f} s (crash loop)")
     return None
