@@ -375,6 +375,18 @@ def test_a_redirect_is_not_followed(stubs, syncs):
     assert elsewhere.requests == []
 
 
+def also_recorded_in(book, sync, syncs) -> None:
+    """Each replica's reports go to the test's history and to `book` (RUN_DIR's record)."""
+    original = syncs.report
+
+    def report(state):
+        original(state)
+        book.record(state)
+
+    for replica in sync.replicas:
+        replica.report = report
+
+
 @pytest.mark.parametrize("form", token_forms(), ids=range(len(token_forms())))
 def test_the_token_is_scrubbed_from_what_a_server_echoes(stubs, syncs, captured_log, form,
                                                          tmp_path):
@@ -385,14 +397,7 @@ def test_the_token_is_scrubbed_from_what_a_server_echoes(stubs, syncs, captured_
                  status_script=[("raw", 503, f"Busy {form}", f"retry {form}")], script=[echo])
     book = ReplicaBook(tmp_path)
     sync = syncs.make([stub.url])
-    original = syncs.report
-
-    def report(state):
-        original(state)
-        book.record(state)
-
-    for replica in sync.replicas:
-        replica.report = report
+    also_recorded_in(book, sync, syncs)
     sync.want("B", published=True)
     wait_for(lambda: syncs.state(stub.url) and syncs.state(stub.url).state == "refused", 10)
     assert "Denied /model?token=***" in syncs.state(stub.url).last_error
@@ -807,14 +812,7 @@ def test_what_is_recorded_per_replica_in_the_run_folder(stubs, syncs, tmp_path):
     stub = stubs(model_id="A", models={MODEL_PATH: "B"}, load_s=0.3)
     book = ReplicaBook(tmp_path, [stub.url])
     sync = syncs.make([stub.url], interval=0.1)
-    original = syncs.report
-
-    def report(state):
-        original(state)
-        book.record(state)
-
-    for replica in sync.replicas:
-        replica.report = report
+    also_recorded_in(book, sync, syncs)
     before = time.time()
     sync.want("B", published=True)
     wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
