@@ -242,6 +242,33 @@ class RunningTool(CollectedOutput):
         self.wait_for_line("success: rotator entered RUNNING", timeout)
         self.wait_for_line("rescan requested", timeout)
 
+    def settled(self, timeout: float = 60.0) -> None:
+        """ready(), and the reconcile the reader's start-up rescan asks for (THROTTLE_DELAY
+        after it) has ended: the start-up's work is done. (`status` is healthy once the
+        first reconcile ended, which may be before it.)"""
+        import calendar
+
+        from worker.surface.liveness import parse_state
+
+        self.ready(timeout)
+        line = self.wait_for_line("rescan requested", timeout)
+        stamp = line[:23]  # 2026-12-02T10:47:19.770 (text format; JSON lines hold "time")
+        if line.startswith("{"):
+            stamp = json.loads(line)["time"][:23]
+        asked = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(
+            stamp[19:23])
+        delay = float(self.env.get("THROTTLE_DELAY", "5000")) / 1000
+        marks_file = Path(self.env["RUN_DIR"]) / "rotator.state"
+
+        def done() -> bool:
+            try:
+                marks = parse_state(marks_file.read_bytes()) or {}
+            except OSError:
+                return False
+            return marks.get("phase") == "idle" and marks.get("since_wall", 0) > asked + delay
+        wait_for(done, timeout, message=lambda: f"the start-up rescan's reconcile ended\n"
+                                                f"{self.output}")
+
     def program_pid(self, name: str) -> int:
         """The pid of supervisord's program `name`, found among supervisord's children."""
         def lookup():

@@ -1,7 +1,6 @@
 """What inotify cannot see: a file system mounted over the watched folder (the same blindness
 as writes from another host on NFS/CIFS). The periodic rescan must find those models."""
 
-import calendar
 import os
 import subprocess
 import time
@@ -9,22 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for, wait_for_latest, write_model
-from worker.surface.liveness import parse_state
-
-
-def settled_after_rescan(tool) -> None:
-    """The reconcile that the reader's start-up rescan asks for (THROTTLE_DELAY after it) has
-    ended: one that ran after the mount would list the new file system and publish what is
-    on it, which is no sign of inotify seeing anything."""
-    line = tool.wait_for_line("rescan requested")
-    asked = calendar.timegm(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) + float(line[19:23])
-    delay = float(tool.env["THROTTLE_DELAY"]) / 1000
-
-    def settled() -> bool:
-        marks = parse_state((Path(tool.env["RUN_DIR"]) / "rotator.state").read_bytes()) or {}
-        return marks.get("phase") == "idle" and marks.get("since_wall", 0) > asked + delay
-    wait_for(settled, 60, message=f"the rescan's reconcile ended\n{tool.output}")
+from tests.helpers import wait_for_latest, write_model
 
 
 @pytest.mark.parametrize("rescan", ["1", "0"])
@@ -34,8 +18,7 @@ def test_a_model_under_a_tmpfs_mounted_over_the_folder(start_tool, models, resca
     # The tool runs in a mount namespace of its own: the tmpfs never reaches this machine.
     tool = start_tool(prefix=("unshare", "--mount", "--propagation", "private", "--"),
                       RESCAN_INTERVAL=rescan)
-    tool.ready()
-    settled_after_rescan(tool)
+    tool.settled()
     pid = tool.process.pid  # supervisord, exec'd in the new mount namespace
     subprocess.run(["nsenter", "--target", str(pid), "--mount", "--",
                     "mount", "-t", "tmpfs", "-o", "size=64m", "rotator-test", str(models)],

@@ -182,7 +182,7 @@ def test_a_rotator_blocked_in_a_reconcile_is_unhealthy_after_the_allowed_time(
 
 def test_an_idle_rotator_stays_healthy_and_is_not_woken_up(start_tool):
     tool = start_tool()
-    tool.ready()
+    tool.settled()  # the start-up's work done (healthy may come before its last reconcile)
     wait_for(lambda: tool.status().returncode == 0, 30, message="healthy")
     rotator = tool.program_pid("rotator")
     before = context_switches(rotator)
