@@ -1,7 +1,7 @@
 """The mutation check: Cosmic Ray over `worker/` with the tests that need no peer.
 
     python -m tests.mutation run [--modules worker/folder/reconcile.py ...] [--tests "PYTEST ARGS"]
-                                 [--jobs N] [--session DIR]
+                                 [--jobs N] [--session DIR] [--carry-from OLD_SESSION]
     python -m tests.mutation recheck --tests "PYTEST ARGS" [--jobs N] [--session DIR]
     python -m tests.mutation report [--session DIR] [--diff]
 
@@ -12,6 +12,10 @@ database) stay outside it (default: a folder in the system's temporary directory
 the start). A `run` on a session that exists resumes it where it stopped (Ctrl-C is safe).
 `--jobs N` tests N mutants at once, each in its own copy (Cosmic Ray's http workers on
 127.0.0.1): worth it where the tests mostly wait (the Rasa tests), not where they compute.
+`--carry-from OLD_SESSION` (a new session only) takes over the mutants an earlier session
+killed where the code they change is unchanged (same module, operator, mutated expression and
+line): after an edit to the code only the mutants the edit touched, the survivors and the ones
+never run are tested again. Tests only grow between sessions; a killed mutant stays killed.
 `recheck` tests each survivor again, against the current tree, with other (slower) tests:
 the fast set for the whole run, the broad one for the few it missed. `report` prints each
 module's score (after the recheck, where one ran) and matches every surviving mutant with
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="pytest's arguments in one string, e.g. \"tests/rasa/test_rasa.py -k "
                           "'not slow'\" (no-peer tests only)")
     run.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
+    run.add_argument("--carry-from", type=Path, metavar="OLD_SESSION",
+                     help="a new session takes over what this one killed on unchanged code")
     recheck = commands.add_parser("recheck", help="the survivors against other tests")
     recheck.add_argument("--tests", required=True, help="pytest's arguments in one string")
     recheck.add_argument("--jobs", type=int, default=1, help="survivors tested at once")
@@ -82,26 +88,36 @@ def main(argv: list[str] | None = None) -> int:
                          default=Path(tempfile.gettempdir()) / "rasa-model-rotator-mutation")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run_session(args.session, args.modules, args.tests, args.jobs)
+        return run_session(args.session, args.modules, args.tests, args.jobs, args.carry_from)
     if args.command == "recheck":
         return recheck_survivors(args.session, args.tests, args.jobs)
     return print_report(args.session, args.diff)
 
 
-def run_session(session: Path, modules: list[str], tests: str, jobs: int = 1) -> int:
+def run_session(session: Path, modules: list[str], tests: str, jobs: int = 1,
+                carry_from: Path | None = None) -> int:
     copies = [session / f"copy-{index}" for index in range(max(1, jobs))]
     database, config = session / "session.sqlite", session / "config.toml"
+    # The tree as it was at init, never mutated: the mutants' positions refer to it. A run
+    # stopped mid-mutant leaves a changed file in its copy, so each run copies afresh.
+    pristine = session / "tree"
     print(f"mutation session in {session}", flush=True)
     if not database.exists():
         shutil.rmtree(session, ignore_errors=True)
-        shutil.copytree(PROJECT_ROOT, copies[0], ignore=shutil.ignore_patterns(*NOT_COPIED))
+        shutil.copytree(PROJECT_ROOT, pristine, ignore=shutil.ignore_patterns(*NOT_COPIED))
+        shutil.copytree(pristine, copies[0])
         write_config(config, modules, tests)
         cosmic_ray("cosmic-ray", "init", config, database, cwd=copies[0])
         cosmic_ray("cr-filter-operators", database, config, cwd=copies[0])
         cosmic_ray("cr-filter-pragma", database, cwd=copies[0])
-    for copy in copies[1:]:
-        if not copy.exists():
-            shutil.copytree(copies[0], copy)
+        if carry_from is not None:
+            carried = carry_over(carry_from, session)
+            print(f"carried over from {carry_from}: {carried} killed mutants", flush=True)
+    if not pristine.exists():
+        raise SystemExit(f"{session} has no pristine tree ({pristine}): start a new session")
+    for copy in copies:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(pristine, copy)
     # Cosmic Ray rewrites a file in place and puts it back within the same second: a cached
     # .pyc with the same mtime and size would run the wrong code.
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -114,7 +130,12 @@ def run_session(session: Path, modules: list[str], tests: str, jobs: int = 1) ->
     finally:
         for _, process in workers:
             process.terminate()
-            process.wait(30)
+        for _, process in workers:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:  # a worker in the middle of a test
+                process.kill()
+                process.wait()
     return print_report(session, diff=False)
 
 
@@ -159,6 +180,58 @@ def write_config(path: Path, modules: list[str], tests: str) -> None:
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *shlex.split(tests)])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(toml.dumps(config))
+
+
+def carry_over(old: Path, new: Path) -> int:
+    """Copy into session `new` the results of the mutants session `old` killed whose code is
+    unchanged: the same module, operator and arguments, the same mutated text and the same
+    whole line, the n-th such mutant for the n-th (line numbers and occurrences shift with any
+    edit above them). The number carried over. Cosmic Ray has no command for this: it reads
+    and writes its session database (sqlite, tables mutation_specs and work_results)."""
+    import sqlite3
+
+    def mutants(session: Path) -> dict[tuple, list]:
+        database = sqlite3.connect(session / "session.sqlite")
+        rows = database.execute(
+            "SELECT s.job_id, s.module_path, s.operator_name, s.operator_args, s.start_pos_row,"
+            " s.start_pos_col, s.end_pos_row, s.end_pos_col, r.worker_outcome, r.output,"
+            " r.test_outcome, r.diff FROM mutation_specs s LEFT JOIN work_results r"
+            " ON r.job_id = s.job_id ORDER BY s.module_path, s.start_pos_row, s.start_pos_col,"
+            " s.operator_name, s.occurrence").fetchall()
+        database.close()
+        sources: dict[str, list[str]] = {}
+        found: dict[tuple, list] = {}
+        for job, module, operator, arguments, row, col, end_row, end_col, *result in rows:
+            if module not in sources:
+                sources[module] = (session_tree(session) / module).read_text().splitlines()
+            lines = sources[module]
+            text = "\n".join(lines[row - 1:end_row])
+            expression = text[col:len(text) - len(lines[end_row - 1]) + end_col]
+            key = (module, operator, arguments, lines[row - 1].strip(), expression)
+            found.setdefault(key, []).append((job, result))
+        return found
+
+    before = mutants(old)
+    database = sqlite3.connect(new / "session.sqlite")
+    carried = 0
+    with database:
+        for key, jobs in mutants(new).items():
+            # strict=False: an edit may add or remove mutants of one key
+            for (job, result), (_, earlier) in zip(jobs, before.get(key, []), strict=False):
+                # Cosmic Ray stores outcomes in capitals (KILLED); a mutant it left out
+                # (a filtered operator) has a SKIPPED result already.
+                if result[0] is None and str(earlier[2]).lower() == "killed":
+                    database.execute("INSERT INTO work_results (worker_outcome, output, "
+                                     "test_outcome, diff, job_id) VALUES (?, ?, ?, ?, ?)",
+                                     (*earlier, job))
+                    carried += 1
+    database.close()
+    return carried
+
+
+def session_tree(session: Path) -> Path:
+    """The session's unmutated tree (copy-0 in sessions made before it was kept apart)."""
+    return session / "tree" if (session / "tree").exists() else session / "copy-0"
 
 
 def cosmic_ray(tool: str, *args, cwd: Path) -> None:
@@ -362,7 +435,7 @@ def source_line(session: Path, mutation: dict, diff: str) -> str:
     if removed:
         return removed[0].strip()
     try:
-        lines = (session / "copy-0" / mutation["module_path"]).read_text().splitlines()
+        lines = (session_tree(session) / mutation["module_path"]).read_text().splitlines()
         return lines[mutation["start_pos"][0] - 1].strip()
     except (OSError, IndexError):
         return ""

@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.mutation import (
     Explanation,
     Survivor,
+    carry_over,
     killed_by_a_recheck,
     load_explanations,
     match_explanations,
@@ -116,16 +117,14 @@ def test_the_notes_are_read_and_checked(tmp_path):
         f"{notes} entry 4: operator missing"]
 
 
-def test_the_report_of_a_real_session_fails_until_its_survivor_is_explained(tmp_path,
-                                                                           capsys):
-    """A real Cosmic Ray session over a two-line module: `a > b` as `a >= b` survives a
-    check that never compares equal values; all other changes are killed."""
-    session = tmp_path / "session"
-    copy = session / "copy-0"
+def real_session(session: Path, module: str, check: str, run: bool = True,
+                 tree: str = "copy-0") -> None:
+    """A Cosmic Ray session over tiny.py (`module`) whose test is check.py (`check`),
+    initialised and, with `run`, executed."""
+    copy = session / tree
     copy.mkdir(parents=True)
-    (copy / "tiny.py").write_text("def bigger(a, b):\n    return a > b\n")
-    (copy / "check.py").write_text(
-        "import tiny\nassert tiny.bigger(2, 1) and not tiny.bigger(1, 2)\n")
+    (copy / "tiny.py").write_text(module)
+    (copy / "check.py").write_text(check)
     config = session / "config.toml"
     config.write_text(textwrap.dedent(f"""\
         [cosmic-ray]
@@ -137,10 +136,33 @@ def test_the_report_of_a_real_session_fails_until_its_survivor_is_explained(tmp_
         name = "local"
         """))
     tools = Path(sys.executable).parent
-    for command in (["init", config, session / "session.sqlite"],
-                    ["exec", config, session / "session.sqlite"]):
+    commands = [["init", config, session / "session.sqlite"]]
+    if run:
+        commands.append(["exec", config, session / "session.sqlite"])
+    for command in commands:
         subprocess.run([tools / "cosmic-ray", *command], cwd=copy, check=True,
                        capture_output=True)
+
+
+def outcomes(session: Path) -> dict[tuple[int, str], str | None]:
+    """{(line, operator): test outcome or None} of a session's mutants."""
+    import sqlite3
+
+    database = sqlite3.connect(session / "session.sqlite")
+    rows = database.execute("SELECT s.start_pos_row, s.operator_name, r.test_outcome "
+                            "FROM mutation_specs s LEFT JOIN work_results r "
+                            "ON r.job_id = s.job_id").fetchall()
+    database.close()
+    return {(row, operator): outcome for row, operator, outcome in rows}
+
+
+def test_the_report_of_a_real_session_fails_until_its_survivor_is_explained(tmp_path,
+                                                                           capsys):
+    """A real Cosmic Ray session over a two-line module: `a > b` as `a >= b` survives a
+    check that never compares equal values; all other changes are killed."""
+    session = tmp_path / "session"
+    real_session(session, "def bigger(a, b):\n    return a > b\n",
+                 "import tiny\nassert tiny.bigger(2, 1) and not tiny.bigger(1, 2)\n")
     notes = tmp_path / "mutation_survivors.toml"
     entry = ('[[survivor]]\nmodule = "tiny.py"\n'
              'operator = "core/ReplaceComparisonOperator_Gt_GtE"\n'
@@ -165,3 +187,30 @@ def test_the_report_of_a_real_session_fails_until_its_survivor_is_explained(tmp_
     assert row[:6] == ["tiny.py", "7", "6", "1", "1", "0"]
     assert "UNEXPLAINED:" not in out
     assert f"stale: {notes} entry 2 matches no survivor" in out
+
+
+def test_a_new_session_carries_over_only_what_was_killed_on_unchanged_code(tmp_path):
+    """The code moves down two lines and gains a comparison: the old session's killed
+    mutants of `a > b` carry over at their new place, its survivor (`>=`) and the new
+    line's mutants stay to be tested."""
+    check = "import tiny\nassert tiny.bigger(2, 1) and not tiny.bigger(1, 2)\n"
+    old, new = tmp_path / "old", tmp_path / "new"
+    real_session(old, "def bigger(a, b):\n    return a > b\n", check)
+    before = outcomes(old)
+    assert before[(2, "core/ReplaceComparisonOperator_Gt_GtE")] == "SURVIVED"
+    assert before[(2, "core/ReplaceComparisonOperator_Gt_Lt")] == "KILLED"
+    real_session(new, "def smaller(a, b):\n    return a < b\n\n\n"
+                      "def bigger(a, b):\n    return a > b\n", check, run=False, tree="tree")
+
+    carried = carry_over(old, new)
+
+    after = outcomes(new)
+    killed_before = {operator for (_, operator), outcome in before.items()
+                     if outcome == "KILLED"}
+    assert carried == len(killed_before) > 0
+    assert {operator for (row, operator), outcome in after.items()
+            if row == 6 and outcome == "KILLED"} == killed_before
+    assert after[(6, "core/ReplaceComparisonOperator_Gt_GtE")] is None, "a survivor carried"
+    assert all(outcome is None for (row, _), outcome in after.items() if row == 2), \
+        "a mutant of the new line carried"
+    assert carry_over(old, new) == 0, "a second carry-over wrote results twice"
