@@ -70,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="mutate and test (resumes an existing session)")
-    run.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES))
-    run.add_argument("--tests", default=" ".join(DEFAULT_TESTS),
-                     help="pytest's arguments in one string, e.g. \"tests/rasa/test_rasa.py -k "
-                          "'not slow'\" (no-peer tests only)")
+    run.add_argument("--modules", nargs="+",
+                     help=f"the modules to mutate (default: {' '.join(DEFAULT_MODULES)})")
+    run.add_argument("--tests", help="pytest's arguments in one string, e.g. \"tests/rasa/"
+                                     "test_rasa.py -k 'not slow'\" (no-peer tests only; "
+                                     f"default: {' '.join(DEFAULT_TESTS)})")
     run.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
     run.add_argument("--carry-from", type=Path, metavar="OLD_SESSION",
-                     help="a new session takes over what this one killed on unchanged code")
+                     help="take over what this session killed on unchanged code")
     recheck = commands.add_parser("recheck", help="the survivors against other tests")
     recheck.add_argument("--tests", required=True, help="pytest's arguments in one string")
     recheck.add_argument("--jobs", type=int, default=1, help="survivors tested at once")
@@ -94,10 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     return print_report(args.session, args.diff)
 
 
-def run_session(session: Path, modules: list[str], tests: str, jobs: int = 1,
+def run_session(session: Path, modules: list[str] | None, tests: str | None, jobs: int = 1,
                 carry_from: Path | None = None) -> int:
+    """Start (or resume) a session and test its mutants; the report's exit status. A resume
+    keeps the session's modules and tests: others given then are refused, not ignored."""
     copies = [session / f"copy-{index}" for index in range(max(1, jobs))]
     database, config = session / "session.sqlite", session / "config.toml"
+    if database.exists():
+        made_with = tomllib.loads(config.read_text())["cosmic-ray"]
+        if modules and modules != made_with["module-path"] or tests and \
+                test_command(tests) != made_with["test-command"]:
+            raise SystemExit(f"--modules/--tests: {session} was made with modules "
+                             f"{made_with['module-path']} and test command "
+                             f"{made_with['test-command']!r}; a resume keeps them (leave "
+                             "both out), or start a new session for others")
+    modules = modules or list(DEFAULT_MODULES)
+    tests = tests or " ".join(DEFAULT_TESTS)
     # The tree as it was at init, never mutated: the mutants' positions refer to it. A run
     # stopped mid-mutant leaves a changed file in its copy, so each run copies afresh.
     pristine = session / "tree"
@@ -110,9 +123,9 @@ def run_session(session: Path, modules: list[str], tests: str, jobs: int = 1,
         cosmic_ray("cosmic-ray", "init", config, database, cwd=copies[0])
         cosmic_ray("cr-filter-operators", database, config, cwd=copies[0])
         cosmic_ray("cr-filter-pragma", database, cwd=copies[0])
-        if carry_from is not None:
-            carried = carry_over(carry_from, session)
-            print(f"carried over from {carry_from}: {carried} killed mutants", flush=True)
+    if carry_from is not None:
+        carried = carry_over(carry_from, session)
+        print(f"carried over from {carry_from}: {carried} killed mutants", flush=True)
     if not pristine.exists():
         raise SystemExit(f"{session} has no pristine tree ({pristine}): start a new session")
     for copy in copies:
@@ -176,8 +189,7 @@ def write_config(path: Path, modules: list[str], tests: str) -> None:
     config = tomllib.loads(CONFIG.read_text())
     section = config["cosmic-ray"]
     section["module-path"] = modules
-    section["test-command"] = shlex.join(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *shlex.split(tests)])
+    section["test-command"] = test_command(tests)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(toml.dumps(config))
 
@@ -232,6 +244,12 @@ def carry_over(old: Path, new: Path) -> int:
 def session_tree(session: Path) -> Path:
     """The session's unmutated tree (copy-0 in sessions made before it was kept apart)."""
     return session / "tree" if (session / "tree").exists() else session / "copy-0"
+
+
+def test_command(tests: str) -> str:
+    """The command Cosmic Ray runs against each mutant: pytest, stopping at the first failure."""
+    return shlex.join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                       *shlex.split(tests)])
 
 
 def cosmic_ray(tool: str, *args, cwd: Path) -> None:

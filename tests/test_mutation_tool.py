@@ -3,11 +3,14 @@ operator, stripped source line); unexplained survivors fail it, stale entries ar
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from tests.mutation import (
     Explanation,
@@ -214,3 +217,20 @@ def test_a_new_session_carries_over_only_what_was_killed_on_unchanged_code(tmp_p
     assert all(outcome is None for (row, _), outcome in after.items() if row == 2), \
         "a mutant of the new line carried"
     assert carry_over(old, new) == 0, "a second carry-over wrote results twice"
+
+
+def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
+    """A session's test command is fixed at its start: a resume asked to run other tests
+    would report a score they never produced."""
+    from tests.mutation import main, test_command
+
+    session = tmp_path / "session"
+    session.mkdir()
+    (session / "session.sqlite").write_bytes(b"")
+    (session / "config.toml").write_text(
+        f'[cosmic-ray]\nmodule-path = ["worker/x.py"]\n'
+        f'test-command = {json.dumps(test_command("tests/a.py"))}\n')
+    for other in (["--tests", "tests/b.py"], ["--modules", "worker/y.py"]):
+        with pytest.raises(SystemExit) as refused:
+            main(["run", "--session", str(session), *other])
+        assert "a resume keeps them" in str(refused.value), refused.value
