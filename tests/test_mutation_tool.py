@@ -234,3 +234,15 @@ def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
         with pytest.raises(SystemExit) as refused:
             main(["run", "--session", str(session), *other])
         assert "a resume keeps them" in str(refused.value), refused.value
+
+
+def test_the_repository_s_explanations_are_valid():
+    """`report` fails on an invalid entry (a duplicate, a missing field, a `why` of no known
+    kind): the files in the tree must load clean, whatever session is reported."""
+    from tests.helpers import PROJECT_ROOT
+    from tests.mutation import EXPLANATIONS
+
+    files = sorted(PROJECT_ROOT.glob(EXPLANATIONS))
+    entries, problems = load_explanations(files)
+    assert len(files) >= 2 and entries
+    assert problems == []
