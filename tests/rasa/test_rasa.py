@@ -1077,8 +1077,10 @@ def test_an_error_whose_body_breaks_off_still_gives_its_status():
 
 
 @pytest.mark.parametrize("token, escaped", [("Zq9\u00d6Wv-7Kp", "\\u00d6"),
+                                           ("Zq9\uffffWv-7Kp", "\\uffff"),
+                                           ("Zq9\U00010000Wv-7Kp", "\\ud800\\udc00"),
                                            ("Zq9\U0001F600Wv-7Kp", "\\ud83d\\ude00")],
-                         ids=["basic-plane", "beyond"])
+                         ids=["basic-plane", "last-basic", "first-beyond", "beyond"])
 def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes(token, escaped):
     """JSON escapes a character beyond U+FFFF as a surrogate pair (json.dumps writes 😀 as
     \\ud83d\\ude00): an error page that embeds the request as JSON hides such a token too,
