@@ -7,7 +7,8 @@
 - `GET /`: Rasa's hello text.
 - `GET /version` (with `version`): {version, minimum_compatible_version}; 404 without; a
   `version` of ("raw", status, reason, body) answers that.
-- `POST /model/parse`: 200 with an intent while a model is loaded, or `parse_status`.
+- `POST /model/parse`: 200 with an intent while a model is loaded, or `parse_status` with
+  `parse_body` (default: Rasa's error message).
 - `refuse_load` (a status): every PUT answers it and keeps the old model, like a Rasa that
   cannot load the model.
 Scripts make it misbehave: `script` answers the next PUTs, `status_script` the next GET
@@ -40,7 +41,7 @@ class RasaStub:
                  models: dict | None = None, load_s: float = 0.0, training_jobs: int = 0,
                  status_script: list | None = None, version: str | None = None,
                  minimum_version: str = "3.6.21", refuse_load: int | None = None,
-                 parse_status: int | None = None):
+                 parse_status: int | None = None, parse_body: bytes | None = None):
         self.script = list(script or [])
         self.status_script = list(status_script or [])
         self.model_id = model_id
@@ -52,6 +53,7 @@ class RasaStub:
         self.minimum_version = minimum_version
         self.refuse_load = refuse_load
         self.parse_status = parse_status
+        self.parse_body = parse_body
         self.requests: list[dict] = []
         self.loads: list[tuple[float, float]] = []  # (start, end) of each load, monotonic
         self.lock = threading.Lock()
@@ -136,7 +138,8 @@ class RasaStub:
                 with stub.event_loop:
                     pass
                 if stub.parse_status is not None:
-                    return self._answer(stub.parse_status, b'{"message": "parse failed"}')
+                    return self._answer(stub.parse_status,
+                                        stub.parse_body or b'{"message": "parse failed"}')
                 if stub.model_id is None:
                     return self._answer(409, b'{"message": "No agent loaded."}')
                 self._answer(200, json.dumps({"text": (body or {}).get("text"),

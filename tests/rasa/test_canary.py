@@ -101,10 +101,15 @@ def test_the_canary_loads_alone_then_the_others_follow(stubs, captured_log):
         sync.stop()
 
 
-def test_a_failed_smoke_parse_counts_as_a_refusal(stubs, captured_log):
+@pytest.mark.parametrize("status, body", [
+    (500, None), (200, b'{"text": "hello"}'), (200, b'[{"intent": "greet"}]'), (200, b"ok"),
+], ids=["error", "no-intent", "not-an-object", "not-json"])
+def test_a_failed_smoke_parse_counts_as_a_refusal(stubs, captured_log, status, body):
+    """Only a success that holds a parse result (an object with an intent) lets the model in:
+    a 200 from a proxy's page or from a model that parses nothing is a refusal too."""
     syncs = Syncs(captured_log[0])
-    first = stubs(model_id="A", models={MODEL_PATH: "B"}, parse_status=500)
-    second = stubs(model_id="A", models={MODEL_PATH: "B"}, parse_status=500)
+    first = stubs(model_id="A", models={MODEL_PATH: "B"}, parse_status=status, parse_body=body)
+    second = stubs(model_id="A", models={MODEL_PATH: "B"}, parse_status=status, parse_body=body)
     verdicts = Verdicts()
     sync = make_sync(syncs, [first.url, second.url],
                      Canary(verdicts.on_loaded, verdicts.on_refused), smoke_text="hello")

@@ -7,6 +7,7 @@ import html
 import io
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import content_of, wait_for, wait_for_latest, write_model
+from tests.helpers import content_of, free_port, wait_for, wait_for_latest, write_model
 from worker.rasa.client import Answer, RasaClient, Secrets
 from worker.rasa.sync import RasaSync, Timing, display_url
 from worker.surface.liveness import read_state
@@ -99,9 +100,9 @@ def syncs(captured_log):
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    """A URL where nothing listens: a port outside the kernel's ephemeral range (one from
+    bind(0), once closed, may be handed to another socket in the meantime)."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # -- the controller rules ---------------------------------------------------------------------
@@ -119,11 +120,18 @@ def test_a_replica_already_serving_the_published_model_gets_no_put(stubs, syncs)
 
 
 @pytest.mark.parametrize("serving", ["A", None], ids=["another-model", "no-model-409"])
-def test_a_replica_out_of_sync_gets_one_put_then_its_status_confirms(stubs, syncs, serving):
-    stub = stubs(model_id=serving, models={MODEL_PATH: "B"})
+def test_a_replica_out_of_sync_gets_one_put_then_its_status_confirms(stubs, syncs, serving,
+                                                                     captured_log):
+    stub = stubs(model_id=serving, models={MODEL_PATH: "B"}, load_s=0.3)
     sync = syncs.make([stub.url])
     sync.want("B", published=False)
     wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
+    log = captured_log[1].getvalue()
+    # One replica: it is the canary (the first to try a new model).
+    assert f"serves {serving or 'no model'}, published is B: swapping (PUT /model, the canary)" \
+        in log, log
+    took = re.search(r"rasa PUT \S+/model loaded: 204 \((\d+) ms\)", log)
+    assert took and 250 <= int(took[1]) < 30_000, log  # the load took 0.3 s
     (call,) = stub.calls()
     assert call["body"] == {"model_file": MODEL_PATH}
     assert call["query"] == {"token": [TOKEN]}
@@ -156,12 +164,16 @@ def test_swaps_roll_one_replica_at_a_time(stubs, syncs, max_swapping):
 def test_a_replica_that_is_down_holds_no_slot(stubs, syncs):
     hanging = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[("hang", 4)] * 3)
     healthy = stubs(model_id="A", models={MODEL_PATH: "B"})
-    sync = syncs.make([closed_port_url(), hanging.url, healthy.url], timeout=10)
+    down = closed_port_url()
+    sync = syncs.make([down, hanging.url, healthy.url], timeout=10)
     started = time.monotonic()
     sync.want("B", published=True)
     wait_for(lambda: syncs.in_sync(healthy.url, "B"), 10)
     assert time.monotonic() - started < 3, "the healthy replica waited for a slot"
     assert hanging.calls() == []
+    # A replica never reached is not in sync (nor is one not checked yet).
+    wait_for(lambda: syncs.state(down) is not None and syncs.state(down).state == "down", 10)
+    assert syncs.state(down).in_sync is False and syncs.state(down).model_id is None
 
 
 def test_no_swap_while_training_jobs_run(stubs, syncs, captured_log):
@@ -250,7 +262,8 @@ def test_rasa_loading_another_model_than_published_is_reported_once(stubs, syncs
     assert "serves model_id Z, not the published B" in syncs.state(stub.url).last_error
 
 
-def test_a_replica_that_restarts_right_after_our_load_is_brought_back(stubs, syncs):
+def test_a_replica_that_restarts_right_after_our_load_is_brought_back(stubs, syncs,
+                                                                     captured_log):
     """Rasa answered 204, then /status shows another file than RASA_MODEL_PATH: the replica
     restarted with its own --model meanwhile (seen against real Rasa). That is no verdict on
     RASA_MODEL_PATH: the next check swaps it again instead of waiting for the next publish."""
@@ -259,6 +272,8 @@ def test_a_replica_that_restarts_right_after_our_load_is_brought_back(stubs, syn
     sync.want("B", published=True)
     wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
     assert len(stub.calls()) == 2
+    assert "serves model_id old from another file right after our load" in \
+        captured_log[1].getvalue(), captured_log[1].getvalue()
 
 
 def test_a_model_without_model_id_gets_one_put_per_publish_and_none_at_start(stubs, syncs):
