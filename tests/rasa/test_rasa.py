@@ -1362,3 +1362,12 @@ def test_a_token_in_a_reason_phrase_that_is_not_utf8_is_scrubbed():
     reason = b"Caf\xe9 " + token.encode()
     answer = answer_from(http_answer(403, reason, b""), "put", token)
     assert answer.reason == "Caf\xe9 ***", answer.reason
+
+
+def test_the_password_as_written_in_the_url_is_scrubbed_too():
+    """A percent-escape that is not UTF-8 (%FF) decodes to U+FFFD, so the decoded password's
+    forms miss the URL's own text of it: that text is a secret of its own."""
+    client = RasaClient("http://ops:%FFp4ss-w0rd@127.0.0.1:5005/", "", 1.0)
+    for echo in ("http://ops:%FFp4ss-w0rd@127.0.0.1:5005/", "user info ops:%FFp4ss-w0rd"):
+        shown = client.secrets.scrub(echo)
+        assert "p4ss-w0rd" not in shown, shown
