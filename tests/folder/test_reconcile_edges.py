@@ -14,6 +14,7 @@ import pytest
 from tests.folder.test_reconcile import add_model, kinds, make_settings, names
 from tests.helpers import model_bytes, set_mtime
 from worker.folder.files import parse_record, read_record, record_path
+from worker.folder.loadable import record_loaded
 from worker.folder.reconcile import Reconciler
 from worker.folder.statefile import InvalidState
 from worker.surface.status import not_published, published_model
@@ -398,3 +399,42 @@ def test_a_refusal_memory_that_cannot_be_saved_is_one_error(tmp_path):
         ("failed", ".latest.tar.gz.loadable.json"), ("skipped", "a.tar.gz"),
         ("failed", ".latest.tar.gz.loadable.json")]
     assert "could not save the refusal memory" in outcome.actions[2].detail
+
+
+# -- what the mutation check found next (issue 20, second round) ---------------------------------
+
+def test_a_known_broken_newer_arrival_does_not_hold_back_an_older_one_still_written(tmp_path):
+    """x arrives first and is still being written; b arrives after it (copied with an old
+    mtime, `cp -p`) and is broken. Once x is quiet it is published: the broken b, known from
+    the last reconcile, is passed over, not the end of the search."""
+    settings = make_settings(tmp_path, THROTTLE_DELAY="10000")
+    folder = settings.target_dir
+    start = time.time()
+    clock = [start]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    still_written = add_model(folder, "x.tar.gz", model_id="x")
+    set_mtime(still_written, start - 1)
+    assert reconciler.reconcile().actions == []  # x is not quiet for 9 s more
+    clock[0] = start + 1
+    broken = add_model(folder, "b.tar.gz", data=model_bytes(20_000)[:-100])
+    set_mtime(broken, start - 100)
+    assert kinds(reconciler.reconcile()) == [("skipped", "b.tar.gz")]
+    clock[0] = start + 12
+    assert kinds(reconciler.reconcile())[:1] == [("published", "x.tar.gz")]
+    assert settings.latest_model_path.read_bytes() == still_written.read_bytes()
+
+
+def test_the_model_a_replica_loaded_is_kept_and_older_ones_are_still_pruned(tmp_path):
+    """KEEP_PREVIOUS=0: the last model a replica loaded stays (latest returns to it if the
+    new one is refused); the prune goes on past it and deletes what is older still."""
+    keeping = make_settings(tmp_path, KEEP_PREVIOUS="1")
+    folder = keeping.target_dir
+    add_model(folder, "ancient.tar.gz", age_s=400)
+    add_model(folder, "good.tar.gz", age_s=300)
+    assert kinds(Reconciler(keeping).reconcile()) == [("published", "good.tar.gz")]
+    record_loaded(keeping.latest_model_path, read_record(keeping.latest_model_path), "r1")
+    settings = make_settings(tmp_path)  # KEEP_PREVIOUS=0
+    add_model(folder, "new.tar.gz", age_s=100)
+    outcome = Reconciler(settings).reconcile()
+    assert kinds(outcome) == [("published", "new.tar.gz"), ("deleted", "ancient.tar.gz")]
+    assert (folder / "good.tar.gz").exists()
