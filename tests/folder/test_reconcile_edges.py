@@ -13,7 +13,7 @@ import pytest
 
 from tests.folder.test_reconcile import add_model, kinds, make_settings, names
 from tests.helpers import model_bytes, set_mtime
-from worker.folder.files import parse_record, read_record, record_path
+from worker.folder.files import list_models, parse_record, read_record, record_path
 from worker.folder.loadable import record_loaded
 from worker.folder.reconcile import Reconciler
 from worker.folder.statefile import InvalidState
@@ -253,6 +253,8 @@ def test_a_record_is_read_with_or_without_a_digest_and_with_arrival_seq_0(tmp_pa
     assert parse_record(json.loads(json.dumps(asdict(old)))) == old
     with pytest.raises(InvalidState, match="'digest' is not a hexadecimal digest"):
         parse_record({**asdict(record), "digest": "not-hex"})
+    with pytest.raises(InvalidState, match="'arrival_seq' is not a whole number from 0 to"):
+        parse_record({**asdict(record), "arrival_seq": -1})
 
 
 def test_a_model_below_a_minimum_that_was_lowered_is_published_and_no_longer_listed(
@@ -438,3 +440,23 @@ def test_the_model_a_replica_loaded_is_kept_and_older_ones_are_still_pruned(tmp_
     outcome = Reconciler(settings).reconcile()
     assert kinds(outcome) == [("published", "new.tar.gz"), ("deleted", "ancient.tar.gz")]
     assert (folder / "good.tar.gz").exists()
+
+
+def test_a_folder_that_is_gone_lists_no_models(tmp_path):
+    """The models folder removed (or its mount gone) between two reconciles: nothing to
+    list, no error (the watcher reports the folder itself)."""
+    gone = tmp_path / "models"
+    assert list_models(gone, "*.tar.gz", gone / "latest.tar.gz") == []
+
+
+def test_a_model_named_like_latest_elsewhere_is_a_model(tmp_path):
+    """LATEST_MODEL_PATH in another folder: a file of the watched folder that has its name
+    is just a model (latest is recognised as a file, not by its name)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    add_model(folder, "latest.tar.gz")
+    elsewhere = tmp_path / "published" / "latest.tar.gz"
+    elsewhere.parent.mkdir()
+    assert [m.path.name for m in list_models(folder, "*.tar.gz", elsewhere)] == \
+        ["latest.tar.gz"]
+    assert list_models(folder, "*.tar.gz", folder / "latest.tar.gz") == []
