@@ -460,3 +460,34 @@ def test_a_model_named_like_latest_elsewhere_is_a_model(tmp_path):
     assert [m.path.name for m in list_models(folder, "*.tar.gz", elsewhere)] == \
         ["latest.tar.gz"]
     assert list_models(folder, "*.tar.gz", folder / "latest.tar.gz") == []
+
+
+def test_the_rules_forget_their_verdict_on_a_file_that_is_gone(tmp_path):
+    """A long-running rotator checks each new file version once and keeps the verdict while
+    that version is there, not after: the memory follows the folder, not its history."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "good.tar.gz", age_s=300)
+    reconciler = Reconciler(settings)
+    for round_ in range(3):
+        broken = add_model(folder, f"broken{round_}.tar.gz", age_s=100,
+                           data=model_bytes(20_000)[:-100])
+        reconciler.reconcile()
+        assert broken.name in {identity[0] for identity in reconciler._checks}
+        broken.unlink()
+    reconciler.reconcile()
+    assert not {i[0] for i in reconciler._checks} & {f"broken{n}.tar.gz" for n in range(3)}
+
+
+def test_a_report_about_a_file_version_is_remembered_while_that_version_is_there():
+    """The report-once memory: a key about a file version (alone, or with an error's errno
+    or "unreadable") is kept while that version is in the folder; other keys always."""
+    from worker.folder.reconcile import _still_relevant
+
+    version = ("a.tar.gz", 7, 20_000, 1_000)
+    changed = ("a.tar.gz", 7, 20_000, 2_000)
+    for key in (version, (version, "unreadable"), (version, 28)):
+        assert _still_relevant(key, {version}), key
+        assert not _still_relevant(key, {changed}), key
+    for key in (("journal", 28), ("loadable", "bad"), (("<latest>", 7, 20_000, 1_000), 28)):
+        assert _still_relevant(key, set()), key
