@@ -212,7 +212,7 @@ def test_a_newer_publish_supersedes_the_retries(stubs, syncs, captured_log):
     sync.want("C", published=True)
     wait_for(lambda: syncs.in_sync(stub.url, "C"), 10)
     assert time.monotonic() - started < 1.5, "waited out the backoff of the old publish"
-    assert "supersedes" in captured_log[1].getvalue()
+    assert "a newer publish supersedes the work for model B" in captured_log[1].getvalue()
 
 
 def test_a_replica_restarted_with_another_model_is_brought_back(stubs, syncs):
