@@ -491,3 +491,18 @@ def test_a_report_about_a_file_version_is_remembered_while_that_version_is_there
         assert not _still_relevant(key, {changed}), key
     for key in (("journal", 28), ("loadable", "bad"), (("<latest>", 7, 20_000, 1_000), 28)):
         assert _still_relevant(key, set()), key
+
+
+def test_only_the_verdict_on_what_latest_holds_now_is_kept(tmp_path):
+    """Another program writes latest again and again (Rasa's --fixed-model-name): each
+    version is checked once, and the verdicts on the versions it replaced are forgotten."""
+    settings = make_settings(tmp_path)
+    reconciler = Reconciler(settings)
+    for round_ in range(3):
+        version = tmp_path / f"foreign{round_}.tar.gz"
+        add_model(tmp_path, version.name, model_id=f"foreign{round_}")
+        os.replace(version, settings.latest_model_path)
+        reconciler.reconcile()
+        reconciler.reconcile()  # the next one forgets the version before
+        on_latest = [i for i in reconciler._checks if i[0] == "<latest>"]
+        assert len(on_latest) == 1, on_latest

@@ -657,8 +657,15 @@ class Reconciler:
         return self._checks[identity]
 
     def _forget_missing(self, models: list[ModelFile]) -> None:
+        """Forget the verdicts on file versions that are gone: models no longer listed, and
+        what latest held before (another program that writes latest again and again, Rasa's
+        --fixed-model-name, would otherwise leave one verdict per version for ever)."""
         identities = {m.identity for m in models}
-        for identity in [i for i in self._checks if i[0] != "<latest>" and i not in identities]:
+        try:
+            latest_now = ("<latest>", *version_of(os.lstat(self.settings.latest_model_path)))
+        except OSError:
+            latest_now = None
+        for identity in [i for i in self._checks if i not in identities and i != latest_now]:
             del self._checks[identity]
         self._reported = {r for r in self._reported if _still_relevant(r[0], identities)}
 
