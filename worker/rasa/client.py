@@ -60,10 +60,16 @@ class Secrets:
     @staticmethod
     def _pattern(secret: str) -> re.Pattern:
         parts = []
-        for run in re.findall(r"\s+|\S", secret):
+        for run in re.findall(r"%[0-9A-Fa-f]{2}|\s+|\S", secret):
             if run.isspace():
                 space = "|".join(_char_forms(" ") + [r"\s", r"\+"])
                 parts.append(f"(?:{space})+")
+            elif len(run) == 3:
+                # A percent-escape in the secret as written (a URL's password): an echo may
+                # write its hex digits in the other case (%ff for %FF), or encode each char.
+                first, second = ("(?:" + "|".join(_char_forms(c)) + ")" for c in run[1:])
+                parts.append("(?:" + "|".join(_char_forms("%")) + ")"
+                             f"(?:{_hex_any_case_text(run[1:].lower())}|{first}{second})")
             else:
                 parts.append("(?:" + "|".join(_char_forms(run)) + ")")
         return re.compile("".join(parts))
