@@ -118,7 +118,8 @@ def test_a_failed_smoke_parse_counts_as_a_refusal(stubs, captured_log, status, b
         wait_for(lambda: verdicts.refused, 10)
         time.sleep(1.0)
         assert puts(first, second) == 1
-        assert "/model/parse" in verdicts.refused[0][2]
+        assert f"POST /model/parse (RASA_SMOKE_TEXT) answered {status}" in \
+            verdicts.refused[0][2], verdicts.refused
         assert [r["body"] for r in first.calls("POST") + second.calls("POST")] == [
             {"text": "hello"}]
         # The canary serves the refused model: once latest is back on A, it is swapped back.

@@ -46,6 +46,17 @@ def assert_no_secret(text: str, *secrets: str) -> None:
     assert "s3cr3t" not in text and "t0k" not in text, text
 
 
+class ListHandler(logging.Handler):
+    """Keeps the records themselves: their `extra` fields are what LOG_FORMAT=json shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture
 def captured_log():
     stream = io.StringIO()
@@ -123,15 +134,22 @@ def test_a_replica_already_serving_the_published_model_gets_no_put(stubs, syncs)
 def test_a_replica_out_of_sync_gets_one_put_then_its_status_confirms(stubs, syncs, serving,
                                                                      captured_log):
     stub = stubs(model_id=serving, models={MODEL_PATH: "B"}, load_s=0.3)
+    records = ListHandler()
+    captured_log[0].addHandler(records)
     sync = syncs.make([stub.url])
     sync.want("B", published=False)
     wait_for(lambda: syncs.in_sync(stub.url, "B"), 10)
     log = captured_log[1].getvalue()
+    if serving is None:  # Rasa's 409: no model, so not in sync with anything
+        assert history_of(syncs, stub.url)[0].in_sync is False
     # One replica: it is the canary (the first to try a new model).
     assert f"serves {serving or 'no model'}, published is B: swapping (PUT /model, the canary)" \
         in log, log
     took = re.search(r"rasa PUT \S+/model loaded: 204 \((\d+) ms\)", log)
     assert took and 250 <= int(took[1]) < 30_000, log  # the load took 0.3 s
+    # LOG_FORMAT=json shows the fields: the swap line says it is the canary's.
+    (swap,) = [r for r in records.records if getattr(r, "event", None) == "rasa_swap"]
+    assert swap.fields["canary"] is True, swap.fields
     (call,) = stub.calls()
     assert call["body"] == {"model_file": MODEL_PATH}
     assert call["query"] == {"token": [TOKEN]}
