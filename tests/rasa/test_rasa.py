@@ -1390,3 +1390,15 @@ def test_the_password_as_written_in_the_url_is_scrubbed_too():
                  "user info ops:%ffp4ss-w0rd", "encoded again ops:%25FFp4ss-w0rd"):
         shown = client.secrets.scrub(echo)
         assert "p4ss-w0rd" not in shown, shown
+
+
+@pytest.mark.parametrize("jobs", [-1, "2", True, 1.5, None, [1]])
+def test_a_training_job_count_that_is_not_a_whole_number_is_not_rasa_s_status(jobs):
+    """Rasa counts its training jobs in a whole number from 0: any other value (a proxy's
+    page, a changed API) makes the answer unusable, never a count and never an error."""
+    from worker.rasa.sync import _parse_status
+
+    body = {"model_id": "A", "model_file": "a.tar.gz", "num_active_training_jobs": jobs}
+    assert _parse_status(Answer(200, "OK", body)) is None
+    assert _parse_status(Answer(200, "OK", {**body, "num_active_training_jobs": 2})) == \
+        ("A", 2, "a.tar.gz")
