@@ -142,6 +142,9 @@ def test_a_replica_out_of_sync_gets_one_put_then_its_status_confirms(stubs, sync
     log = captured_log[1].getvalue()
     if serving is None:  # Rasa's 409: no model, so not in sync with anything
         assert history_of(syncs, stub.url)[0].in_sync is False
+    # Once Rasa serves B the replica is reported in sync, never "swapping" and in sync.
+    assert all(s.state == "in-sync" for s in history_of(syncs, stub.url) if s.in_sync), \
+        history_of(syncs, stub.url)
     # One replica: it is the canary (the first to try a new model).
     assert f"serves {serving or 'no model'}, published is B: swapping (PUT /model, the canary)" \
         in log, log
@@ -954,9 +957,11 @@ def test_a_model_without_model_id_is_sent_to_a_replica_serving_nothing(stubs, sy
     wait_for(lambda: seen(syncs, stub.url, "no-model-id"), 10)
 
 
-def test_stop_ends_the_thread_even_in_a_retry_wait(stubs, syncs, captured_log):
+def test_stop_ends_the_thread_even_in_a_retry_wait(stubs, syncs, captured_log, monkeypatch):
     stub = stubs(model_id="A", models={MODEL_PATH: "B"}, status_script=[503] * 1000)
     slow = Timing(backoff_first_s=20.0, backoff_max_s=20.0, poll_s=0.05)
+    uncaught = []  # a thread that ends by an exception: Python prints its traceback
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
     sync = syncs.make([stub.url], timing=slow)
     sync.want("B", published=True)
     wait_for(lambda: "trying again in" in captured_log[1].getvalue(), 10)
@@ -965,6 +970,7 @@ def test_stop_ends_the_thread_even_in_a_retry_wait(stubs, syncs, captured_log):
     replica.join(5)
     assert not replica.is_alive()
     assert "unexpected" not in captured_log[1].getvalue()
+    assert uncaught == [], [args.exc_value for args in uncaught]
 
 
 def test_the_thread_outlives_an_unexpected_error(stubs, captured_log):
@@ -1112,8 +1118,9 @@ def test_an_error_whose_body_breaks_off_still_gives_its_status():
 @pytest.mark.parametrize("token, escaped", [("Zq9\u00d6Wv-7Kp", "\\u00d6"),
                                            ("Zq9\uffffWv-7Kp", "\\uffff"),
                                            ("Zq9\U00010000Wv-7Kp", "\\ud800\\udc00"),
-                                           ("Zq9\U0001F600Wv-7Kp", "\\ud83d\\ude00")],
-                         ids=["basic-plane", "last-basic", "first-beyond", "beyond"])
+                                           ("Zq9\U0001F600Wv-7Kp", "\\ud83d\\ude00"),
+                                           ("Zq9\U0001F601Wv-7Kp", "\\ud83d\\ude01")],
+                         ids=["basic-plane", "last-basic", "first-beyond", "beyond", "odd-low"])
 def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes(token, escaped):
     """JSON escapes a character beyond U+FFFF as a surrogate pair (json.dumps writes 😀 as
     \\ud83d\\ude00): an error page that embeds the request as JSON hides such a token too,
