@@ -309,6 +309,11 @@ def test_a_model_without_model_id_gets_one_put_per_publish_and_none_at_start(stu
     checks = stub.status_checks()
     wait_for(lambda: stub.status_checks() >= checks + 3, 10)
     assert len(stub.calls()) == 1, "the timer repeated a blind PUT"
+    # Without a model_id nothing can say the replica serves the published model: never
+    # reported in sync, before the blind PUT (the check) nor after it (the PUT's answer).
+    blind = [s for s in history_of(syncs, stub.url) if s.state == "no-model-id"]
+    assert blind and not any(s.in_sync for s in blind), blind
+    assert any(s.converged_at for s in blind), "the PUT's own no-model-id report is missing"
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -1119,8 +1124,10 @@ def test_an_error_whose_body_breaks_off_still_gives_its_status():
                                            ("Zq9\uffffWv-7Kp", "\\uffff"),
                                            ("Zq9\U00010000Wv-7Kp", "\\ud800\\udc00"),
                                            ("Zq9\U0001F600Wv-7Kp", "\\ud83d\\ude00"),
-                                           ("Zq9\U0001F601Wv-7Kp", "\\ud83d\\ude01")],
-                         ids=["basic-plane", "last-basic", "first-beyond", "beyond", "odd-low"])
+                                           ("Zq9\U0001F601Wv-7Kp", "\\ud83d\\ude01"),
+                                           ("Zq9\U000103FFWv-7Kp", "\\ud800\\udfff")],
+                         ids=["basic-plane", "last-basic", "first-beyond", "beyond", "odd-low",
+                              "all-low-bits"])
 def test_a_token_beyond_the_basic_plane_is_scrubbed_from_json_escapes(token, escaped):
     """JSON escapes a character beyond U+FFFF as a surrogate pair (json.dumps writes 😀 as
     \\ud83d\\ude00): an error page that embeds the request as JSON hides such a token too,
