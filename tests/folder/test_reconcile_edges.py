@@ -13,7 +13,15 @@ import pytest
 
 from tests.folder.test_reconcile import add_model, kinds, make_settings, names
 from tests.helpers import model_bytes, set_mtime
-from worker.folder.files import list_models, parse_record, read_record, record_path
+from worker.folder.arrivals import Arrival
+from worker.folder.files import (
+    keep_latest_newest,
+    list_models,
+    parse_record,
+    read_record,
+    record_path,
+    same_content,
+)
 from worker.folder.loadable import record_loaded
 from worker.folder.reconcile import Reconciler
 from worker.folder.statefile import InvalidState
@@ -251,6 +259,9 @@ def test_a_record_is_read_with_or_without_a_digest_and_with_arrival_seq_0(tmp_pa
     record = read_record(settings.latest_model_path)
     old = replace(record, digest=None, arrival_seq=0)
     assert parse_record(json.loads(json.dumps(asdict(old)))) == old
+    # A model whose metadata.json names no model_id nor trained_at: both null in the record.
+    bare = replace(record, model_id=None, trained_at=None)
+    assert parse_record(json.loads(json.dumps(asdict(bare)))) == bare
     with pytest.raises(InvalidState, match="'digest' is not a hexadecimal digest"):
         parse_record({**asdict(record), "digest": "not-hex"})
     with pytest.raises(InvalidState, match="'arrival_seq' is not a whole number from 0 to"):
@@ -506,3 +517,42 @@ def test_only_the_verdict_on_what_latest_holds_now_is_kept(tmp_path):
         reconciler.reconcile()  # the next one forgets the version before
         on_latest = [i for i in reconciler._checks if i[0] == "<latest>"]
         assert len(on_latest) == 1, on_latest
+
+
+def test_latest_is_made_newer_than_a_model_with_the_same_mtime(tmp_path):
+    """Rasa started with `--model <folder>` loads the newest mtime; a tie leaves its pick to
+    the listing's order, so latest's mtime goes just above. A dangling link among the
+    candidates is passed over."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    Reconciler(settings).reconcile()
+    other = add_model(folder, "other.tar.gz", age_s=300)
+    os.utime(other, ns=(0, settings.latest_model_path.stat().st_mtime_ns))
+    (folder / "dangling.tar.gz").symlink_to(folder / "gone.tar.gz")
+    record = read_record(settings.latest_model_path)
+    changed = keep_latest_newest(folder, settings.latest_model_path, record)
+    assert changed is not None and changed.st_mtime_ns > other.stat().st_mtime_ns
+    assert settings.latest_model_path.stat().st_mtime_ns == changed.st_mtime_ns
+
+
+def test_same_content_compares_every_chunk(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    head = os.urandom(3000)
+    first.write_bytes(head + b"a")
+    second.write_bytes(head + b"b")
+    assert not same_content(first, second, chunk=1000)  # equal in the first three chunks
+    second.write_bytes(head + b"a")
+    assert same_content(first, second, chunk=1000)
+
+
+def test_a_change_after_the_event_is_not_quiet(tmp_path):
+    """A close_write announced the file at t; its mtime is 1 s later (written again since):
+    only THROTTLE_DELAY of quiet, not the event, lets it be copied."""
+    settings = make_settings(tmp_path, THROTTLE_DELAY="10000")
+    reconciler = Reconciler(settings)
+    event_at = time.time()
+    arrival = Arrival(at=event_at, seq=1, seen=event_at, ino=1, size=10,
+                      mtime_ns=int((event_at + 1) * 1e9), event_at=event_at)
+    assert not reconciler._quiet(arrival, arrival.mtime_ns, event_at + 2)
+    assert reconciler._quiet(arrival, int((event_at - 1) * 1e9), event_at + 2)
