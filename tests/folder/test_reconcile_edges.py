@@ -246,6 +246,11 @@ def test_a_latest_adopted_without_a_source_shows_no_source_in_status(tmp_path):
     assert Reconciler(settings).reconcile().actions == []
     shown = published_model(settings)
     assert (shown["source"], shown["source_mtime"], shown["model_id"]) == (None, None, "theirs")
+    # The record's own words for "no source", and no publish duration (we did not copy it:
+    # the metrics show 0 s and the publish time as latest's own).
+    record = read_record(settings.latest_model_path)
+    assert (record.source, record.source_size, record.source_mtime_ns, record.source_inode,
+            record.duration_s) == ("", -1, -1, -1, 0.0), record
 
 
 # -- the record as read back --------------------------------------------------------------
@@ -530,9 +535,13 @@ def test_latest_is_made_newer_than_a_model_with_the_same_mtime(tmp_path):
     other = add_model(folder, "other.tar.gz", age_s=300)
     os.utime(other, ns=(0, settings.latest_model_path.stat().st_mtime_ns))
     (folder / "dangling.tar.gz").symlink_to(folder / "gone.tar.gz")
+    notes = folder / "notes.txt"  # newer, but Rasa's glob (*.tar.gz) never sees it
+    notes.write_text("not a model")
+    os.utime(notes, ns=(0, time.time_ns() + 86400 * 10**9))
     record = read_record(settings.latest_model_path)
     changed = keep_latest_newest(folder, settings.latest_model_path, record)
     assert changed is not None and changed.st_mtime_ns > other.stat().st_mtime_ns
+    assert changed.st_mtime_ns < notes.stat().st_mtime_ns
     assert settings.latest_model_path.stat().st_mtime_ns == changed.st_mtime_ns
 
 
