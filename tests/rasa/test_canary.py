@@ -104,7 +104,8 @@ def test_the_canary_loads_alone_then_the_others_follow(stubs, captured_log):
 @pytest.mark.parametrize("status, body", [
     (500, None), (200, b'{"text": "hello"}'), (200, b'[{"intent": "greet"}]'), (200, b"ok"),
 ], ids=["error", "no-intent", "not-an-object", "not-json"])
-def test_a_failed_smoke_parse_counts_as_a_refusal(stubs, captured_log, status, body):
+def test_a_failed_smoke_parse_counts_as_a_refusal(stubs, captured_log, caplog, status,
+                                                body):
     """Only a success that holds a parse result (an object with an intent) lets the model in:
     a 200 from a proxy's page or from a model that parses nothing is a refusal too."""
     syncs = Syncs(captured_log[0])
@@ -120,6 +121,8 @@ def test_a_failed_smoke_parse_counts_as_a_refusal(stubs, captured_log, status, b
         assert puts(first, second) == 1
         assert f"POST /model/parse (RASA_SMOKE_TEXT) answered {status}" in \
             verdicts.refused[0][2], verdicts.refused
+        wait_for(lambda: "model B was refused by another replica (the canary): not sent here"
+                 in caplog.text, 10, message=lambda: caplog.text)
         assert [r["body"] for r in first.calls("POST") + second.calls("POST")] == [
             {"text": "hello"}]
         # The canary serves the refused model: once latest is back on A, it is swapped back.
