@@ -565,3 +565,67 @@ def test_a_change_after_the_event_is_not_quiet(tmp_path):
                       mtime_ns=int((event_at + 1) * 1e9), event_at=event_at)
     assert not reconciler._quiet(arrival, arrival.mtime_ns, event_at + 2)
     assert reconciler._quiet(arrival, int((event_at - 1) * 1e9), event_at + 2)
+
+
+# -- the files module's guards (mutation check, third pass) ---------------------------------------
+
+def test_a_journal_saved_by_this_version_is_read_with_its_format_number_1(tmp_path):
+    """The journal's format is 1 on disk: a journal saved by a running rotator survives an
+    upgrade (a changed number would set every existing journal aside)."""
+    from worker.folder.arrivals import ArrivalJournal, journal_path
+
+    latest = tmp_path / "latest.tar.gz"
+    journal_path(latest).write_text(json.dumps({
+        "version": 1, "seq": 1, "high_water": 100.0, "scanned_at": None,
+        "files": {"a.tar.gz": {"at": 100.0, "seq": 1, "seen": 100.0, "ino": 5, "size": 10,
+                               "mtime_ns": 1, "event_at": 100.0}}}))
+    problems = []
+    journal = ArrivalJournal.load(latest, lambda path, problem: problems.append(problem))
+    assert problems == [] and list(journal.entries) == ["a.tar.gz"]
+
+
+def test_an_invalid_record_read_without_a_handler_is_absent(tmp_path):
+    settings = make_settings(tmp_path)
+    record_path(settings.latest_model_path).write_text('{"source": 7}')
+    assert read_record(settings.latest_model_path) is None
+    seen = []
+    assert read_record(settings.latest_model_path, lambda *problem: seen.append(problem)) is None
+    assert len(seen) == 1
+
+
+def test_a_publish_records_how_long_it_took(tmp_path):
+    """The metrics show the record's duration_s as the last publish's duration."""
+    settings = make_settings(tmp_path)
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    Reconciler(settings).reconcile()
+    assert 0 <= read_record(settings.latest_model_path).duration_s < 60
+
+
+def test_temp_files_go_only_when_they_are_ours(tmp_path):
+    """A leftover temp file of ours is removed; a link with our prefix (not a file we write)
+    stays, and a folder that is gone has nothing to remove."""
+    from worker.folder.files import remove_temporary_files
+
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    leftover = folder / ".latest.tar.gz.tmp-0123abcd"
+    leftover.write_bytes(b"killed mid-write")
+    target = folder / "keep.tar.gz"
+    target.write_bytes(b"someone's")
+    link = folder / ".latest.tar.gz.tmp-link"
+    link.symlink_to(target)
+    assert remove_temporary_files(settings.latest_model_path) == [leftover]
+    assert link.is_symlink() and target.exists()
+    assert remove_temporary_files(tmp_path / "gone" / "latest.tar.gz") == []
+
+
+def test_every_model_is_listed_whatever_other_names_come_between(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for index in range(5):
+        add_model(folder, f"m{index}.tar.gz")
+    for index in range(5):  # created after the models: tmpfs lists them first
+        (folder / f"notes{index}.txt").write_text("not a model")
+        (folder / f".hidden{index}.tar.gz").write_text("not a candidate")
+    listed = sorted(m.path.name for m in list_models(folder, "*.tar.gz", folder / "latest.tar.gz"))
+    assert listed == [f"m{index}.tar.gz" for index in range(5)]
