@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, replace
 
@@ -150,6 +151,11 @@ def test_the_publish_line_says_whether_the_model_was_copied_or_moved(tmp_path):
         add_model(settings.target_dir, "a.tar.gz", age_s=300)
         (published,) = Reconciler(settings).reconcile().actions
         assert f" {verb} in " in published.detail, published.detail
+        # The whole line as the log shows it: no warning part when there is none.
+        line = re.escape(f"published {settings.target_dir / 'a.tar.gz'} -> "
+                         f"{settings.latest_model_path} (")
+        assert re.fullmatch(line + rf"[0-9.]+ [KMG]?i?B {verb} in \d+ ms, model_id a\.tar\.gz\)",
+                            str(published)), str(published)
 
 
 # -- latest known by its content ------------------------------------------------------------
