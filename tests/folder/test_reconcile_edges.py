@@ -635,3 +635,18 @@ def test_every_model_is_listed_whatever_other_names_come_between(tmp_path):
         (folder / f".hidden{index}.tar.gz").write_text("not a candidate")
     listed = sorted(m.path.name for m in list_models(folder, "*.tar.gz", folder / "latest.tar.gz"))
     assert listed == [f"m{index}.tar.gz" for index in range(5)]
+
+
+def test_a_foreign_latest_is_settled_by_an_event_after_its_last_change(tmp_path):
+    """Another program's latest, not whole: replaced at once only if a close_write came
+    after its last change; one changed 1 s after its event waits BROKEN_GRACE_PERIOD."""
+    reconciler = Reconciler(make_settings(tmp_path))
+    event_at = time.time()
+
+    def arrival(mtime_s: float) -> Arrival:
+        return Arrival(at=event_at, seq=1, seen=event_at, ino=1, size=10,
+                       mtime_ns=int(mtime_s * 1e9), event_at=event_at)
+
+    after, before = arrival(event_at + 1), arrival(event_at - 1)
+    assert reconciler._foreign_latest_settled_at(after, after.mtime_ns, event_at + 2) is not None
+    assert reconciler._foreign_latest_settled_at(before, before.mtime_ns, event_at + 2) is None
