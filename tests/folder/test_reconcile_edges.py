@@ -143,6 +143,15 @@ def test_a_record_rewritten_by_another_program_is_written_again(tmp_path):
         json.dumps({**asdict(ours), "model_id": "someone-else", "source": "other.tar.gz"}))
     assert reconciler.reconcile().actions == []
     assert read_record(settings.latest_model_path) == ours
+    # Written over with something that is no record at all: kept aside for a person to
+    # look at (nothing is lost), and ours written again.
+    from worker.folder.statefile import REJECTED_SUFFIX
+
+    path = record_path(settings.latest_model_path)
+    path.write_text('{"not": "a record"}')
+    assert reconciler.reconcile().actions == []
+    assert read_record(settings.latest_model_path) == ours
+    assert path.with_name(path.name + REJECTED_SUFFIX).read_text() == '{"not": "a record"}'
 
 
 def test_the_publish_line_says_whether_the_model_was_copied_or_moved(tmp_path):
