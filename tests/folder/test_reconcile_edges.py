@@ -398,6 +398,14 @@ def test_the_retry_after_an_error_is_the_readmes_5_s():
     assert RETRY_AFTER_ERROR_S == 5.0
 
 
+def test_a_model_found_without_its_event_waits_the_readmes_grace(tmp_path):
+    """README: a model found by a look before its event is not deleted "for
+    max(THROTTLE_DELAY, 2 s) after it was first seen"."""
+    short = Reconciler(make_settings(tmp_path / "short", THROTTLE_DELAY="500"))
+    long = Reconciler(make_settings(tmp_path / "long", THROTTLE_DELAY="3000"))
+    assert (short._event_grace_s(), long._event_grace_s()) == (2.0, 3.0)
+
+
 def test_outcome_says_whether_something_was_published(tmp_path):
     settings = make_settings(tmp_path)
     reconciler = Reconciler(settings)
@@ -659,3 +667,21 @@ def test_a_foreign_latest_is_settled_by_an_event_after_its_last_change(tmp_path)
     after, before = arrival(event_at + 1), arrival(event_at - 1)
     assert reconciler._foreign_latest_settled_at(after, after.mtime_ns, event_at + 2) is not None
     assert reconciler._foreign_latest_settled_at(before, before.mtime_ns, event_at + 2) is None
+
+
+def test_a_foreign_latest_s_source_is_found_by_content_not_by_size(tmp_path, caplog):
+    """Another program wrote latest; a model of the very same size but other bytes is not
+    its source: the record names none, and the log says who wrote latest."""
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    settings.latest_model_path.write_bytes(model_bytes(20_000, model_id="theirs"))
+    set_mtime(settings.latest_model_path, time.time() - 100)
+    same_size = folder / "other.tar.gz"
+    theirs = bytearray(settings.latest_model_path.read_bytes())
+    theirs[len(theirs) // 2] ^= 0xFF  # one byte differs
+    same_size.write_bytes(bytes(theirs))
+    set_mtime(same_size, time.time() - 300)
+    with caplog.at_level("INFO"):
+        Reconciler(settings).reconcile()
+    assert read_record(settings.latest_model_path).source == ""
+    assert "(written by another program)" in caplog.text, caplog.text
