@@ -104,7 +104,7 @@ def run_session(session: Path, modules: list[str] | None, tests: str | None, job
     if database.exists():
         made_with = tomllib.loads(config.read_text())["cosmic-ray"]
         if modules and modules != made_with["module-path"] or tests and \
-                test_command(tests) != made_with["test-command"]:
+                pytest_command(tests) != made_with["test-command"]:
             raise SystemExit(f"--modules/--tests: {session} was made with modules "
                              f"{made_with['module-path']} and test command "
                              f"{made_with['test-command']!r}; a resume keeps them (leave "
@@ -189,7 +189,7 @@ def write_config(path: Path, modules: list[str], tests: str) -> None:
     config = tomllib.loads(CONFIG.read_text())
     section = config["cosmic-ray"]
     section["module-path"] = modules
-    section["test-command"] = test_command(tests)
+    section["test-command"] = pytest_command(tests)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(toml.dumps(config))
 
@@ -246,7 +246,7 @@ def session_tree(session: Path) -> Path:
     return session / "tree" if (session / "tree").exists() else session / "copy-0"
 
 
-def test_command(tests: str) -> str:
+def pytest_command(tests: str) -> str:
     """The command Cosmic Ray runs against each mutant: pytest, stopping at the first failure."""
     return shlex.join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                        *shlex.split(tests)])

@@ -222,14 +222,14 @@ def test_a_new_session_carries_over_only_what_was_killed_on_unchanged_code(tmp_p
 def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
     """A session's test command is fixed at its start: a resume asked to run other tests
     would report a score they never produced."""
-    from tests.mutation import main, test_command
+    from tests.mutation import main, pytest_command
 
     session = tmp_path / "session"
     session.mkdir()
     (session / "session.sqlite").write_bytes(b"")
     (session / "config.toml").write_text(
         f'[cosmic-ray]\nmodule-path = ["worker/x.py"]\n'
-        f'test-command = {json.dumps(test_command("tests/a.py"))}\n')
+        f'test-command = {json.dumps(pytest_command("tests/a.py"))}\n')
     for other in (["--tests", "tests/b.py"], ["--modules", "worker/y.py"]):
         with pytest.raises(SystemExit) as refused:
             main(["run", "--session", str(session), *other])
