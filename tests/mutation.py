@@ -12,10 +12,11 @@ database) stay outside it (default: a folder in the system's temporary directory
 the start). A `run` on a session that exists resumes it where it stopped (Ctrl-C is safe).
 `--jobs N` tests N mutants at once, each in its own copy (Cosmic Ray's http workers on
 127.0.0.1): worth it where the tests mostly wait (the Rasa tests), not where they compute.
-`--carry-from OLD_SESSION` (a new session only) takes over the mutants an earlier session
-killed where the code they change is unchanged (same module, operator, mutated expression and
-line): after an edit to the code only the mutants the edit touched, the survivors and the ones
-never run are tested again. Tests only grow between sessions; a killed mutant stays killed.
+`--carry-from OLD_SESSION` (a new session or a resume) takes over the mutants an earlier
+session killed where the code they change is unchanged (same module, operator, mutated
+expression and line): after an edit to the code only the mutants the edit touched, the
+survivors and the ones never run are tested again. Tests only grow between sessions; a killed
+mutant stays killed.
 `recheck` tests each survivor again, against the current tree, with other (slower) tests:
 the fast set for the whole run, the broad one for the few it missed. `report` prints each
 module's score (after the recheck, where one ran) and matches every surviving mutant with

@@ -259,7 +259,7 @@ class Reconciler:
             arrival = journal.note_unseen(LATEST_KEY, version, now)
         arrival = journal.seen_no_later_than(LATEST_KEY, now)
         identity = ("<latest>", *version)
-        result = self._check_identity(identity, path)
+        result = self._check_latest(identity, path)
         if isinstance(result, Unreadable):
             self._fail_once(outcome, identity, path, f"{result}; left as it is")
             outcome.recheck(now + max(self.settings.throttle_delay_s, RETRY_AFTER_ERROR_S))
@@ -656,16 +656,19 @@ class Reconciler:
                 return Unreadable(f"cannot be read: {error.strerror or error}")
         return self._checks[identity]
 
+    def _check_latest(self, identity: tuple, path: Path) -> ArchiveInfo | BrokenArchive:
+        """The verdict on the version latest holds now; the verdicts on the versions it held
+        before are forgotten (another program that writes latest again and again, Rasa's
+        --fixed-model-name, would otherwise leave one per version for ever)."""
+        for known in [i for i in self._checks if i[0] == "<latest>" and i != identity]:
+            del self._checks[known]
+        return self._check_identity(identity, path)
+
     def _forget_missing(self, models: list[ModelFile]) -> None:
-        """Forget the verdicts on file versions that are gone: models no longer listed, and
-        what latest held before (another program that writes latest again and again, Rasa's
-        --fixed-model-name, would otherwise leave one verdict per version for ever)."""
+        """Forget the verdicts on models no longer listed (latest's are replaced when latest
+        is checked: _check_latest)."""
         identities = {m.identity for m in models}
-        try:
-            latest_now = ("<latest>", *version_of(os.lstat(self.settings.latest_model_path)))
-        except OSError:
-            latest_now = None
-        for identity in [i for i in self._checks if i not in identities and i != latest_now]:
+        for identity in [i for i in self._checks if i[0] != "<latest>" and i not in identities]:
             del self._checks[identity]
         self._reported = {r for r in self._reported if _still_relevant(r[0], identities)}
 
