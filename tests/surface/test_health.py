@@ -41,8 +41,9 @@ def _verdict(output: str) -> str:
                                   if line.startswith(("  waiting:", "  problem:")))])
 
 
-def assert_same(tool, word: str) -> tuple[int, str]:
-    light, full = verdicts(tool)
+def assert_same(tool, word: str, judged=None) -> tuple[int, str]:
+    """The light check and `status` agree on word; judged: their verdicts, already taken."""
+    light, full = judged or verdicts(tool)
     assert light == full, f"light check {light} but status {full}"
     assert light[1].startswith(f"rasa-model-rotator: {word}"), light
     assert light[0] == (0 if word == "healthy" else 1), light
@@ -82,10 +83,11 @@ def test_starting_a_stopped_reader_and_a_stopped_rotator_answer_like_status(star
     rotator = tool.program_pid("rotator")
 
     # Its marks say it is starting (as a rotator does until its queue socket is served).
-    (run_dir / "rotator.state").write_text(format_state(
+    marks = run_dir / "rotator.state"
+    judged = verdicts_while_planted(tool, marks, lambda: _replace(marks, format_state(
         {"pid": rotator, "phase": "starting", "since": time.monotonic(), "bytes": 0,
-         "reconciles": 0}))
-    _, lines = assert_same(tool, "starting")
+         "reconciles": 0})))
+    _, lines = assert_same(tool, "starting", judged)
     assert "rotator is starting" in lines
 
     stopped = run(tool.env, tool.workdir, "worker", "supervisorctl", "stop", "reader")
@@ -160,22 +162,53 @@ def test_garbage_or_hostile_run_dir_files_answer_like_status(start_tool, models,
     wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
     state = tool.workdir / "run" / name
     honest = state.read_text()
-    state.unlink()
-    if planted == "garbage":
-        state.write_text('pid=' if name == "rotator.state" else honest.replace(" ", "  x ", 1))
-    elif planted == "fifo":
-        os.mkfifo(state)
-    elif planted == "link":
-        secret = tmp_path / "secret"
-        secret.write_text(honest)
-        state.symlink_to(secret)
-    else:
-        state.write_text(" " * 100_000 + honest)
-    light, _ = verdicts(tool)
+
+    def plant() -> None:
+        state.unlink()
+        if planted == "garbage":
+            state.write_text('pid=' if name == "rotator.state" else honest.replace(" ", "  x ", 1))
+        elif planted == "fifo":
+            os.mkfifo(state)
+        elif planted == "link":
+            secret = tmp_path / "secret"
+            secret.write_text(honest)
+            state.symlink_to(secret)
+        else:
+            state.write_text(" " * 100_000 + honest)
+
+    light, full = verdicts_while_planted(tool, state, plant)
     assert light[0] == 1, light  # never healthy on a state it cannot trust
-    assert_same(tool, light[1].splitlines()[0].rsplit(" ", 1)[1])
+    assert light == full, f"light check {light} but status {full}"
+    assert light[1].startswith("rasa-model-rotator: "), light
     if planted == "link" and name == "programs.state":  # (marks not trusted: none, "starting")
         assert f"{name} in RUN_DIR is not trusted: a symbolic link" in light[1]
+
+
+def verdicts_while_planted(tool, path: Path, plant) -> tuple[tuple[int, str], tuple[int, str]]:
+    """verdicts() taken while the file plant() put at path stood throughout both checks.
+
+    The tool rewrites its state files when something happens (the rotator's periodic rescan,
+    a change of supervisord's states): on a busy machine a rewrite can land between planting
+    and checking, and the verdict is then on the tool's file, not on the planted one."""
+    for _ in range(5):
+        plant()
+        planted_as = _identity(path)
+        judged = verdicts(tool)
+        if _identity(path) == planted_as:
+            return judged
+    pytest.fail(f"the tool rewrote {path.name} during each of 5 checks\n{tool.output}")
+
+
+def _replace(path: Path, text: str) -> None:
+    """A new file at path (a new inode, as the tool's own rename makes)."""
+    path.unlink(missing_ok=True)
+    path.write_text(text)
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What tells one file at path from the next one put there (rename or unlink + create)."""
+    found = os.lstat(path)
+    return found.st_ino, found.st_mode, found.st_mtime_ns
 
 
 def test_programs_state_lines_are_read_back_and_nothing_else():
