@@ -3,6 +3,7 @@
     python -m tests.mutation run [--modules worker/folder/reconcile.py ...] [--tests "PYTEST ARGS"]
                                  [--jobs N] [--session DIR] [--carry-from OLD_SESSION]
     python -m tests.mutation recheck --tests "PYTEST ARGS" [--jobs N] [--session DIR]
+                                     [--unexplained]
     python -m tests.mutation report [--session DIR] [--diff]
 
 `run` copies the working tree (less .git, .venv and caches) into the session folder, and
@@ -18,10 +19,11 @@ expression and line): after an edit to the code only the mutants the edit touche
 survivors and the ones never run are tested again. Tests only grow between sessions; a killed
 mutant stays killed.
 `recheck` tests each survivor again, against the current tree, with other (slower) tests:
-the fast set for the whole run, the broad one for the few it missed. `report` prints each
-module's score (after the recheck, where one ran) and matches every surviving mutant with
-its explanation in tests/*/mutation_survivors.toml (by module, operator and the mutated
-source line, stripped): it lists each survivor left unexplained (with --diff, its change)
+the fast set for the whole run, the broad one for the few it missed (`--unexplained`:
+only the survivors no explanation covers, where the broad set takes minutes each). `report`
+prints each module's score (after the recheck, where one ran) and matches every surviving
+mutant with its explanation in tests/*/mutation_survivors.toml (by module, operator and the
+mutated source line, stripped): it lists each survivor left unexplained (with --diff, its change)
 and each entry that matches no survivor (stale), and exits 1 while one is unexplained.
 
 Not part of `python -m pytest tests` nor of CI: a full run takes hours on two cores. Settings
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     recheck = commands.add_parser("recheck", help="the survivors against other tests")
     recheck.add_argument("--tests", required=True, help="pytest's arguments in one string")
     recheck.add_argument("--jobs", type=int, default=1, help="survivors tested at once")
+    recheck.add_argument("--unexplained", action="store_true",
+                         help="only the survivors no explanation covers")
     report = commands.add_parser("report", help="score per module and the survivors")
     report.add_argument("--diff", action="store_true",
                         help="show each unexplained survivor's change")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run_session(args.session, args.modules, args.tests, args.jobs, args.carry_from)
     if args.command == "recheck":
-        return recheck_survivors(args.session, args.tests, args.jobs)
+        return recheck_survivors(args.session, args.tests, args.jobs, args.unexplained)
     return print_report(args.session, args.diff)
 
 
@@ -258,20 +262,22 @@ def cosmic_ray(tool: str, *args, cwd: Path) -> None:
     subprocess.run([str(executable), *map(str, args)], cwd=cwd, check=True)
 
 
-def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
+def recheck_survivors(session: Path, tests: str, jobs: int, unexplained: bool = False) -> int:
     """Apply each survivor to a fresh copy of the tree and run `tests`; the outcomes go to
     recheck.json in the session, per test set. A rerun with the same tests skips the
     survivors it already rechecked; a recheck with other tests (a broader set after a fast
-    one) takes only the survivors no recheck has killed yet."""
+    one) takes only the survivors no recheck has killed yet. unexplained: only those no entry
+    in the explanation files covers."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     record = session / "recheck.json"
     rechecks = json.loads(record.read_text()) if record.exists() else {}
-    killed = killed_by_a_recheck(rechecks)
     done = rechecks.setdefault(tests, {})
-    todo = [m for m, _ in survivors_of(session)
-            if mutant_id(m) not in done and mutant_id(m) not in killed]
+    explanations = None
+    if unexplained:
+        explanations, _ = load_explanations(sorted(PROJECT_ROOT.glob(EXPLANATIONS)))
+    todo = survivors_to_recheck(session, rechecks, tests, explanations)
     copies = queue_of_copies(session, jobs)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
@@ -302,6 +308,20 @@ def recheck_survivors(session: Path, tests: str, jobs: int) -> int:
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         list(pool.map(recheck, todo))
     return print_report(session, diff=False)
+
+
+def survivors_to_recheck(session: Path, rechecks: dict, tests: str,
+                         explanations: list[Explanation] | None = None) -> list[dict]:
+    """The survivors (Cosmic Ray's mutations) a recheck with `tests` still has to run: not
+    rechecked with these tests, not killed by any recheck, and (where explanations are
+    given) covered by none of them."""
+    killed = killed_by_a_recheck(rechecks)
+    done = rechecks.get(tests, {})
+    return [mutation for mutation, result in survivors_of(session)
+            if mutant_id(mutation) not in done and mutant_id(mutation) not in killed
+            and not (explanations is not None
+                     and any(e.explains(as_survivor(session, mutation, result))
+                             for e in explanations))]
 
 
 def killed_by_a_recheck(rechecks: dict) -> set[str]:
@@ -438,6 +458,14 @@ def match_explanations(survivors: list[Survivor], explanations: list[Explanation
     return explained, unexplained, stale
 
 
+def as_survivor(session: Path, mutation: dict, result: dict) -> Survivor:
+    """A surviving mutant (Cosmic Ray's mutation and work result) as explanations name it."""
+    text = result.get("diff") or ""
+    return Survivor(mutation["module_path"], mutation["operator_name"],
+                    source_line(session, mutation, text), mutant_id(mutation), text,
+                    changed_line(text))
+
+
 def changed_line(diff: str) -> str:
     """The line the diff adds (the mutated line after the change), stripped."""
     added = [line[1:] for line in diff.splitlines()
@@ -485,10 +513,7 @@ def print_report(session: Path, diff: bool, notes: list[Path] | None = None) -> 
         elif result["test_outcome"] == "survived" \
                 and mutant_id(mutation) not in rechecked:
             counts["survived"] += 1
-            text = result.get("diff") or ""
-            survivors.append(Survivor(mutation["module_path"], mutation["operator_name"],
-                                      source_line(session, mutation, text),
-                                      mutant_id(mutation), text, changed_line(text)))
+            survivors.append(as_survivor(session, mutation, result))
         elif result["test_outcome"] == "survived":
             counts["killed"] += 1  # by the recheck's tests
         else:

@@ -20,6 +20,7 @@ from tests.mutation import (
     load_explanations,
     match_explanations,
     print_report,
+    survivors_to_recheck,
 )
 
 WHY = "equivalent: both branches return the same value"
@@ -190,6 +191,32 @@ def test_the_report_of_a_real_session_fails_until_its_survivor_is_explained(tmp_
     assert row[:6] == ["tiny.py", "7", "6", "1", "1", "0"]
     assert "UNEXPLAINED:" not in out
     assert f"stale: {notes} entry 2 matches no survivor" in out
+
+
+def test_a_recheck_takes_what_no_recheck_killed_and_with_unexplained_no_explained_one(
+        tmp_path):
+    """The survivor `>=` of a real session: rechecked once per test set, never after a
+    recheck killed it, and left out by --unexplained once an entry explains it."""
+    session = tmp_path / "session"
+    real_session(session, "def bigger(a, b):\n    return a > b\n",
+                 "import tiny\nassert tiny.bigger(2, 1) and not tiny.bigger(1, 2)\n")
+    survivor_id = "tiny.py:2 core/ReplaceComparisonOperator_Gt_GtE #0"
+    explained = Explanation("tiny.py", "core/ReplaceComparisonOperator_Gt_GtE", "return a > b",
+                            WHY, "notes entry 1")
+    other = Explanation("tiny.py", "core/ReplaceComparisonOperator_Gt_GtE", "return a < b",
+                        WHY, "notes entry 2")
+
+    def ids(rechecks, explanations=None):
+        return [f"{m['module_path']}:{m['start_pos'][0]} {m['operator_name']} "
+                f"#{m['occurrence']}"
+                for m in survivors_to_recheck(session, rechecks, "slow", explanations)]
+
+    assert ids({}) == [survivor_id]
+    assert ids({}, [other]) == [survivor_id]
+    assert ids({}, [explained]) == []
+    assert ids({"slow": {survivor_id: "survived"}}) == [], "rechecked twice with one set"
+    assert ids({"fast": {survivor_id: "survived"}}) == [survivor_id]
+    assert ids({"fast": {survivor_id: "killed"}}) == [], "a killed survivor rechecked"
 
 
 def test_a_new_session_carries_over_only_what_was_killed_on_unchanged_code(tmp_path):
