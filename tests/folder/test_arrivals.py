@@ -140,3 +140,20 @@ def test_a_journal_that_knows_an_empty_file_is_read_back(tmp_path):
                                   lambda path, problem: problems.append(str(problem)))
     assert problems == []
     assert journal.entries["empty.tar.gz"].size == 0
+
+
+def test_a_model_written_again_arrives_anew_and_its_own_event_again_keeps_its_place(tmp_path):
+    """The event the journal already took in, delivered again after a touch changed the
+    file's metadata (the reader's event reaching a rotator that had found it by a look),
+    keeps the model's place; a new event for a model written again is a new arrival, after
+    the models that arrived meanwhile."""
+    latest = tmp_path / "latest.tar.gz"
+    journal = ArrivalJournal(journal_path(latest), latest.name)
+    first = journal.note_event("a.tar.gz", 1000.0, (1, 10, 0), 1000.0)
+    between = journal.note_event("b.tar.gz", 1001.0, (2, 10, 0), 1001.0)
+    touched = journal.note_event("a.tar.gz", 1000.0, (1, 10, 5), 1002.0)
+    assert touched.key == first.key
+    assert (touched.mtime_ns, touched.seen) == (5, 1002.0)  # unchanged from now on
+    rewritten = journal.note_event("a.tar.gz", 1003.0, (1, 20, 6), 1003.0)
+    assert rewritten.key > between.key
+    assert (rewritten.at, rewritten.event_at) == (1003.0, 1003.0)

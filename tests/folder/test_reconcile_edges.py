@@ -685,3 +685,23 @@ def test_a_foreign_latest_s_source_is_found_by_content_not_by_size(tmp_path, cap
         Reconciler(settings).reconcile()
     assert read_record(settings.latest_model_path).source == ""
     assert "(written by another program)" in caplog.text, caplog.text
+
+
+def test_news_after_a_lost_journal_and_a_clock_gone_back_sorts_after_what_is_published(
+        tmp_path):
+    """The publish record's arrival is respected when the journal is rebuilt: a model whose
+    event comes after the journal was lost, timed by a clock that went back an hour, is
+    newer than the published one (else it would be older than latest, and deleted)."""
+    from worker.folder.arrivals import journal_path
+
+    settings = make_settings(tmp_path)
+    folder = settings.target_dir
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    add_model(folder, "a.tar.gz", age_s=300)
+    assert kinds(reconciler.reconcile()) == [("published", "a.tar.gz")]
+    journal_path(settings.latest_model_path).unlink()
+    clock[0] -= 3600
+    add_model(folder, "b.tar.gz", age_s=7200)
+    reconciler.note_arrival("b.tar.gz", clock[0])
+    assert kinds(reconciler.reconcile()) == [("published", "b.tar.gz")]
