@@ -705,3 +705,47 @@ def test_news_after_a_lost_journal_and_a_clock_gone_back_sorts_after_what_is_pub
     add_model(folder, "b.tar.gz", age_s=7200)
     reconciler.note_arrival("b.tar.gz", clock[0])
     assert kinds(reconciler.reconcile()) == [("published", "b.tar.gz")]
+
+
+def test_the_source_s_late_event_moves_latest_s_place_in_a_real_run_never_in_a_dry_run(
+        tmp_path):
+    """s is found by a look and published; its event comes in later and places it after
+    the models known by then, and latest's place moves with it (the record says so). Where
+    the record still names the old place (its save failed), a dry run writes nothing and
+    the next real run writes the new place."""
+    from worker.folder.arrivals import ArrivalJournal
+
+    settings = make_settings(tmp_path)
+    folder, latest = settings.target_dir, settings.latest_model_path
+    add_model(folder, "a.tar.gz", age_s=300)
+    reconciler = Reconciler(settings)
+    reconciler.reconcile()  # a complete look at the folder
+    add_model(folder, "s.tar.gz", age_s=2)
+    reconciler.reconcile()
+    assert read_record(latest).source == "s.tar.gz"
+    old_place = record_path(latest).read_bytes()
+    reconciler.note_arrival("s.tar.gz", time.time())
+    reconciler.reconcile()
+    moved = ArrivalJournal.load(latest).entries["s.tar.gz"].key
+    assert read_record(latest).arrival_key == moved
+    assert parse_record(json.loads(old_place)).arrival_key < moved
+
+    record_path(latest).write_bytes(old_place)
+    before = snapshot(folder)
+    Reconciler(settings).reconcile(dry_run=True)
+    assert snapshot(folder) == before, "a dry run wrote"
+    Reconciler(settings).reconcile()
+    assert read_record(latest).arrival_key == moved
+
+
+def test_an_event_is_forgotten_once_the_journal_holds_it(tmp_path):
+    """The rotator's memory of events holds only what the journal does not have yet: the
+    events a reconcile bound are dropped once the journal is saved (a failed save keeps
+    them: tests/test_faults.py), and an event for a file that is gone is dropped."""
+    settings = make_settings(tmp_path)
+    reconciler = Reconciler(settings)
+    add_model(settings.target_dir, "a.tar.gz", age_s=300)
+    reconciler.note_arrival("a.tar.gz", time.time())
+    reconciler.note_arrival("gone.tar.gz", time.time())
+    reconciler.reconcile()
+    assert reconciler.pending == {}
