@@ -1,7 +1,8 @@
 """The mutation check: Cosmic Ray over `worker/` with the tests that need no peer.
 
     python -m tests.mutation run [--modules worker/folder/reconcile.py ...] [--tests "PYTEST ARGS"]
-                                 [--jobs N] [--session DIR] [--carry-from OLD_SESSION]
+                                 [--jobs N] [--session DIR] [--carry-from OLD_SESSION
+                                 [--carry-explained]]
     python -m tests.mutation recheck --tests "PYTEST ARGS" [--jobs N] [--session DIR]
                                      [--unexplained]
     python -m tests.mutation report [--session DIR] [--diff]
@@ -17,7 +18,8 @@ the start). A `run` on a session that exists resumes it where it stopped (Ctrl-C
 session killed where the code they change is unchanged (same module, operator, mutated
 expression and line): after an edit to the code only the mutants the edit touched, the
 survivors and the ones never run are tested again. Tests only grow between sessions; a killed
-mutant stays killed.
+mutant stays killed. `--carry-explained` also takes over the survivors an explanation covers
+(a survivor carried as such never raises the score; it saves an hour on the folder side).
 `recheck` tests each survivor again, against the current tree, with other (slower) tests:
 the fast set for the whole run, the broad one for the few it missed (`--unexplained`:
 only the survivors no explanation covers, where the broad set takes minutes each). `report`
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
     run.add_argument("--carry-from", type=Path, metavar="OLD_SESSION",
                      help="take over what this session killed on unchanged code")
+    run.add_argument("--carry-explained", action="store_true",
+                     help="with --carry-from: also its survivors that an entry explains")
     recheck = commands.add_parser("recheck", help="the survivors against other tests")
     recheck.add_argument("--tests", required=True, help="pytest's arguments in one string")
     recheck.add_argument("--jobs", type=int, default=1, help="survivors tested at once")
@@ -94,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                          default=Path(tempfile.gettempdir()) / "rasa-model-rotator-mutation")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run_session(args.session, args.modules, args.tests, args.jobs, args.carry_from)
+        return run_session(args.session, args.modules, args.tests, args.jobs, args.carry_from,
+                           args.carry_explained)
     if args.command == "recheck":
         return recheck_survivors(args.session, args.tests, args.jobs, args.unexplained)
     return print_report(args.session, args.diff)
 
 
 def run_session(session: Path, modules: list[str] | None, tests: str | None, jobs: int = 1,
-                carry_from: Path | None = None) -> int:
+                carry_from: Path | None = None, carry_explained: bool = False) -> int:
     """Start (or resume) a session and test its mutants; the report's exit status. A resume
     keeps the session's modules and tests: others given then are refused, not ignored."""
     copies = [session / f"copy-{index}" for index in range(max(1, jobs))]
@@ -129,8 +134,12 @@ def run_session(session: Path, modules: list[str] | None, tests: str | None, job
         cosmic_ray("cr-filter-operators", database, config, cwd=copies[0])
         cosmic_ray("cr-filter-pragma", database, cwd=copies[0])
     if carry_from is not None:
-        carried = carry_over(carry_from, session)
-        print(f"carried over from {carry_from}: {carried} killed mutants", flush=True)
+        explanations = None
+        if carry_explained:
+            explanations, _ = load_explanations(sorted(PROJECT_ROOT.glob(EXPLANATIONS)))
+        carried = carry_over(carry_from, session, explanations)
+        what = "killed mutants and explained survivors" if carry_explained else "killed mutants"
+        print(f"carried over from {carry_from}: {carried} {what}", flush=True)
     if not pristine.exists():
         raise SystemExit(f"{session} has no pristine tree ({pristine}): start a new session")
     for copy in copies:
@@ -199,12 +208,15 @@ def write_config(path: Path, modules: list[str], tests: str) -> None:
     path.write_text(toml.dumps(config))
 
 
-def carry_over(old: Path, new: Path) -> int:
+def carry_over(old: Path, new: Path, explanations: list[Explanation] | None = None) -> int:
     """Copy into session `new` the results of the mutants session `old` killed whose code is
     unchanged: the same module, operator and arguments, the same mutated text and the same
     whole line, the n-th such mutant for the n-th (line numbers and occurrences shift with any
-    edit above them). The number carried over. Cosmic Ray has no command for this: it reads
-    and writes its session database (sqlite, tables mutation_specs and work_results)."""
+    edit above them). With `explanations`, also the survivors one of them covers: testing
+    them again could only find them killed by a test added since, and carried as survivors
+    they never raise the score. The number carried over. Cosmic Ray has no command for this:
+    it reads and writes its session database (sqlite, tables mutation_specs and
+    work_results)."""
     import sqlite3
 
     def mutants(session: Path) -> dict[tuple, list]:
@@ -237,7 +249,11 @@ def carry_over(old: Path, new: Path) -> int:
             for (job, result), (_, earlier) in zip(jobs, before.get(key, []), strict=False):
                 # Cosmic Ray stores outcomes in capitals (KILLED); a mutant it left out
                 # (a filtered operator) has a SKIPPED result already.
-                if result[0] is None and str(earlier[2]).lower() == "killed":
+                outcome, diff = str(earlier[2]).lower(), earlier[3] or ""
+                explained = outcome == "survived" and explanations is not None and any(
+                    entry.explains(Survivor(key[0], key[1], key[3], "", diff,
+                                            changed_line(diff))) for entry in explanations)
+                if result[0] is None and (outcome == "killed" or explained):
                     database.execute("INSERT INTO work_results (worker_outcome, output, "
                                      "test_outcome, diff, job_id) VALUES (?, ?, ?, ?, ?)",
                                      (*earlier, job))

@@ -245,6 +245,16 @@ def test_a_new_session_carries_over_only_what_was_killed_on_unchanged_code(tmp_p
         "a mutant of the new line carried"
     assert carry_over(old, new) == 0, "a second carry-over wrote results twice"
 
+    # With explanations: the survivor an entry covers is carried too, as a survivor.
+    gte = Explanation("tiny.py", "core/ReplaceComparisonOperator_Gt_GtE", "return a > b", WHY,
+                      "notes entry 1")
+    lt = Explanation("tiny.py", "core/ReplaceComparisonOperator_Lt_Gt", "return a < b", WHY,
+                     "notes entry 2")  # a mutant of the new line: never run, never carried
+    assert carry_over(old, new, [gte, lt]) == 1
+    after = outcomes(new)
+    assert after[(6, "core/ReplaceComparisonOperator_Gt_GtE")] == "SURVIVED"
+    assert after[(2, "core/ReplaceComparisonOperator_Lt_Gt")] is None
+
 
 def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
     """A session's test command is fixed at its start: a resume asked to run other tests
