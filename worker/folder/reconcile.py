@@ -418,8 +418,9 @@ class Reconciler:
         attempted = False
         for model in sorted(newer, key=lambda m: (arrivals[m.name].key, m.name), reverse=True):
             arrival = arrivals[model.name]
-            known = self._checks.get(model.identity)
-            if isinstance(known, BrokenArchive) and not isinstance(known, Unreadable):
+            # Known broken: not read again. (An unreadable file has no verdict kept: it is
+            # tried again, it may be readable now.)
+            if isinstance(self._checks.get(model.identity), BrokenArchive):
                 continue
             if not self._quiet(arrival, model.mtime_ns, now):
                 outcome.recheck(self._quiet_at(arrival, model.mtime_ns))
@@ -652,7 +653,7 @@ class Reconciler:
                 self._checks[identity] = check_archive(path)
             except BrokenArchive as error:
                 self._checks[identity] = error
-            except OSError as error:
+            except OSError as error:  # no verdict kept: it may be readable at the next look
                 return Unreadable(f"cannot be read: {error.strerror or error}")
         return self._checks[identity]
 
