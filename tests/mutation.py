@@ -212,53 +212,68 @@ def carry_over(old: Path, new: Path, explanations: list[Explanation] | None = No
     """Copy into session `new` the results of the mutants session `old` killed whose code is
     unchanged: the same module, operator and arguments, the same mutated text and the same
     whole line, the n-th such mutant for the n-th (line numbers and occurrences shift with any
-    edit above them). With `explanations`, also the survivors one of them covers: testing
-    them again could only find them killed by a test added since, and carried as survivors
-    they never raise the score. The number carried over. Cosmic Ray has no command for this:
-    it reads and writes its session database (sqlite, tables mutation_specs and
+    edit above them). A survivor a recheck of `old` killed is carried with that recheck's
+    outcome (recheck.json). With `explanations`, also the survivors one of them covers:
+    testing them again could only find them killed by a test added since, and carried as
+    survivors they never raise the score. The number carried over. Cosmic Ray has no command
+    for this: it reads and writes its session database (sqlite, tables mutation_specs and
     work_results)."""
     import sqlite3
 
     def mutants(session: Path) -> dict[tuple, list]:
         database = sqlite3.connect(session / "session.sqlite")
         rows = database.execute(
-            "SELECT s.job_id, s.module_path, s.operator_name, s.operator_args, s.start_pos_row,"
-            " s.start_pos_col, s.end_pos_row, s.end_pos_col, r.worker_outcome, r.output,"
+            "SELECT s.job_id, s.module_path, s.operator_name, s.operator_args, s.occurrence,"
+            " s.start_pos_row, s.start_pos_col, s.end_pos_row, s.end_pos_col,"
+            " r.worker_outcome, r.output,"
             " r.test_outcome, r.diff FROM mutation_specs s LEFT JOIN work_results r"
             " ON r.job_id = s.job_id ORDER BY s.module_path, s.start_pos_row, s.start_pos_col,"
             " s.operator_name, s.occurrence").fetchall()
         database.close()
         sources: dict[str, list[str]] = {}
         found: dict[tuple, list] = {}
-        for job, module, operator, arguments, row, col, end_row, end_col, *result in rows:
+        for (job, module, operator, arguments, occurrence, row, col, end_row, end_col,
+             *result) in rows:
             if module not in sources:
                 sources[module] = (session_tree(session) / module).read_text().splitlines()
             lines = sources[module]
             text = "\n".join(lines[row - 1:end_row])
             expression = text[col:len(text) - len(lines[end_row - 1]) + end_col]
             key = (module, operator, arguments, lines[row - 1].strip(), expression)
-            found.setdefault(key, []).append((job, result))
+            identity = f"{module}:{row} {operator} #{occurrence}"  # as mutant_id() writes it
+            found.setdefault(key, []).append((job, identity, result))
         return found
 
-    before = mutants(old)
+    def rechecks_of(session: Path) -> dict:
+        record = session / "recheck.json"
+        return json.loads(record.read_text()) if record.exists() else {}
+
+    before, rechecked_before, rechecks = mutants(old), rechecks_of(old), rechecks_of(new)
     database = sqlite3.connect(new / "session.sqlite")
     carried = 0
     with database:
         for key, jobs in mutants(new).items():
             # strict=False: an edit may add or remove mutants of one key
-            for (job, result), (_, earlier) in zip(jobs, before.get(key, []), strict=False):
+            for (job, identity, result), (_, earlier_identity, earlier) in zip(
+                    jobs, before.get(key, []), strict=False):
                 # Cosmic Ray stores outcomes in capitals (KILLED); a mutant it left out
                 # (a filtered operator) has a SKIPPED result already.
                 outcome, diff = str(earlier[2]).lower(), earlier[3] or ""
                 explained = outcome == "survived" and explanations is not None and any(
                     entry.explains(Survivor(key[0], key[1], key[3], "", diff,
                                             changed_line(diff))) for entry in explanations)
-                if result[0] is None and (outcome == "killed" or explained):
+                killed_by = [tests for tests, outcomes in rechecked_before.items()
+                             if outcomes.get(earlier_identity) == "killed"]
+                if result[0] is None and (outcome == "killed" or explained or killed_by):
                     database.execute("INSERT INTO work_results (worker_outcome, output, "
                                      "test_outcome, diff, job_id) VALUES (?, ?, ?, ?, ?)",
                                      (*earlier, job))
+                    for tests in killed_by:
+                        rechecks.setdefault(tests, {})[identity] = "killed"
                     carried += 1
     database.close()
+    if rechecks:
+        (new / "recheck.json").write_text(json.dumps(rechecks, indent=1))
     return carried
 
 

@@ -256,6 +256,27 @@ def test_a_new_session_carries_over_only_what_was_killed_on_unchanged_code(tmp_p
     assert after[(2, "core/ReplaceComparisonOperator_Lt_Gt")] is None
 
 
+def test_a_survivor_a_recheck_killed_is_carried_with_that_recheck_s_outcome(tmp_path):
+    """The old session's survivor `>=` was killed by a recheck with other tests: the new
+    session takes it over as killed by that recheck, at its new place."""
+    check = "import tiny\nassert tiny.bigger(2, 1) and not tiny.bigger(1, 2)\n"
+    old, new = tmp_path / "old", tmp_path / "new"
+    real_session(old, "def bigger(a, b):\n    return a > b\n", check)
+    (old / "recheck.json").write_text(json.dumps({
+        "tests/slow.py": {"tiny.py:2 core/ReplaceComparisonOperator_Gt_GtE #0": "killed"},
+        "tests/other.py": {"tiny.py:2 core/ReplaceComparisonOperator_Gt_GtE #0": "survived"}}))
+    real_session(new, "\n\ndef bigger(a, b):\n    return a > b\n", check, run=False,
+                 tree="tree")
+
+    carry_over(old, new)
+
+    assert outcomes(new)[(4, "core/ReplaceComparisonOperator_Gt_GtE")] == "SURVIVED"
+    assert json.loads((new / "recheck.json").read_text()) == {
+        "tests/slow.py": {"tiny.py:4 core/ReplaceComparisonOperator_Gt_GtE #0": "killed"}}
+    assert survivors_to_recheck(new, json.loads((new / "recheck.json").read_text()),
+                                "tests/slow.py") == []
+
+
 def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
     """A session's test command is fixed at its start: a resume asked to run other tests
     would report a score they never produced."""
