@@ -213,11 +213,11 @@ def carry_over(old: Path, new: Path, explanations: list[Explanation] | None = No
     unchanged: the same module, operator and arguments, the same mutated text and the same
     whole line, the n-th such mutant for the n-th (line numbers and occurrences shift with any
     edit above them). A survivor a recheck of `old` killed is carried with that recheck's
-    outcome (recheck.json). With `explanations`, also the survivors one of them covers:
-    testing them again could only find them killed by a test added since, and carried as
-    survivors they never raise the score. The number carried over. Cosmic Ray has no command
-    for this: it reads and writes its session database (sqlite, tables mutation_specs and
-    work_results)."""
+    outcome (recheck.json), also one this session has run and found surviving too. With
+    `explanations`, also the survivors one of them covers: testing them again could only
+    find them killed by a test added since, and carried as survivors they never raise the
+    score. The number carried over. Cosmic Ray has no command for this: it reads and writes
+    its session database (sqlite, tables mutation_specs and work_results)."""
     import sqlite3
 
     def mutants(session: Path) -> dict[tuple, list]:
@@ -264,13 +264,18 @@ def carry_over(old: Path, new: Path, explanations: list[Explanation] | None = No
                                             changed_line(diff))) for entry in explanations)
                 killed_by = [tests for tests, outcomes in rechecked_before.items()
                              if outcomes.get(earlier_identity) == "killed"]
-                if result[0] is None and (outcome == "killed" or explained or killed_by):
+                if result[0] is None:
+                    if not (outcome == "killed" or explained or killed_by):
+                        continue
                     database.execute("INSERT INTO work_results (worker_outcome, output, "
                                      "test_outcome, diff, job_id) VALUES (?, ?, ?, ?, ?)",
                                      (*earlier, job))
-                    for tests in killed_by:
-                        rechecks.setdefault(tests, {})[identity] = "killed"
-                    carried += 1
+                elif str(result[2]).lower() != "survived" or all(
+                        rechecks.get(tests, {}).get(identity) == "killed" for tests in killed_by):
+                    continue  # this session's own result stands, or was carried before
+                for tests in killed_by:
+                    rechecks.setdefault(tests, {})[identity] = "killed"
+                carried += 1
     database.close()
     if rechecks:
         (new / "recheck.json").write_text(json.dumps(rechecks, indent=1))

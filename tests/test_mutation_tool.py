@@ -276,6 +276,16 @@ def test_a_survivor_a_recheck_killed_is_carried_with_that_recheck_s_outcome(tmp_
     assert survivors_to_recheck(new, json.loads((new / "recheck.json").read_text()),
                                 "tests/slow.py") == []
 
+    # A session that has run it already (found surviving the fast set): the kill is carried
+    # once.
+    ran = tmp_path / "ran"
+    real_session(ran, "\n\ndef bigger(a, b):\n    return a > b\n", check, tree="tree")
+    assert outcomes(ran)[(4, "core/ReplaceComparisonOperator_Gt_GtE")] == "SURVIVED"
+    assert carry_over(old, ran) == 1
+    assert carry_over(old, ran) == 0
+    assert json.loads((ran / "recheck.json").read_text()) == {
+        "tests/slow.py": {"tiny.py:4 core/ReplaceComparisonOperator_Gt_GtE #0": "killed"}}
+
 
 def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
     """A session's test command is fixed at its start: a resume asked to run other tests
