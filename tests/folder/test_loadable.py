@@ -202,3 +202,17 @@ def test_a_bad_minimum_version_is_one_clear_line(tmp_path):
             make_settings(tmp_path, RASA_MIN_MODEL_VERSION=bad)
         assert str(refused.value).startswith("RASA_MIN_MODEL_VERSION=")
         assert "a Rasa version such as 3.6.21" in str(refused.value)
+
+
+def test_a_newer_model_kept_below_the_minimum_stops_no_prune_of_older_ones(tmp_path):
+    """The prune goes on past a model it keeps because it arrived after latest (here one
+    below the minimum version, never published): what arrived before latest is deleted."""
+    settings = make_settings(tmp_path, RASA_MIN_MODEL_VERSION="3.6.21", KEEP_PREVIOUS="0")
+    folder = settings.target_dir
+    rasa_model(folder / "older.tar.gz", "O", age_s=400)
+    rasa_model(folder / "good.tar.gz", "G", age_s=300)
+    rasa_model(folder / "below.tar.gz", "B", "3.5.0", age_s=100)
+    Reconciler(settings).reconcile()
+    assert published_id(settings) == "G"
+    assert (folder / "below.tar.gz").exists()
+    assert not (folder / "older.tar.gz").exists()
