@@ -212,6 +212,48 @@ def test_a_full_disk_while_the_record_is_written_keeps_what_latest_holds(tmp_pat
     assert report["freed"]["record"] == "b.tar.gz"
 
 
+def test_a_model_that_cannot_be_deleted_and_a_latest_that_cannot_be_touched_are_reported(
+        tmp_path):
+    """A model the prune cannot delete (a mount point: EBUSY) is reported once and kept, and
+    the prune goes on to the next one. A latest whose mtime cannot be raised above a newer
+    file for Rasa's restart pick (a read-only mount: EROFS) is reported once. Each reconcile
+    ends normally: an error let through would crash the rotator at every reconcile."""
+    report = run_on_tmpfs(tmp_path, "8m", '''
+        import subprocess
+        disk, run = Path(sys.argv[1]), Path(sys.argv[2])
+        folder = disk / "models"
+        folder.mkdir()
+        settings = settings_for(folder, run)
+        contents = {name: model(folder / f"{name}.tar.gz", 20_000, name, age_s=age)
+                    for name, age in (("older", 400), ("old", 300), ("a", 200))}
+        stand_in = disk / "stand-in"
+        stand_in.write_bytes(contents["old"])
+        os.utime(stand_in, (time.time() - 300, time.time() - 300))
+        subprocess.run(["mount", "--bind", stand_in, folder / "old.tar.gz"], check=True)
+        reconciler = Reconciler(settings)
+        steps = {"prune": kinds(reconciler.reconcile()),
+                 "prune again": kinds(reconciler.reconcile())}
+        latest = folder / "latest.tar.gz"
+        subprocess.run(["mount", "--bind", latest, latest], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", latest], check=True)
+        (folder / "partial.tar.gz").write_bytes(b"\\x1f\\x8b" + os.urandom(100))  # newer
+        steps["pick"] = kinds(reconciler.reconcile())
+        steps["pick again"] = kinds(reconciler.reconcile())
+        print(json.dumps({**steps, **snapshot(folder, contents)}))
+    ''')
+    assert [a[:2] for a in report["prune"] if a[0] != "failed"] == [
+        ["published", "a.tar.gz"], ["deleted", "older.tar.gz"]], report
+    failed = [a for a in report["prune"] if a[0] == "failed"]
+    assert len(failed) == 1 and failed[0][1] == "old.tar.gz", report
+    assert "could not delete" in failed[0][2] and "busy" in failed[0][2], report
+    assert report["prune again"] == [], report
+    assert "old.tar.gz" in report["files"] and "older.tar.gz" not in report["files"]
+    failed = [a for a in report["pick"] if a[0] == "failed"]
+    assert len(failed) == 1 and "could not keep it the newest file" in failed[0][2], report
+    assert not any(a[0] == "failed" for a in report["pick again"]), report
+    assert report["latest"] == "a", report
+
+
 def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path):
     """Observation 1: the newest model unreadable (mode 000, the tool not root) was deleted
     as "older than the published model". The tool runs as uid 1000 here."""
