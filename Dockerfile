@@ -40,10 +40,12 @@ USER 1000:2000
 # does not answer) without its imports. Docker 20.10 has no --start-interval and runs the
 # first probe one interval after the start, so the interval is short; each probe costs a
 # `docker exec` (tens of ms of CPU in dockerd, containerd and runc), so once healthy for 10 s
-# (and healthy at the previous probe) a probe holds up to 55 s, checking every 5 s and answering at once when the verdict changes:
-# one exec per ~56 s at idle. The timeout covers the hold and one slow check.
+# (and healthy at the previous probe) a probe holds up to 55 s, checking every 5 s and
+# answering at once when the verdict changes: one exec per ~56 s at idle. The timeout covers
+# the hold and one slow check. `-S -c` rather than `-m`: neither site nor runpy, a third less
+# CPU per probe (run() in worker/surface/health.py).
 HEALTHCHECK --interval=1s --timeout=70s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "worker.surface.health", "--hold", "55"]
+    CMD ["python", "-S", "-c", "from worker.surface.health import run; run()", "--hold", "55"]
 
 # Exec form: `python -m worker` checks the settings and runs supervisord in its own process,
 # which is PID 1.

@@ -2,9 +2,10 @@
 
 Prints:
 - the health check's CPU (`getrusage(RUSAGE_CHILDREN)` around each run, 30 runs, median and
-  p90): the light check `python -m worker.surface.health` next to `python -m worker status` and a
-  bare `python -c pass`, on this machine against the tool started in a temporary folder, and in the
-  container (`docker exec`) when a Docker engine answers;
+  p90): the probes' command (the image's HEALTHCHECK without its hold, `python -S -c ...`)
+  and the light check `python -m worker.surface.health` next to `python -m worker status` and
+  a bare `python -c pass`, on this machine against the tool started in a temporary folder,
+  and in the container (`docker exec`) when a Docker engine answers;
 - Docker: seconds from `docker run` to `healthy` (3 runs), the CPU of one probe in dockerd,
   containerd and the container's shim with its children (runc, the check), and what the
   image's probes cost per idle hour as % of one core (the same figures for a container
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 from tests.helpers import PROJECT_ROOT, RunningTool, tool_environment, wait_for
+from tests.test_container import light_check
 
 RUNS = 30
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -105,7 +107,9 @@ def bench_vm(idle_s: float) -> None:
             wait_for(lambda: subprocess.run(check, cwd=root, env=env,
                                             capture_output=True).returncode == 0, 60,
                      message="healthy")
-            for label, command in (("light check (python -m worker.surface.health)", check),
+            for label, command in (("the probes' command (python -S -c ...)",
+                                    [sys.executable, *light_check()[1:]]),
+                                   ("light check (python -m worker.surface.health)", check),
                                    ("python -m worker status", [sys.executable, "-m",
                                                                 "worker", "status"]),
                                    ("bare python -c pass", [sys.executable, "-c", "pass"])):
@@ -183,7 +187,9 @@ def bench_docker(image: str, idle_s: float, cost_window_s: float) -> None:
             wait_for(lambda: docker("inspect", "-f", "{{.State.Health.Status}}", probed)
                      == "healthy", 120, message="healthy")
             prefix = ("docker", "exec", probed)
-            for label, command in (("light check", ["python", "-m", "worker.surface.health"]),
+            for label, command in (("the probes' command (python -S -c ...)", light_check()),
+                                   ("light check (python -m ...)",
+                                    ["python", "-m", "worker.surface.health"]),
                                    ("python -m worker status", ["python", "-m", "worker",
                                                                 "status"]),
                                    ("bare python -c pass", ["python", "-c", "pass"])):
@@ -192,8 +198,7 @@ def bench_docker(image: str, idle_s: float, cost_window_s: float) -> None:
                       f"p90 {p90:.1f} ms ({RUNS} runs)")
             before = sum(daemons_cpu_s(quiet))
             for _ in range(20):
-                subprocess.run(["docker", "exec", quiet, "python", "-m", "worker.surface.health"],
-                               capture_output=True)
+                subprocess.run(["docker", "exec", quiet, *light_check()], capture_output=True)
             per_exec = (sum(daemons_cpu_s(quiet)) - before) / 20
             print(f"one probe (docker exec of the light check): {per_exec * 1000:.0f} ms of "
                   "CPU in dockerd, containerd, the shim and its children")

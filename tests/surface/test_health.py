@@ -330,3 +330,30 @@ def test_the_rotator_s_marks_read_back_as_written_and_nothing_else():
         assert judge(parse_state(wrong), 7, "/nonexistent") == (
             "unhealthy", "rotator.state in RUN_DIR is unreadable"), wrong
     assert judge(parse_state(b"pid=x since=1.0"), 7, "/nonexistent")[0] == "starting"
+
+
+def test_the_probes_command_answers_like_status_also_with_a_dotenv(start_tool, models):
+    """What the image's HEALTHCHECK and the Kubernetes probes run (`python -S -c ...`: no
+    site, no runpy) gives the verdict `status` gives. With a .env it loads site itself
+    (python-dotenv is in site-packages, which -S leaves out) and reads RUN_DIR from it."""
+    from tests.test_container import light_check
+
+    tool = start_tool()
+    tool.ready()
+    wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
+    probe = [sys.executable, *light_check()[1:]]
+    assert probe[1:3] == ["-S", "-c"], probe
+
+    def answer(env):
+        result = subprocess.run(probe, cwd=tool.workdir, env=env, capture_output=True,
+                                text=True, timeout=60)
+        return result.returncode, result.stdout + result.stderr
+
+    code, output = answer(tool.env)
+    assert code == 0 and output.startswith("rasa-model-rotator: healthy"), output
+    without_run_dir = {k: v for k, v in tool.env.items() if k != "RUN_DIR"}
+    code, output = answer(without_run_dir)
+    assert code == 1 and "healthy" not in output.splitlines()[0], output
+    (tool.workdir / ".env").write_text(f"RUN_DIR={tool.env['RUN_DIR']}\n")
+    code, output = answer(without_run_dir)
+    assert code == 0 and output.startswith("rasa-model-rotator: healthy"), output
