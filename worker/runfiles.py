@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import zlib
 
 MAX_JSON_DEPTH = 32
 # supervisord's control socket asks for these (conf/supervisord.conf); the password is new at
@@ -136,6 +135,9 @@ def default_run_dir(target_dir: str) -> str:
     """One private folder per user and watched folder (its real path), so two instances never
     share one."""
     # crc32, not hashlib: every program reads settings, and OpenSSL costs megabytes of memory.
+    # Imported here: the health probes (RUN_DIR set, as in the image) never need it.
+    import zlib
+
     digest = f"{zlib.crc32(target_dir.encode(errors='surrogateescape')):08x}"
     base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
     return os.path.join(os.path.realpath(base), f"rasa-model-rotator-{os.getuid()}-{digest}")
