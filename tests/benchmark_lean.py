@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from tests.helpers import PROJECT_ROOT, RunningTool, tool_environment, wait_for
-from tests.test_container import light_check
+from tests.test_container import light_check, probe_command
 
 RUNS = 30
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -108,7 +108,7 @@ def bench_vm(idle_s: float) -> None:
                                             capture_output=True).returncode == 0, 60,
                      message="healthy")
             for label, command in (("the probes' command (python -S -c ...)",
-                                    [sys.executable, *light_check()[1:]]),
+                                    probe_command()),
                                    ("light check (python -m worker.surface.health)", check),
                                    ("python -m worker status", [sys.executable, "-m",
                                                                 "worker", "status"]),

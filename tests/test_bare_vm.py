@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from tests.helpers import PROJECT_ROOT, run_worker, wait_for, wait_for_latest, write_model
+from tests.test_container import probe_command
 
 
 def alive(pid: int) -> bool:
@@ -88,6 +89,14 @@ def test_an_existing_supervisord_runs_the_include_file(tmp_path):
             env={**env, "SUPERVISOR_SERVER_URL": f"unix://{tmp_path}/supervisor.sock"})
         assert health.returncode == 0, health.stdout + health.stderr
         assert f"source: {model}" in health.stdout
+        # So does the probes' light check, under `python -S` (supervisor's XML-RPC client is
+        # in site-packages), also where no .env makes it load site for python-dotenv.
+        probe = subprocess.run(
+            probe_command(), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            env={**env, "PYTHONPATH": str(install), "RUN_DIR": str(tmp_path / "rotator-run"),
+                 "SUPERVISOR_SERVER_URL": f"unix://{tmp_path}/supervisor.sock"})
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert probe.stdout.startswith("rasa-model-rotator: healthy"), probe.stdout
 
         # kill -9 of that supervisord: its programs end with it, not orphaned.
         programs = [int(re.search(rf"rasa-model-rotator:{name}\s+RUNNING\s+pid (\d+)",

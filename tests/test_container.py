@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -52,6 +53,11 @@ def light_check() -> list[str]:
     Kubernetes probes run."""
     check = image_healthcheck()
     return check[:check.index("--hold")] if "--hold" in check else check
+
+
+def probe_command(python: str = sys.executable) -> list[str]:
+    """What the Kubernetes probes run (light_check()), with this machine's interpreter."""
+    return [python, *light_check()[1:]]
 
 
 def image_env() -> dict[str, str]:

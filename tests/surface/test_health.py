@@ -336,12 +336,12 @@ def test_the_probes_command_answers_like_status_also_with_a_dotenv(start_tool, m
     """What the image's HEALTHCHECK and the Kubernetes probes run (`python -S -c ...`: no
     site, no runpy) gives the verdict `status` gives. With a .env it loads site itself
     (python-dotenv is in site-packages, which -S leaves out) and reads RUN_DIR from it."""
-    from tests.test_container import light_check
+    from tests.test_container import probe_command
 
     tool = start_tool()
     tool.ready()
     wait_for(lambda: verdicts(tool)[1][0] == 0, 60, message=f"status healthy\n{tool.output}")
-    probe = [sys.executable, *light_check()[1:]]
+    probe = probe_command()
     assert probe[1:3] == ["-S", "-c"], probe
 
     def answer(env):

@@ -50,10 +50,21 @@ def program_states(run_dir) -> tuple[dict[str, dict] | None, str]:
     supervisord (SUPERVISOR_SERVER_URL, conf/supervisor-include.conf) over XML-RPC."""
     url = os.environ.get("SUPERVISOR_SERVER_URL")
     if url:
+        with_site_packages()  # supervisor's XML-RPC client
         return ask_supervisord(url, os.environ.get("SUPERVISOR_USERNAME", ""),
                                os.environ.get("SUPERVISOR_PASSWORD", ""))
     programs, problem = read_programs(run_dir)
     return programs, printable(problem)
+
+
+def with_site_packages() -> None:
+    """The probes run `python -S` (run()): where the check needs a package (python-dotenv for
+    a .env, supervisor's XML-RPC client under an existing supervisord), site-packages are put
+    on the path first, as `site` would have done at the start."""
+    if sys.flags.no_site:
+        import site
+
+        site.main()
 
 
 class Verdict:
@@ -180,10 +191,7 @@ def main(argv: list[str]) -> int:
         return 1  # a probe reads any failure as unhealthy; Docker reserves 2
     if os.environ.get("ENV_FILE") or os.path.isfile(".env"):
         # Only then: python-dotenv and the settings module cost more than the check itself.
-        if sys.flags.no_site:  # the probes' `python -S`: python-dotenv is in site-packages
-            import site
-
-            site.main()
+        with_site_packages()
         from worker.settings import SettingError, load_environment
 
         try:
