@@ -3,7 +3,10 @@ FROM python:3.11-slim
 
 # PYTHONDONTWRITEBYTECODE: nothing is written at run time (the image's user cannot write
 # /app, and the root file system may be read-only); the bytecode is compiled below instead.
+# PYTHONPATH: `python -m worker` and the health probes find worker/ from any working
+# directory (a pod's workingDir, `docker run -w`), not only from WORKDIR.
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

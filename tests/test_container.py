@@ -150,8 +150,10 @@ class Container:
 
     def __init__(self, image, models: Path, run_dir: Path, **settings):
         self.image = image
+        in_image = {name: value.replace("/app", image["app"]) if value.startswith("/app")
+                    else value for name, value in image_env().items()}
         self.env = {"PATH": f"{Path(image['python']).parent}:/usr/bin:/bin",
-                    **image_env(), "RUN_DIR": str(run_dir), "THROTTLE_DELAY": "300",
+                    **in_image, "RUN_DIR": str(run_dir), "THROTTLE_DELAY": "300",
                     "TARGET_DIR": str(models), **settings}
         cmd = image_cmd()
         assert cmd[0] == "python"

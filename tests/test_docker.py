@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PROJECT_ROOT, content_of, model_bytes, wait_for
+from tests.test_container import light_check
 
 UID, GID = 1000, 2000
 RUN_DIR = "/tmp/rasa-model-rotator"
@@ -77,9 +78,10 @@ class Container:
     def log_lines(self) -> list[str]:
         return [line for line in self.logs().splitlines() if line.strip()]
 
-    def exec(self, *command: str, user: str | None = None,
+    def exec(self, *command: str, user: str | None = None, workdir: str | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess:
-        return docker("exec", *(("--user", user) if user else ()), self.id, *command,
+        return docker("exec", *(("--user", user) if user else ()),
+                      *(("--workdir", workdir) if workdir else ()), self.id, *command,
                       check=False, timeout=timeout)
 
     def kill(self, pid: int, signal_name: str) -> None:
@@ -161,6 +163,12 @@ def test_pid1_publishes_reports_health_and_stops_quickly(run_container, tmp_path
     assert os.stat(models / "latest.tar.gz").st_uid == UID
     status = container.exec("python", "-m", "worker", "status")
     assert status.returncode == 0 and model.name in status.stdout, status.stdout
+    # The Kubernetes probes' command, also from another working directory (a pod's
+    # workingDir): PYTHONPATH finds worker/.
+    for workdir in ("/app", "/"):
+        probe = container.exec(*light_check(), workdir=workdir)
+        assert probe.returncode == 0, (workdir, probe.stdout + probe.stderr)
+        assert probe.stdout.startswith("rasa-model-rotator: healthy"), probe.stdout
 
     # PID 1 adopts and reaps an orphan (the shell exits at once, its `sleep` is orphaned).
     orphan = container.exec("sh", "-c", "sleep 1 & echo $!").stdout.strip()
