@@ -150,7 +150,7 @@ class Container:
 
     def __init__(self, image, models: Path, run_dir: Path, **settings):
         self.image = image
-        in_image = {name: value.replace("/app", image["app"]) if value.startswith("/app")
+        in_image = {name: value.replace("/app", str(image["app"])) if value.startswith("/app")
                     else value for name, value in image_env().items()}
         self.env = {"PATH": f"{Path(image['python']).parent}:/usr/bin:/bin",
                     **in_image, "RUN_DIR": str(run_dir), "THROTTLE_DELAY": "300",
