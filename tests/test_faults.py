@@ -276,6 +276,8 @@ def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path)
             contents["m"] = model(folder / "m.tar.gz", 20_000, "m", age_s=150)
             contents["b"] = model(folder / "b.tar.gz", 20_000, "b", age_s=100)
             os.chmod(folder / "b.tar.gz", 0)
+            for name in ("m.tar.gz", "b.tar.gz"):  # the reader's events, in this order
+                reconciler.note_arrival(name, time.time())
             steps = {}
             for step in ("unreadable", "again"):
                 before = time.time()
@@ -308,8 +310,8 @@ def test_an_unreadable_newer_model_is_kept_and_published_once_readable(tmp_path)
     assert report["again"]["actions"] == [], "the same failure logged at every retry"
     readable = report["readable"]
     assert readable["latest"] == "b", readable
-    # m, found by a look (no reader here), waits EVENT_GRACE_S for its event before a prune
-    assert [a[:2] for a in readable["actions"]] == [["published", "b.tar.gz"]], readable
+    assert [a[:2] for a in readable["actions"]] == [["published", "b.tar.gz"],
+                                                   ["deleted", "m.tar.gz"]], readable
 
 
 def test_an_unreadable_latest_is_left_alone_and_looked_at_again_later(tmp_path):
