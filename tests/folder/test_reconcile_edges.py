@@ -749,3 +749,35 @@ def test_an_event_is_forgotten_once_the_journal_holds_it(tmp_path):
     reconciler.note_arrival("gone.tar.gz", time.time())
     reconciler.reconcile()
     assert reconciler.pending == {}
+
+
+def test_a_model_changed_under_its_publish_waits_the_delay_and_the_next_one_goes(
+        tmp_path, monkeypatch):
+    """The newest model changes between the listing and its copy (SourceChanged: a real
+    change to the real file, its mtime, made at the moment the publish starts): it is skipped
+    and looked at again after THROTTLE_DELAY, and the next model that arrived after latest
+    is published meanwhile."""
+    import worker.folder.reconcile as reconcile
+
+    settings = make_settings(tmp_path)  # THROTTLE_DELAY 1 s
+    folder = settings.target_dir
+    add_model(folder, "a.tar.gz", age_s=300)
+    clock = [time.time()]
+    reconciler = Reconciler(settings, clock=lambda: clock[0])
+    reconciler.reconcile()
+    add_model(folder, "m.tar.gz", age_s=200)
+    newest = add_model(folder, "n.tar.gz", age_s=100)
+    real_publish, changed = reconcile.publish_atomically, []
+
+    def changed_first(model, *args):
+        if model.name == "n.tar.gz" and not changed:
+            changed.append(model.name)
+            os.utime(newest)  # now: no longer the version listed
+        return real_publish(model, *args)
+
+    monkeypatch.setattr(reconcile, "publish_atomically", changed_first)
+    outcome = reconciler.reconcile()
+    assert changed == ["n.tar.gz"]
+    assert kinds(outcome) == [("skipped", "n.tar.gz"), ("published", "m.tar.gz"),
+                              ("deleted", "a.tar.gz")]
+    assert outcome.recheck_at == pytest.approx(clock[0] + 1.0, abs=0.5)
