@@ -19,7 +19,9 @@ session killed where the code they change is unchanged (same module, operator, m
 expression and line): after an edit to the code only the mutants the edit touched, the
 survivors and the ones never run are tested again. Tests only grow between sessions; a killed
 mutant stays killed. `--carry-explained` also takes over the survivors an explanation covers
-(a survivor carried as such never raises the score; it saves an hour on the folder side).
+(a survivor carried as such never raises the score; it saves an hour on the folder side), at
+a cost: a carried survivor is not tested again, so an entry a new test has made stale is not
+reported as stale. Run a session without it now and then.
 `recheck` tests each survivor again, against the current tree, with other (slower) tests:
 the fast set for the whole run, the broad one for the few it missed (`--unexplained`:
 only the survivors no explanation covers, where the broad set takes minutes each). `report`
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--session", type=Path,
                          default=Path(tempfile.gettempdir()) / "rasa-model-rotator-mutation")
     args = parser.parse_args(argv)
+    if args.command == "run" and args.carry_explained and args.carry_from is None:
+        parser.error("--carry-explained needs --carry-from OLD_SESSION")
     if args.command == "run":
         return run_session(args.session, args.modules, args.tests, args.jobs, args.carry_from,
                            args.carry_explained)
@@ -136,7 +140,7 @@ def run_session(session: Path, modules: list[str] | None, tests: str | None, job
     if carry_from is not None:
         explanations = None
         if carry_explained:
-            explanations, _ = load_explanations(sorted(PROJECT_ROOT.glob(EXPLANATIONS)))
+            explanations = repository_explanations()
         carried = carry_over(carry_from, session, explanations)
         what = "killed mutants and explained survivors" if carry_explained else "killed mutants"
         print(f"carried over from {carry_from}: {carried} {what}", flush=True)
@@ -240,7 +244,8 @@ def carry_over(old: Path, new: Path, explanations: list[Explanation] | None = No
             text = "\n".join(lines[row - 1:end_row])
             expression = text[col:len(text) - len(lines[end_row - 1]) + end_col]
             key = (module, operator, arguments, lines[row - 1].strip(), expression)
-            identity = f"{module}:{row} {operator} #{occurrence}"  # as mutant_id() writes it
+            identity = mutant_id({"module_path": module, "start_pos": (row, col),
+                                  "operator_name": operator, "occurrence": occurrence})
             found.setdefault(key, []).append((job, identity, result))
         return found
 
@@ -312,7 +317,7 @@ def recheck_survivors(session: Path, tests: str, jobs: int, unexplained: bool = 
     done = rechecks.setdefault(tests, {})
     explanations = None
     if unexplained:
-        explanations, _ = load_explanations(sorted(PROJECT_ROOT.glob(EXPLANATIONS)))
+        explanations = repository_explanations()
     todo = survivors_to_recheck(session, rechecks, tests, explanations)
     copies = queue_of_copies(session, jobs)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -377,6 +382,15 @@ def queue_of_copies(session: Path, jobs: int):
         shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(*NOT_COPIED))
         copies.put(copy)
     return copies
+
+
+def repository_explanations() -> list[Explanation]:
+    """The valid entries of the repository's explanation files; each invalid one is said on
+    stderr (`report` fails on it)."""
+    explanations, problems = load_explanations(sorted(PROJECT_ROOT.glob(EXPLANATIONS)))
+    for problem in problems:
+        print(f"invalid explanation, left out: {problem}", file=sys.stderr)
+    return explanations
 
 
 def mutant_id(mutation: dict) -> str:

@@ -19,6 +19,7 @@ from tests.mutation import (
     killed_by_a_recheck,
     load_explanations,
     match_explanations,
+    mutant_id,
     print_report,
     survivors_to_recheck,
 )
@@ -207,8 +208,7 @@ def test_a_recheck_takes_what_no_recheck_killed_and_with_unexplained_no_explaine
                         WHY, "notes entry 2")
 
     def ids(rechecks, explanations=None):
-        return [f"{m['module_path']}:{m['start_pos'][0]} {m['operator_name']} "
-                f"#{m['occurrence']}"
+        return [mutant_id(m)
                 for m in survivors_to_recheck(session, rechecks, "slow", explanations)]
 
     assert ids({}) == [survivor_id]
@@ -287,7 +287,7 @@ def test_a_survivor_a_recheck_killed_is_carried_with_that_recheck_s_outcome(tmp_
         "tests/slow.py": {"tiny.py:4 core/ReplaceComparisonOperator_Gt_GtE #0": "killed"}}
 
 
-def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
+def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path, capsys):
     """A session's test command is fixed at its start: a resume asked to run other tests
     would report a score they never produced."""
     from tests.mutation import main, pytest_command
@@ -302,6 +302,10 @@ def test_a_resume_refuses_other_tests_instead_of_ignoring_them(tmp_path):
         with pytest.raises(SystemExit) as refused:
             main(["run", "--session", str(session), *other])
         assert "a resume keeps them" in str(refused.value), refused.value
+    with pytest.raises(SystemExit) as refused:  # a usage error: it needs an old session
+        main(["run", "--session", str(session), "--carry-explained"])
+    assert refused.value.code == 2
+    assert "--carry-explained needs --carry-from" in capsys.readouterr().err
 
 
 def test_the_repository_s_explanations_are_valid():
