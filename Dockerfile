@@ -45,8 +45,8 @@ USER 1000:2000
 # `docker exec` (tens of ms of CPU in dockerd, containerd and runc), so once healthy for 10 s
 # (and healthy at the previous probe) a probe holds up to 55 s, checking every 5 s and
 # answering at once when the verdict changes: one exec per ~56 s at idle. The timeout covers
-# the hold and one slow check. `-S -c` rather than `-m`: neither site nor runpy, a third less
-# CPU per probe (run() in worker/surface/health.py).
+# the hold and one slow check. `-S -c` rather than `-m`: neither site nor runpy, less CPU
+# per probe (run() in worker/surface/health.py; figures in the README).
 HEALTHCHECK --interval=1s --timeout=70s --start-period=30s --retries=3 \
     CMD ["python", "-S", "-c", "from worker.surface.health import run; run()", "--hold", "55"]
 

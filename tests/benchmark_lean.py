@@ -40,7 +40,8 @@ import resource, subprocess, sys
 runs = []
 for _ in range({runs}):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run({command!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run({command!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True)  # a failing command would measure its failure
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     runs.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 print(" ".join(str(r) for r in runs))

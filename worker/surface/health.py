@@ -1,6 +1,6 @@
 """Is the tool healthy? The verdict `status` prints, and the light check that Docker and
 Kubernetes run every few seconds: `python -m worker.surface.health [--hold SECONDS]`, or as
-the probes run it (the same, at two thirds of the CPU: run()'s docstring):
+the probes run it (the same, for less CPU: run()'s docstring):
 `python -S -c "from worker.surface.health import run; run()" [--hold SECONDS]`.
 
 The verdict: supervisord runs, the reader and the rotator are RUNNING (STARTING: starting)
@@ -209,7 +209,7 @@ def run() -> None:
     `python -S -c "from worker.surface.health import run; run()" [--hold SECONDS]`. Without
     `-m` (runpy imports importlib.util, contextlib and collections) and without `site` (the
     interpreter's and a virtualenv's .pth files; loaded above when a .env needs
-    python-dotenv), a probe costs a third less CPU."""
+    python-dotenv), a probe costs less CPU (figures: README, "Benchmarks")."""
     sys.exit(main(sys.argv[1:]))
 
 
