@@ -480,3 +480,22 @@ def test_a_normal_start_logs_no_warning(start_tool, models):
     warnings = [line for line in tool.lines
                 if " reader WARNING " in line or " rotator WARNING " in line]
     assert warnings == []
+
+
+def test_supervisord_loads_no_tls_and_the_reader_no_openssl_yet_both_work(start_tool, models):
+    """Idle memory (issue 20): supervisord talks TLS to nobody and the reader hashes only its
+    queue's authentication challenge, so neither maps OpenSSL (1.6 and 1.1 MiB of PSS). Both
+    still do their work: the reader's events reach the rotator through the authenticated
+    queue, and supervisord answers supervisorctl."""
+    tool = start_tool()
+    tool.ready()
+    model = models / "20261126-101010-brave-fox.tar.gz"
+    write_model(model, 100_000)
+    wait_for_latest(models, model.read_bytes())
+    libraries = {name: Path(f"/proc/{pid}/maps").read_text()
+                 for name, pid in (("supervisord", tool.process.pid),
+                                   ("reader", tool.program_pid("reader")))}
+    assert "libssl" not in libraries["supervisord"] and "_ssl." not in libraries["supervisord"]
+    assert "libcrypto" not in libraries["reader"] and "_hashlib" not in libraries["reader"]
+    status = run_worker("supervisorctl", "status", cwd=tool.workdir, env=tool.env)
+    assert status.returncode == 0 and "reader" in status.stdout, status.stdout + status.stderr
