@@ -361,7 +361,9 @@ def test_bad_settings_start_nothing(start_tool, tmp_path, bad):
 @pytest.mark.parametrize("interval", ["1", "0"])
 def test_the_periodic_rescan_finds_a_model_no_event_announced(start_tool, models, interval):
     tool = start_tool(RESCAN_INTERVAL=interval)
-    tool.ready()
+    # settled, not ready: the reconcile the reader's start-up rescan asks for comes
+    # THROTTLE_DELAY after it, and would find the model written below by a look.
+    tool.settled()
     assert tool.supervisorctl("stop", "reader").returncode == 0  # no more events
     model = models / "unannounced.tar.gz"
     write_model(model, 100_000)
