@@ -60,8 +60,9 @@ def program_states(run_dir) -> tuple[dict[str, dict] | None, str]:
 def with_site_packages() -> None:
     """The probes run `python -S` (run()): where the check needs a package (python-dotenv for
     a .env, supervisor's XML-RPC client under an existing supervisord), site-packages are put
-    on the path first, as `site` would have done at the start."""
-    if sys.flags.no_site:
+    on the path first, as `site` would have done at the start; once (a holding probe asks
+    supervisord again at every recheck)."""
+    if sys.flags.no_site and "site" not in sys.modules:
         import site
 
         site.main()
